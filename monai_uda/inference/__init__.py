@@ -1,0 +1,3 @@
+"""inference."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""losses."""
+
+from __future__ import annotations
