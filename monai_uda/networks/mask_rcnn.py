@@ -1,0 +1,175 @@
+"""A class-agnostic torchvision Mask R-CNN for nuclei, built without any download.
+
+Shared by CyC-PDAM (Liu et al., CVPR 2020) and DARCNN (Hsu et al., CVPR 2021). The network is
+torchvision's :class:`~torchvision.models.detection.MaskRCNN` on a ResNet-FPN backbone; this
+module only chooses the nuclei-friendly defaults (small anchors, 256-pixel training patches,
+GroupNorm for batch size 1, any number of input channels) and loads optional user weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.ops import misc as misc_nn_ops
+
+from monai_uda.errors import UDAInputError
+
+__all__ = ["BACKBONES", "NORMS", "build_mask_rcnn", "load_mask_rcnn_weights"]
+
+BACKBONES = ("resnet50", "resnet101")
+NORMS = ("group", "batch", "frozen_batch")
+#: prediction layers whose shape depends on ``num_classes``: skipped when a checkpoint (e.g. COCO) disagrees
+_CLASS_DEPENDENT = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _norm_layer(norm: str) -> Callable[[int], nn.Module]:
+    if norm == "group":
+        return partial(nn.GroupNorm, 32)
+    if norm == "batch":
+        return nn.BatchNorm2d
+    return misc_nn_ops.FrozenBatchNorm2d
+
+
+def build_mask_rcnn(
+    backbone: str = "resnet50",
+    norm: str = "group",
+    num_classes: int = 2,
+    in_channels: int = 3,
+    weights_path: str | Path | None = None,
+    min_size: int = 256,
+    max_size: int = 1024,
+    image_mean: Sequence[float] | None = None,
+    image_std: Sequence[float] | None = None,
+    trainable_layers: int = 5,
+    anchor_sizes: Sequence[int] = (8, 16, 32, 64, 128),
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    **kwargs: Any,
+) -> MaskRCNN:
+    """Build a ResNet-FPN Mask R-CNN from scratch (no pretrained weights are ever downloaded).
+
+    Args:
+        backbone: ``"resnet50"`` or ``"resnet101"``.
+        norm: normalisation of the backbone, FPN and mask head: ``"group"`` (GroupNorm, 32 groups;
+            trains with one image per iteration as in CyC-PDAM), ``"batch"`` or ``"frozen_batch"``
+            (frozen statistics; only sensible with ``weights_path``).
+        num_classes: classes including background; 2 = class-agnostic nuclei.
+        in_channels: image channels (1 for grey/fluorescence, 3 for RGB).
+        weights_path: optional user checkpoint (a full Mask R-CNN ``state_dict`` or ResNet
+            classification weights for the backbone), see :func:`load_mask_rcnn_weights`.
+        min_size: shorter side the detector's transform resizes images to.
+        max_size: longer-side cap of that resize.
+        image_mean: per-channel normalisation mean (ImageNet's for 3 channels, 0.5 otherwise).
+        image_std: per-channel normalisation std (ImageNet's for 3 channels, 0.25 otherwise).
+        trainable_layers: ResNet stages left trainable, 0-5 (5 = all; from scratch all must train).
+        anchor_sizes: one anchor size per FPN level (P2-P6); nuclei are 8-64 px at 40x.
+        aspect_ratios: anchor aspect ratios shared by all levels.
+        kwargs: forwarded to :class:`torchvision.models.detection.MaskRCNN`
+            (e.g. ``rpn_post_nms_top_n_train``, ``box_detections_per_img``).
+
+    Raises:
+        UDAInputError: unknown backbone/norm, bad channel count or unusable weights file.
+    """
+    if backbone not in BACKBONES:
+        raise UDAInputError(f"unknown Mask R-CNN backbone {backbone!r}; choose one of {BACKBONES}")
+    if norm not in NORMS:
+        raise UDAInputError(f"unknown Mask R-CNN norm {norm!r}; choose one of {NORMS}")
+    if in_channels < 1 or num_classes < 2:
+        raise UDAInputError(f"need in_channels >= 1 and num_classes >= 2, got {in_channels} and {num_classes}")
+    if len(anchor_sizes) != 5:
+        raise UDAInputError(f"anchor_sizes needs one size per FPN level (5), got {tuple(anchor_sizes)}")
+    norm_layer = _norm_layer(norm)
+    body = getattr(resnet, backbone)(weights=None, norm_layer=norm_layer)
+    if in_channels != 3:
+        body.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    fpn_norm = None if norm == "frozen_batch" else norm_layer
+    features = _resnet_fpn_extractor(body, trainable_layers, norm_layer=fpn_norm)
+    if image_mean is None:
+        image_mean = _IMAGENET_MEAN if in_channels == 3 else (0.5,) * in_channels
+    if image_std is None:
+        image_std = _IMAGENET_STD if in_channels == 3 else (0.25,) * in_channels
+    if len(image_mean) != in_channels or len(image_std) != in_channels:
+        raise UDAInputError(f"image_mean/image_std need {in_channels} values, got {len(image_mean)} and {len(image_std)}")
+    kwargs.setdefault(
+        "rpn_anchor_generator",
+        AnchorGenerator(tuple((int(s),) for s in anchor_sizes), (tuple(float(r) for r in aspect_ratios),) * 5),
+    )
+    kwargs.setdefault("mask_head", MaskRCNNHeads(features.out_channels, [256] * 4, 1, norm_layer=fpn_norm))
+    model = MaskRCNN(
+        features,
+        num_classes=num_classes,
+        min_size=min_size,
+        max_size=max_size,
+        image_mean=list(image_mean),
+        image_std=list(image_std),
+        **kwargs,
+    )
+    if weights_path is not None:
+        load_mask_rcnn_weights(model, weights_path)
+    return model
+
+
+def _unwrap(state: Any, path: Path) -> Mapping[str, torch.Tensor]:
+    """Accept a bare ``state_dict`` or the common ``{"model"|"state_dict"|"detector": ...}`` wrappers."""
+    for key in ("model", "state_dict", "detector"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UDAInputError("not a state_dict of tensors", path)
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_mask_rcnn_weights(model: MaskRCNN, weights_path: str | Path) -> list[str]:
+    """Load user weights into ``model`` (``torch.load(weights_only=True)``, never a download).
+
+    Two layouts are recognised: a full Mask R-CNN ``state_dict`` (keys ``backbone.*``,
+    ``rpn.*``, ``roi_heads.*``; class-dependent predictor layers whose shape differs, e.g. a
+    91-class COCO model, are skipped) and ResNet classification weights (keys ``conv1.*``,
+    ``layer1.*``, ...; loaded into ``backbone.body``, the ``fc`` layer is dropped).
+
+    Returns:
+        the model keys that were *not* loaded (trained from scratch).
+
+    Raises:
+        UDAInputError: missing/unreadable file, unknown keys or shape mismatches.
+    """
+    path = Path(weights_path)
+    if not path.is_file():
+        raise UDAInputError("Mask R-CNN weights file does not exist", path)
+    try:
+        state = _unwrap(torch.load(path, map_location="cpu", weights_only=True), path)
+    except UDAInputError:
+        raise
+    except Exception as exc:
+        raise UDAInputError(f"cannot read Mask R-CNN weights ({type(exc).__name__}: {exc})", path) from exc
+    if not any(k.startswith(("backbone.", "rpn.", "roi_heads.")) for k in state):
+        state = {f"backbone.body.{k}": v for k, v in state.items() if not k.startswith("fc.")}
+    own = model.state_dict()
+    loadable: dict[str, torch.Tensor] = {}
+    problems: list[str] = []
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked") and key not in own:
+            continue  # FrozenBatchNorm2d / GroupNorm keep no counter
+        if key not in own:
+            problems.append(f"unexpected key {key}")
+        elif own[key].shape != value.shape:
+            if not key.startswith(_CLASS_DEPENDENT):
+                problems.append(f"{key} has shape {tuple(value.shape)}, model expects {tuple(own[key].shape)}")
+        else:
+            loadable[key] = value
+    if problems or not loadable:
+        shown = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
+        raise UDAInputError(f"weights do not fit this Mask R-CNN (backbone/norm/in_channels?): {shown or 'no matching keys'}", path)
+    model.load_state_dict(loadable, strict=False)
+    return sorted(set(own) - set(loadable))
