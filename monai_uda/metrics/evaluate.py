@@ -1,0 +1,184 @@
+"""Score a folder of predicted instance maps against a folder of ground-truth label maps.
+
+Files are paired by stem (:func:`monai_uda.data.io.stem_of`), whatever their format (PNG,
+TIFF, NIfTI, ``.npy``...). Inference writes ``<stem>_instances.tif`` next to
+``<stem>_mask.png`` and ``<stem>_overlay.png``: a prediction named ``<stem>_instances`` is
+matched to ground truth ``<stem>``, and its ``_mask`` / ``_overlay`` companions are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monai_uda.data.io import list_images, read_label, stem_of
+from monai_uda.errors import UDAInputError
+from monai_uda.metrics.instance import instance_metrics
+from monai_uda.metrics.pixel import pixel_metrics
+
+__all__ = ["METRIC_KEYS", "compute_metrics", "match_files", "evaluate_dirs", "format_table"]
+
+METRIC_KEYS = ("aji", "aji_plus", "pq", "sq", "dq", "object_f1", "dice", "precision", "recall", "iou")
+INSTANCES_SUFFIX = "_instances"
+COMPANION_SUFFIXES = ("_mask", "_overlay")
+
+
+def compute_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """Instance and pixel metrics of one predicted label map against its ground truth.
+
+    Args:
+        pred: predicted instance map (2D, 3D or any ndim; 0 = background; ids need not be
+            contiguous; a binary mask is scored as a single instance).
+        gt: ground-truth instance map of the same shape.
+
+    Returns:
+        Floats keyed exactly by :data:`METRIC_KEYS`: ``aji`` (Kumar et al. 2017), ``aji_plus``
+        (Graham et al. 2019), ``pq``/``sq``/``dq`` (Kirillov et al. 2019, IoU > 0.5),
+        ``object_f1`` (= ``dq``), and the foreground ``dice``, ``precision``, ``recall``, ``iou``.
+        Both maps empty gives 1.0 everywhere, exactly one empty 0.0 everywhere.
+
+    Raises:
+        UDAInputError: shapes differ or a map is not a valid label map.
+    """
+    scores = {**instance_metrics(pred, gt), **pixel_metrics(pred, gt)}
+    return {key: float(scores[key]) for key in METRIC_KEYS}
+
+
+def _listing(items: Iterable[str], limit: int = 10) -> str:
+    items = sorted(items)
+    more = f" ... ({len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _index_by_key(pairs: list[tuple[str, Path]], folder: Path, side: str) -> dict[str, Path]:
+    """``{key: path}``, raising when two files of one folder claim the same stem."""
+    index: dict[str, list[Path]] = {}
+    for key, path in pairs:
+        index.setdefault(key, []).append(path)
+    clashes = {key: paths for key, paths in index.items() if len(paths) > 1}
+    if clashes:
+        key, paths = sorted(clashes.items())[0]
+        names = ", ".join(sorted(p.name for p in paths))
+        raise UDAInputError(f"several {side} files match stem {key!r}: {names}", folder)
+    return {key: paths[0] for key, paths in index.items()}
+
+
+def match_files(pred: str | Path, gt: str | Path) -> dict[str, tuple[Path, Path]]:
+    """Pair prediction and ground-truth files by stem.
+
+    Args:
+        pred: folder of predictions; ``<stem>_instances.<ext>`` matches stem ``<stem>``, and
+            ``<stem>_mask`` / ``<stem>_overlay`` are ignored when ``<stem>_instances`` exists.
+        gt: folder of ground-truth label maps.
+
+    Returns:
+        ``{stem: (prediction_path, ground_truth_path)}`` sorted by stem.
+
+    Raises:
+        UDAInputError: a folder is missing or empty, two files claim one stem, or a stem is
+            present on one side only (the message names the stems and the side).
+    """
+    pred_dir, gt_dir = Path(pred), Path(gt)
+    gt_paths, pred_paths = list_images(gt_dir), list_images(pred_dir)
+    for folder, paths in ((gt_dir, gt_paths), (pred_dir, pred_paths)):
+        if not paths:
+            raise UDAInputError("no image files found", folder)
+    gt_files = _index_by_key([(stem_of(p), p) for p in gt_paths], gt_dir, "ground-truth")
+    stems = [(stem_of(p), p) for p in pred_paths]
+    has_instances = {s[: -len(INSTANCES_SUFFIX)] for s, _ in stems if s.endswith(INSTANCES_SUFFIX)}
+    keyed = []
+    for stem, path in stems:
+        if stem not in gt_files and stem.endswith(INSTANCES_SUFFIX):
+            stem = stem[: -len(INSTANCES_SUFFIX)]
+        elif stem not in gt_files and any(
+            stem.endswith(s) and stem[: -len(s)] in has_instances for s in COMPANION_SUFFIXES
+        ):
+            continue
+        keyed.append((stem, path))
+    pred_files = _index_by_key(keyed, pred_dir, "prediction")
+    no_pred, no_gt = set(gt_files) - set(pred_files), set(pred_files) - set(gt_files)
+    if no_pred or no_gt:
+        reasons = []
+        if no_pred:
+            reasons.append(f"no prediction for ground-truth stem(s) {_listing(no_pred)} (ground truth in {gt_dir})")
+        if no_gt:
+            reasons.append(f"no ground truth in {gt_dir} for prediction stem(s) {_listing(no_gt)}")
+        raise UDAInputError("; ".join(reasons), pred_dir)
+    return {stem: (pred_files[stem], gt_files[stem]) for stem in sorted(gt_files)}
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Aligned text table of an :func:`evaluate_dirs` result: one row per image, then the mean.
+
+    Args:
+        results: ``{"per_image": {stem: {metric: value}}, "mean": {metric: value}}``.
+    """
+    rows = [(stem, scores) for stem, scores in results["per_image"].items()] + [("mean", results["mean"])]
+    name_width = max(len("image"), *(len(stem) for stem, _ in rows))
+    widths = [max(len(key), 6) for key in METRIC_KEYS]
+    header = "  ".join(["image".ljust(name_width)] + [key.rjust(w) for key, w in zip(METRIC_KEYS, widths)])
+    lines = [header, "-" * len(header)]
+    for index, (stem, scores) in enumerate(rows):
+        if index == len(rows) - 1:
+            lines.append("-" * len(header))
+        cells = [f"{scores[key]:.4f}".rjust(w) for key, w in zip(METRIC_KEYS, widths)]
+        lines.append("  ".join([stem.ljust(name_width)] + cells))
+    return "\n".join(lines)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON atomically (temporary file in the same folder, then rename)."""
+    tmp: Path | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+        tmp = Path(tmp_name)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise UDAInputError(f"cannot write output ({exc.strerror or exc})", path) from exc
+
+
+def evaluate_dirs(pred: str | Path, gt: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+    """Score every prediction in ``pred`` against the ground truth of the same stem in ``gt``.
+
+    Prints the per-image table and the mean row (:func:`format_table`).
+
+    Args:
+        pred: folder of predicted instance maps (see :func:`match_files` for naming).
+        gt: folder of ground-truth instance maps.
+        out: JSON file to write the result to (atomically); an existing folder receives
+            ``metrics.json``; ``None`` writes nothing.
+
+    Returns:
+        ``{"per_image": {stem: {metric: float}}, "mean": {metric: float}}`` with the metrics
+        of :data:`METRIC_KEYS`; the mean is taken over images.
+
+    Raises:
+        UDAInputError: see :func:`match_files`; unreadable files; a prediction whose shape
+            differs from its ground truth (naming both files).
+    """
+    per_image: dict[str, dict[str, float]] = {}
+    for stem, (pred_path, gt_path) in match_files(pred, gt).items():
+        try:
+            per_image[stem] = compute_metrics(read_label(pred_path), read_label(gt_path))
+        except UDAInputError as exc:
+            if exc.path is not None:
+                raise
+            raise UDAInputError(f"{exc.reason} (ground truth {gt_path})", pred_path) from exc
+    mean = {key: float(np.mean([scores[key] for scores in per_image.values()])) for key in METRIC_KEYS}
+    results = {"per_image": per_image, "mean": mean}
+    if out is not None:
+        out_path = Path(out)
+        _write_json(out_path / "metrics.json" if out_path.is_dir() else out_path, results)
+    print(format_table(results))
+    return results
