@@ -20,6 +20,7 @@ nothing matches.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -89,12 +90,12 @@ class Contingency:
     pair_pred: np.ndarray
     pair_inter: np.ndarray
 
-    @property
+    @cached_property
     def pair_union(self) -> np.ndarray:
         """Union (pixels) of every overlapping pair."""
         return self.gt_areas[self.pair_gt] + self.pred_areas[self.pair_pred] - self.pair_inter
 
-    @property
+    @cached_property
     def pair_iou(self) -> np.ndarray:
         """Intersection over union of every overlapping pair, in (0, 1]."""
         return self.pair_inter / self.pair_union
