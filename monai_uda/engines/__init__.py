@@ -1,3 +1,35 @@
-"""engines."""
+"""The shared adversarial trainer, the method contract and checkpoint helpers."""
 
 from __future__ import annotations
+
+from monai_uda.engines.checkpoint import (
+    FinalModelSaver,
+    RNGState,
+    checkpoint_objects,
+    latest_checkpoint,
+    load_network_weights,
+    save_atomic,
+)
+from monai_uda.engines.method import AdaptationMethod
+from monai_uda.engines.trainer import (
+    AdaptationTrainer,
+    IndexedEpochDataset,
+    ResumableSampler,
+    TrainingDivergedError,
+    make_train_loader,
+)
+
+__all__ = [
+    "AdaptationMethod",
+    "AdaptationTrainer",
+    "FinalModelSaver",
+    "IndexedEpochDataset",
+    "RNGState",
+    "ResumableSampler",
+    "TrainingDivergedError",
+    "checkpoint_objects",
+    "latest_checkpoint",
+    "load_network_weights",
+    "make_train_loader",
+    "save_atomic",
+]

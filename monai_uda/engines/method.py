@@ -68,9 +68,13 @@ class AdaptationMethod(nn.Module):
         dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
         return torch.autocast(device_type=device_type, dtype=dtype, enabled=self.amp)
 
+    def networks(self) -> dict[str, nn.Module]:
+        """The sub-modules that hold weights (loss modules without state are left out)."""
+        return {name: module for name, module in self.named_children() if module.state_dict()}
+
     def checkpoint_objects(self) -> dict[str, Any]:
         """Objects with ``state_dict``/``load_state_dict`` that a checkpoint must hold."""
-        objects: dict[str, Any] = {name: module for name, module in self.named_children()}
+        objects: dict[str, Any] = dict(self.networks())
         objects.update({f"optimizer_{name}": opt for name, opt in self.optimizers.items()})
         return objects
 

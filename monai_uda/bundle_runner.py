@@ -1,0 +1,64 @@
+"""Locate the bundles shipped with monai-uda and run their configs through ``monai.bundle``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from monai_uda.errors import UDAInputError
+
+__all__ = ["bundles_dir", "bundle_names", "config_files", "run_config"]
+
+#: config of each run id, and the override files a variant adds
+_RUN_CONFIG = {"training": "train.yaml", "inference": "inference.yaml", "evaluate": "evaluate.yaml"}
+
+
+def bundles_dir() -> Path:
+    """``$MONAI_UDA_BUNDLES`` or the ``bundles/`` folder of the source checkout."""
+    env = os.environ.get("MONAI_UDA_BUNDLES")
+    folder = Path(env) if env else Path(__file__).resolve().parents[1] / "bundles"
+    if not folder.is_dir():
+        raise UDAInputError("bundles folder not found (set MONAI_UDA_BUNDLES to the repository's bundles/ folder)", folder)
+    return folder
+
+
+def bundle_names() -> list[str]:
+    """Names of the available bundles (folders with ``configs/train.yaml``)."""
+    return sorted(p.parent.parent.name for p in bundles_dir().glob("*/configs/train.yaml"))
+
+
+def config_files(bundle: str, run_id: str, spatial_dims: int = 2, preset: str | None = None) -> list[str]:
+    """The config files, in merge order, for ``run_id`` of ``bundle`` (3D and preset overrides added).
+
+    Raises:
+        UDAInputError: unknown bundle, run id or preset.
+    """
+    if bundle not in bundle_names():
+        raise UDAInputError(f"unknown bundle {bundle!r}; choose one of {', '.join(bundle_names())}")
+    if run_id not in _RUN_CONFIG:
+        raise UDAInputError(f"unknown run {run_id!r}; choose one of {', '.join(_RUN_CONFIG)}")
+    configs = bundles_dir() / bundle / "configs"
+    files = [configs / _RUN_CONFIG[run_id]]
+    if run_id != "evaluate":  # network/patch overrides apply to training and inference alike
+        if spatial_dims == 3:
+            files.append(configs / "train_3d.yaml")
+        elif spatial_dims != 2:
+            raise UDAInputError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if preset:
+            files.append(configs / f"train_{preset}.yaml")
+    for f in files:
+        if not f.is_file():
+            raise UDAInputError(f"bundle {bundle!r} has no {f.name}", f)
+    return [str(f) for f in files]
+
+
+def run_config(bundle: str, run_id: str, spatial_dims: int = 2, preset: str | None = None, **overrides: Any) -> None:
+    """``python -m monai.bundle run <run_id> --config_file <files> --<key> <value> ...`` in-process."""
+    from monai.bundle import run
+
+    files: Sequence[str] = config_files(bundle, run_id, spatial_dims, preset)
+    if run_id == "evaluate":
+        overrides.setdefault("spatial_dims", spatial_dims)
+    run(run_id, config_file=list(files), meta_file=str(Path(files[0]).parent / "metadata.json"), **overrides)

@@ -1,0 +1,145 @@
+"""Checkpoint helpers: what a checkpoint holds, finding the newest one, the final model file.
+
+Periodic checkpoints are written by MONAI's ``CheckpointSaver`` (Ignite ``DiskSaver``, atomic:
+temporary file then rename) and read back by MONAI's ``CheckpointLoader``
+(``torch.load(weights_only=True, map_location=...)``). They hold every network, every
+optimiser, the trainer state (iteration/epoch) and the torch RNG state, see
+:func:`checkpoint_objects`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+
+from monai_uda.errors import UDAInputError
+
+__all__ = ["RNGState", "checkpoint_objects", "latest_checkpoint", "FinalModelSaver", "save_atomic", "load_network_weights"]
+
+_ITERATION = re.compile(r"(\d+)\.pt$")
+
+
+class RNGState:
+    """The torch (CPU and CUDA) RNG state as a checkpointable object."""
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["cpu"].cpu())
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(list(state["cuda"].cpu()))
+
+
+def checkpoint_objects(trainer: Engine) -> dict[str, Any]:
+    """Everything a resumable checkpoint must hold: trainer, RNG, networks and optimisers."""
+    return {"trainer": trainer, "rng": RNGState(), **trainer.method.checkpoint_objects()}
+
+
+def latest_checkpoint(output_dir: str | Path, required: bool = True) -> str | None:
+    """Newest periodic checkpoint (highest iteration) in ``output_dir``.
+
+    Raises:
+        UDAInputError: when ``required`` and there is none.
+    """
+    folder = Path(output_dir)
+    found = []
+    if folder.is_dir():
+        for p in folder.glob("*checkpoint*.pt"):
+            m = _ITERATION.search(p.name)
+            if m and not p.name.startswith("."):
+                found.append((int(m.group(1)), p))
+    if not found:
+        if required:
+            raise UDAInputError("--resume true but no checkpoint to resume from", folder)
+        return None
+    return str(max(found)[1])
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_network_weights(network: torch.nn.Module, ckpt_path: str | Path, key: str | None = None, map_location: Any = "cpu") -> torch.nn.Module:
+    """Load a network's weights from a model or checkpoint file, with one-line errors.
+
+    Args:
+        network: the network to fill.
+        ckpt_path: a plain ``state_dict`` file or a dict holding it under ``key``.
+        key: name of the network inside the file (e.g. ``"segmenter"``).
+        map_location: passed to ``torch.load``.
+
+    Raises:
+        UDAInputError: missing/unreadable file, unsafe content, or weights of another network.
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise UDAInputError("checkpoint file does not exist", path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise UDAInputError(f"cannot load checkpoint safely (weights_only=True): {str(exc).splitlines()[0]}", path) from exc
+    if key is not None and isinstance(state, dict) and key in state:
+        state = state[key]
+    elif key is not None and isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UDAInputError(f"checkpoint has no network '{key}' (it has: {', '.join(sorted(state))})", path)
+    if not isinstance(state, dict):
+        raise UDAInputError("checkpoint does not hold a state_dict", path)
+    own = network.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        detail = (
+            f"missing '{missing[0]}'" if missing else f"unexpected '{unexpected[0]}'" if unexpected
+            else f"'{wrong[0]}' has shape {tuple(state[wrong[0]].shape)}, network expects {tuple(own[wrong[0]].shape)}"
+        )
+        raise UDAInputError(f"checkpoint does not fit the network ({detail}; from another bundle or configuration?)", path)
+    network.load_state_dict(state)
+    return network
+
+
+class FinalModelSaver:
+    """At the end of training, write the method's networks to ``<output_dir>/model.pt``.
+
+    The file maps each network name (``segmenter``, ``reconstructor``, ...) to its
+    ``state_dict``: what ``inference.yaml`` loads with ``ckpt_key``. Only rank 0 writes.
+    """
+
+    def __init__(self, output_dir: str | Path, filename: str = "model.pt") -> None:
+        self.path = Path(output_dir) / filename
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+            return
+        method = engine.method
+        state = {name: _unwrap(module).state_dict() for name, module in method.networks().items()}
+        save_atomic(state, self.path)
+        engine.logger.info(f"saved final networks to {self.path}")
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
