@@ -1,3 +1,18 @@
-"""inference."""
+"""Inference: sliding-window segmentation of image folders and instance post-processing."""
 
 from __future__ import annotations
+
+from monai_uda.inference.overlay import overlay_instances, save_overlay
+from monai_uda.inference.postprocess import binary_to_instances, relabel_sequential, remove_small, ternary_to_instances
+from monai_uda.inference.segment import FolderSegmenter, to_probabilities
+
+__all__ = [
+    "FolderSegmenter",
+    "binary_to_instances",
+    "overlay_instances",
+    "relabel_sequential",
+    "remove_small",
+    "save_overlay",
+    "ternary_to_instances",
+    "to_probabilities",
+]
