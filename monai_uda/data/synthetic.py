@@ -12,15 +12,32 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+import yaml
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 from skimage.draw import ellipse
+from skimage.filters import threshold_otsu
+from skimage.measure import label, regionprops
 
 from monai_uda.errors import UDAInputError
 
-__all__ = ["random_ellipses", "edge_class_map"]
+__all__ = [
+    "random_ellipses",
+    "edge_class_map",
+    "mask_to_domain_image",
+    "domain_image_to_classes",
+    "available_presets",
+    "load_preset",
+    "estimate_mask_statistics",
+    "SyntheticMaskDataset",
+]
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 
 def _check_range(name: str, value: Sequence[float], low: float, high: float | None = None) -> tuple[float, float]:
@@ -144,3 +161,172 @@ def edge_class_map(instances: np.ndarray, edge_fraction: float = 0.3) -> np.ndar
         view = classes[padded]
         view[inside] = np.where(normalised[inside] <= edge_fraction, 1, 2)
     return classes
+
+
+def mask_to_domain_image(instances: np.ndarray, ternary: bool = False, edge_fraction: float = 0.3) -> np.ndarray:
+    """Instance map -> mask-domain image in ``[-1, 1]`` (float32, same shape).
+
+    Semantic (AD-GAN): background -1, objects 1. Ternary (AD-GAN-INS, see :func:`edge_class_map`):
+    background -1, edge 0, interior 1.
+    """
+    instances = np.asarray(instances)
+    if ternary:
+        return edge_class_map(instances, edge_fraction).astype(np.float32) - 1.0
+    return np.where(instances > 0, 1.0, -1.0).astype(np.float32)
+
+
+def domain_image_to_classes(image: np.ndarray | torch.Tensor, ternary: bool = False) -> np.ndarray:
+    """Mask-domain image (a translation) -> classes: semantic ``x > 0``; ternary 0 / 1 / 2.
+
+    The ternary classes are the nearest of the levels -1 (background), 0 (edge), 1 (interior).
+    """
+    image = image.detach().cpu().float().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if ternary:
+        return np.digitize(image, [-0.5, 0.5]).astype(np.uint8)
+    return (image > 0).astype(np.uint8)
+
+
+def available_presets() -> list[str]:
+    """Names of the synthetic-mask presets shipped in ``monai_uda/data/presets``."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """Synthetic-mask parameters of a preset: ``axis_range``, ``count_range``, ``eccentricity_range``, ``shape``.
+
+    ``shape`` is the patch size the counts were set for; other keys document the source.
+
+    Raises:
+        UDAInputError: unknown preset name.
+    """
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise UDAInputError(f"unknown synthetic-mask preset {name!r}; available: {', '.join(available_presets())}")
+    with open(path) as fh:
+        preset = yaml.safe_load(fh)
+    for key in ("axis_range", "count_range", "eccentricity_range", "shape"):
+        preset[key] = tuple(preset[key])
+    return preset
+
+
+def estimate_mask_statistics(
+    images: Sequence[np.ndarray],
+    spatial_dims: int = 2,
+    patch_shape: Sequence[int] | None = None,
+    min_size: int = 10,
+) -> dict[str, tuple]:
+    """Estimate ``axis_range`` and ``count_range`` for :func:`random_ellipses` from unlabelled images.
+
+    Each image is thresholded with Otsu's method (objects are taken to be the minority class, so
+    dark nuclei on bright-field/H&E backgrounds work too), split into connected components
+    (components smaller than ``min_size`` pixels are noise) and measured with ``regionprops``.
+    Touching nuclei merge into one component, so the axis range uses the 10th-90th percentile
+    of the major semi-axes instead of the extremes.
+
+    Args:
+        images: channel-first ``(C, *spatial)`` or channel-less ``(*spatial)`` arrays.
+        spatial_dims: 2 or 3.
+        patch_shape: training patch size; counts are rescaled from each image's size to it.
+        min_size: smallest component (pixels/voxels) counted as an object.
+
+    Returns:
+        ``{"axis_range": (a_min, a_max), "count_range": (n_min, n_max)}``.
+
+    Raises:
+        UDAInputError: no image, wrong dimensionality or no object found.
+    """
+    if not images:
+        raise UDAInputError("estimate_mask_statistics needs at least one image")
+    semi_axes: list[float] = []
+    counts: list[float] = []
+    for index, image in enumerate(images):
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim == spatial_dims + 1:
+            image = image.mean(axis=0)
+        if image.ndim != spatial_dims:
+            raise UDAInputError(f"image {index}: expected {spatial_dims} spatial axes, got shape {image.shape}")
+        if image.max() == image.min():
+            counts.append(0.0)
+            continue
+        foreground = image > threshold_otsu(image)
+        if foreground.mean() > 0.5:
+            foreground = ~foreground
+        regions = [r for r in regionprops(label(foreground)) if r.area >= min_size]
+        semi_axes.extend(r.axis_major_length / 2 for r in regions)
+        scale = 1.0 if patch_shape is None else float(np.prod(patch_shape)) / image.size
+        counts.append(len(regions) * scale)
+    if not semi_axes:
+        raise UDAInputError("no object found in the images (Otsu threshold gave empty foreground)")
+    a_min, a_max = np.percentile(semi_axes, [10, 90])
+    return {
+        "axis_range": (round(float(a_min), 1), round(float(max(a_max, a_min)), 1)),
+        "count_range": (int(np.floor(min(counts))), int(np.ceil(max(counts)))),
+    }
+
+
+def _scale_counts(counts: Sequence[int], preset_shape: Sequence[int], shape: Sequence[int], name: str) -> tuple[int, int]:
+    """Object counts of a preset (set for ``preset_shape``) rescaled to patches of ``shape`` by area/volume."""
+    if len(preset_shape) != len(shape):
+        raise UDAInputError(f"preset {name!r} is {len(preset_shape)}D; give count_range for {len(shape)}D masks")
+    scale = float(np.prod(shape)) / float(np.prod(preset_shape))
+    return int(np.floor(counts[0] * scale)), max(1, int(np.ceil(counts[1] * scale)))
+
+
+class SyntheticMaskDataset(torch.utils.data.Dataset):
+    """Synthetic mask domain drawn on the fly: item ``i`` is the same map for the same ``seed``.
+
+    Args:
+        shape: spatial shape of each mask (2D or 3D).
+        length: number of items.
+        preset: name of a preset (:func:`load_preset`) giving the ranges; explicit ranges win.
+            The preset's counts are rescaled from its ``shape`` to ``shape`` (by area).
+        axis_range, count_range, eccentricity_range: see :func:`random_ellipses`.
+        ternary: AD-GAN-INS masks (background / edge / interior) instead of semantic ones.
+        edge_fraction: edge width of the ternary masks, see :func:`edge_class_map`.
+        seed: base seed; item ``i`` uses the stream ``(seed, i)``.
+        max_retries: see :func:`random_ellipses`.
+
+    Items are dicts: ``"image"`` float32 ``(1, *shape)`` in ``[-1, 1]`` and ``"label"`` int32
+    ``(1, *shape)`` instance ids.
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        length: int = 1000,
+        preset: str | None = None,
+        axis_range: Sequence[float] | None = None,
+        count_range: Sequence[int] | None = None,
+        eccentricity_range: Sequence[float] | None = None,
+        ternary: bool = False,
+        edge_fraction: float = 0.3,
+        seed: int = 0,
+        max_retries: int = 200,
+    ) -> None:
+        defaults = load_preset(preset) if preset is not None else {
+            "axis_range": (13, 18), "count_range": (5, 40), "eccentricity_range": (0.25, 0.75)
+        }  # fmt: skip
+        self.shape = tuple(int(s) for s in shape)
+        self.length = int(length)
+        self.axis_range = tuple(axis_range) if axis_range is not None else defaults["axis_range"]
+        if count_range is None and preset is not None:
+            count_range = _scale_counts(defaults["count_range"], defaults["shape"], self.shape, preset)
+        self.count_range = tuple(count_range) if count_range is not None else defaults["count_range"]
+        self.eccentricity_range = tuple(eccentricity_range) if eccentricity_range is not None else defaults["eccentricity_range"]
+        self.ternary = ternary
+        self.edge_fraction = edge_fraction
+        self.seed = seed
+        self.max_retries = max_retries
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        instances = random_ellipses(
+            self.shape, self.axis_range, self.count_range, self.eccentricity_range,
+            seed=np.random.default_rng([self.seed, index]), max_retries=self.max_retries,
+        )  # fmt: skip
+        image = mask_to_domain_image(instances, self.ternary, self.edge_fraction)
+        return {"image": torch.from_numpy(image)[None], "label": torch.from_numpy(instances.astype(np.int32))[None]}

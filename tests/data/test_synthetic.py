@@ -2,9 +2,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from skimage.measure import label, regionprops
 
-from monai_uda.data.synthetic import edge_class_map, random_ellipses
+from monai_uda.data.synthetic import (
+    SyntheticMaskDataset,
+    available_presets,
+    domain_image_to_classes,
+    edge_class_map,
+    estimate_mask_statistics,
+    load_preset,
+    mask_to_domain_image,
+    random_ellipses,
+)
 from monai_uda.errors import UDAInputError
 
 
@@ -112,3 +122,60 @@ def test_edge_class_map_bad_input():
         edge_class_map(np.zeros((4, 4), dtype=np.float32))
     with pytest.raises(UDAInputError):
         edge_class_map(np.zeros((4, 4), dtype=np.uint8), edge_fraction=1.0)
+
+
+def test_mask_domain_round_trip_semantic_and_ternary():
+    instances = np.zeros((7, 7), dtype=np.uint16)
+    instances[1:6, 1:6] = 1
+    semantic = mask_to_domain_image(instances)
+    assert semantic.dtype == np.float32 and set(np.unique(semantic)) == {-1.0, 1.0}
+    np.testing.assert_array_equal(domain_image_to_classes(semantic), instances > 0)
+    ternary = mask_to_domain_image(instances, ternary=True, edge_fraction=0.4)
+    assert ternary[0, 0] == -1.0 and ternary[1, 1] == 0.0 and ternary[3, 3] == 1.0
+    noisy = torch.from_numpy(ternary + 0.3 * np.sign(np.random.default_rng(0).standard_normal(ternary.shape)).astype(np.float32))
+    np.testing.assert_array_equal(domain_image_to_classes(noisy, ternary=True), edge_class_map(instances, 0.4))
+
+
+def test_presets_load_and_unknown_name():
+    assert {"hela", "dsb2018_fluo"} <= set(available_presets())
+    hela = load_preset("hela")
+    assert hela["axis_range"] == (13, 18) and hela["count_range"] == (5, 40) and hela["shape"] == (256, 256)
+    with pytest.raises(UDAInputError, match="hela"):
+        load_preset("no_such_preset")
+
+
+def test_estimate_mask_statistics_recovers_generator_ranges():
+    rng = np.random.default_rng(0)
+    images, counts = [], []
+    for seed in range(4):
+        instances = random_ellipses((256, 256), axis_range=(8, 12), count_range=(10, 20), seed=seed)
+        counts.append(instances.max())
+        # bright nuclei, well separated here, on a noisy background
+        grey = np.where(instances > 0, 200.0, 30.0) + rng.normal(0, 10, instances.shape)
+        images.append(grey[None])  # channel-first
+    stats = estimate_mask_statistics(images, patch_shape=(128, 128))
+    assert 7.0 <= stats["axis_range"][0] <= stats["axis_range"][1] <= 13.0
+    # counts rescaled to a quarter of the area; touching ellipses may merge into one component
+    assert stats["count_range"][1] <= np.ceil(max(counts) / 4) and stats["count_range"][0] >= np.floor(min(counts) / 4) - 2
+    dark = estimate_mask_statistics([255.0 - images[0][0]])  # dark objects on bright background
+    assert 7.0 <= dark["axis_range"][0] <= dark["axis_range"][1] <= 13.0
+    with pytest.raises(UDAInputError):
+        estimate_mask_statistics([])
+    with pytest.raises(UDAInputError):
+        estimate_mask_statistics([np.zeros((4, 8, 8, 8))])
+
+
+def test_synthetic_mask_dataset_items():
+    dataset = SyntheticMaskDataset((128, 128), length=3, preset="hela", ternary=True)
+    assert len(dataset) == 3 and dataset.count_range == (1, 10)  # 5-40 per 256x256 -> per 128x128
+    item = dataset[1]
+    assert item["image"].shape == (1, 128, 128) and item["image"].dtype == torch.float32
+    assert set(item["image"].unique().tolist()) <= {-1.0, 0.0, 1.0} and item["label"].max() >= 1
+    torch.testing.assert_close(dataset[1]["label"], item["label"])
+    assert not torch.equal(dataset[0]["label"], item["label"])
+    volume = SyntheticMaskDataset((16, 32, 32), length=1, axis_range=(4, 6), count_range=(2, 4))[0]
+    assert volume["image"].shape == (1, 16, 32, 32) and 2 <= volume["label"].max() <= 4
+    with pytest.raises(UDAInputError):
+        SyntheticMaskDataset((16, 32, 32), preset="hela")
+    with pytest.raises(IndexError):
+        dataset[3]
