@@ -1,0 +1,300 @@
+"""DARCNN (Hsu et al., "DARCNN: Domain Adaptive Region-based Convolutional Neural Network for
+Unsupervised Instance Segmentation in Biomedical Images", CVPR 2021): one iteration per call.
+
+Stage 1, :class:`DARCNNStage1` -- feature adaptation with the domain separation Mask R-CNN
+(:class:`~monai_uda.networks.domain_separation.DomainSeparationMaskRCNN`):
+
+* L_source  = Mask R-CNN losses (RPN, box, mask) of the source branch E_c + E_p^s + M^s,
+* eq 2  L_sim    = MMD(P(E_c(x_s)), P(E_c(x_t))) with the learned projection P,
+* eq 3  L_diff   = orthogonality(E_c, E_p^s on x_s) + orthogonality(E_c, E_p^t on x_t),
+* eqs 4-6 L_target = background consistency inside confident proposals of M^t,
+* eq 1  L = L_source + alpha L_sim + beta L_diff + gamma L_target (alpha ramps up).
+
+Stage 2, :class:`DARCNNStage2` -- augmented pseudo-labelling: a frozen copy of the stage-1
+target branch labels augmented target images, the instances scoring above z become targets
+and only the target branch (E_c, E_p^t, RPN, M^t) trains on them; the source branch is frozen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from monai_uda.data.pseudo_labels import PseudoLabelAugment, filter_detections, instance_targets
+from monai_uda.engines.method import AdaptationMethod
+from monai_uda.losses.domain import DEFAULT_BANDWIDTHS, background_consistency_loss, mmd_loss, orthogonality_loss
+from monai_uda.networks.domain_separation import DomainSeparationMaskRCNN
+
+__all__ = ["alpha_ramp", "DARCNNStage1", "DARCNNStage2", "BENCHMARK_PRESETS", "build_for_benchmark"]
+
+
+def alpha_ramp(iteration: int, warmup_iterations: int, start: float, end: float) -> float:
+    """Linear warm-up of the L_sim weight from ``start`` to ``end`` over ``warmup_iterations``.
+
+    ``iteration`` is 1-based; the weight is ``end`` from iteration ``warmup_iterations`` on
+    (paper: from 0 to 1 over the first 0.1 epoch).
+    """
+    if warmup_iterations <= 0:
+        return float(end)
+    progress = min(max(iteration, 0) / warmup_iterations, 1.0)
+    return float(start + (end - start) * progress)
+
+
+@torch.no_grad()
+def _follow(follower: nn.Module, leader: nn.Module, momentum: float) -> None:
+    """Exponential moving average ``follower <- m follower + (1 - m) leader`` (buffers copied)."""
+    for p_f, p_l in zip(follower.parameters(), leader.parameters()):
+        p_f.lerp_(p_l, 1.0 - momentum)
+    for b_f, b_l in zip(follower.buffers(), leader.buffers()):
+        b_f.copy_(b_l)
+
+
+class DARCNNStage1(AdaptationMethod):
+    """DARCNN stage 1: domain separation with L_sim, L_diff and L_target (eq 1).
+
+    The target head M^t receives no supervised signal in stage 1 (L_target trains the encoders
+    through its RoI features). The paper starts M^s and M^t from one COCO-pretrained head, so
+    M^t is a working detector from the start; here, where the source may be trained from
+    scratch, M^t follows M^s as an exponential moving average (``target_head_momentum``; 1
+    keeps M^t at its initialisation as in the paper, 0 copies M^s every iteration).
+
+    The projection P of L_sim is learned adversarially: it *maximises* the MMD (its gradient
+    is negated before the optimiser step, a learned test kernel as in MMD-GAN) while the
+    shared encoder minimises it; with orthonormal rows it can neither collapse nor explode.
+
+    Args:
+        detector: the domain separation Mask R-CNN (both domains).
+        lr: Adam learning rate (paper 1e-4).
+        alpha, alpha_start, alpha_warmup_iterations: L_sim weight ramp (paper 0 -> 1 over 0.1 epoch).
+        beta: L_diff weight (paper 1). gamma: L_target weight (paper 0.1).
+        score_threshold: k, proposal score above which L_target uses a proposal (paper 0.5).
+        mask_threshold: i, mask probability below which a position is background (paper 0.5).
+        diff_channel_fraction: channels L_diff constrains (paper: half).
+        bandwidths: Gaussian kernel bandwidths of L_sim.
+        target_head_momentum: EMA momentum of M^t following M^s (see above).
+        feature_levels: FPN levels entering L_sim and L_diff (``None``: all).
+        amp: autocast the forward passes.
+    """
+
+    inference_network_name = "detector"
+
+    def __init__(
+        self,
+        detector: DomainSeparationMaskRCNN,
+        lr: float = 1e-4,
+        alpha: float = 1.0,
+        alpha_start: float = 0.0,
+        alpha_warmup_iterations: int = 100,
+        beta: float = 1.0,
+        gamma: float = 0.1,
+        score_threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        diff_channel_fraction: float = 0.5,
+        bandwidths: tuple[float, ...] = DEFAULT_BANDWIDTHS,
+        target_head_momentum: float = 0.99,
+        feature_levels: tuple[str, ...] | None = None,
+        amp: bool = False,
+    ) -> None:
+        super().__init__(amp=amp)
+        if set(detector.domains) != {"source", "target"}:
+            raise ValueError(f"stage 1 needs a source and a target branch, got {detector.domains}")
+        if not 0.0 <= target_head_momentum <= 1.0:
+            raise ValueError(f"target_head_momentum must be in [0, 1], got {target_head_momentum}")
+        self.detector = detector
+        self.alpha, self.alpha_start, self.alpha_warmup_iterations = alpha, alpha_start, alpha_warmup_iterations
+        self.loss_weights = {"diff": beta, "target": gamma}
+        self.score_threshold, self.mask_threshold = score_threshold, mask_threshold
+        self.diff_channel_fraction = diff_channel_fraction
+        self.bandwidths = tuple(bandwidths)
+        self.target_head_momentum = target_head_momentum
+        self.feature_levels = None if feature_levels is None else tuple(feature_levels)
+        head_t = set(map(id, detector.heads["target"].parameters()))
+        trained = [p for p in detector.parameters() if id(p) not in head_t]
+        self.optimizers["detector"] = torch.optim.Adam(trained, lr=lr)
+
+    def _levels(self, features: Mapping[str, torch.Tensor]) -> list[str]:
+        return list(features) if self.feature_levels is None else [k for k in self.feature_levels if k in features]
+
+    def step(self, engine: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | float]:
+        """One iteration of DARCNN stage 1 (eq 1, see the module docstring)."""
+        net = self.detector
+        alpha = alpha_ramp(engine.state.iteration, self.alpha_warmup_iterations, self.alpha_start, self.alpha)
+        optimizer = self.optimizers["detector"]
+        optimizer.zero_grad(set_to_none=True)
+        targets = [instance_targets(label) for label in batch["source_label"]]
+        with self.autocast():
+            images_s, targets = net.preprocess(list(batch["source_image"]), targets)
+            images_t, _ = net.preprocess(list(batch["target_image"]))
+            shared_s, private_s = net.encode(images_s, "source")
+            shared_t, private_t = net.encode(images_t, "target")
+
+            proposals, rpn_losses = net.propose(images_s, shared_s, targets)  # L_source
+            _, head_losses = net.heads["source"](net.fuse(shared_s, private_s), proposals, images_s.image_sizes, targets)
+            loss_source = sum(rpn_losses.values()) + sum(head_losses.values())
+
+            levels = self._levels(shared_s)
+            loss_sim = torch.stack(  # eq 2
+                [mmd_loss(net.project(shared_s[k]).float(), net.project(shared_t[k]).float(), self.bandwidths) for k in levels]
+            ).mean()
+            loss_diff = torch.stack(  # eq 3, source and target
+                [
+                    orthogonality_loss(shared[k].float(), private[k].float(), self.diff_channel_fraction)
+                    for shared, private in ((shared_s, private_s), (shared_t, private_t))
+                    for k in levels
+                ]
+            ).sum() / len(levels)
+
+            detections, roi_features = net.detect_with_features(images_t, shared_t, private_t, "target")
+            background = background_consistency_loss(  # eqs 4-6
+                [f.float() for f in roi_features],
+                [d["masks"] for d in detections],
+                [d["scores"] for d in detections],
+                self.score_threshold,
+                self.mask_threshold,
+            )
+            total = loss_source + alpha * loss_sim + self.loss_weights["diff"] * loss_diff
+            total = total + self.loss_weights["target"] * background.loss  # eq 1
+        total.backward()
+        for p in net.sim_projection.parameters():  # the projection maximises L_sim
+            if p.grad is not None:
+                p.grad.neg_()
+        optimizer.step()
+        if self.target_head_momentum < 1.0:
+            momentum = min(self.target_head_momentum, 1.0 - 1.0 / (engine.state.iteration + 1))
+            _follow(net.heads["target"], net.heads["source"], momentum)
+        losses: dict[str, torch.Tensor | float] = {f"source_{k.removeprefix('loss_')}": v.detach() for k, v in {**rpn_losses, **head_losses}.items()}
+        losses.update(
+            source=loss_source.detach(),
+            sim=loss_sim.detach(),
+            diff=loss_diff.detach(),
+            target=background.loss.detach(),
+            total=total.detach(),
+            alpha=alpha,
+            confident_proposals=float(background.num_proposals),
+            images_without_background=float(background.num_empty_images),
+        )
+        return losses
+
+
+class DARCNNStage2(AdaptationMethod):
+    """DARCNN stage 2: train the target branch on augmented pseudo-labels.
+
+    ``teacher`` is a frozen copy of the target branch (E_c, E_p^t, RPN, M^t) taken from
+    ``detector`` at the first stage-2 iteration, i.e. the stage-1 model; it detects instances on
+    augmented target images, those scoring above z (``score_threshold``) are the pseudo-labels,
+    and E_c, E_p^t, the RPN and M^t train on the *original* target images with them (Mask R-CNN
+    losses). The source branch (E_p^s, M^s) and the L_sim projection are frozen. The number of
+    detections per image is the detector's ``box_detections_per_img`` (paper 50 or 100).
+
+    Args:
+        detector: the stage-1 network (shared with :class:`DARCNNStage1` in a two-stage config).
+        lr: Adam learning rate (paper 1e-4).
+        score_threshold: z (paper 0.5).
+        mask_threshold: probability above which a pseudo-label mask pixel is foreground.
+        blur_sigma, contrast, brightness: the augmentation (:class:`PseudoLabelAugment`;
+            paper 1, 1.5, -150/255); all ``None`` = pseudo-labels without augmentation.
+        amp: autocast the forward passes.
+    """
+
+    inference_network_name = "detector"
+
+    def __init__(
+        self,
+        detector: DomainSeparationMaskRCNN,
+        lr: float = 1e-4,
+        score_threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        blur_sigma: float | None = 1.0,
+        contrast: float | None = 1.5,
+        brightness: float | None = -150.0 / 255.0,
+        amp: bool = False,
+    ) -> None:
+        super().__init__(amp=amp)
+        self.detector = detector
+        self.teacher = detector.branch_copy("target")
+        self.teacher.register_buffer("synced", torch.zeros((), dtype=torch.bool))  # checkpointed with the teacher
+        self.set_requires_grad(self.teacher, False)
+        self.augment = PseudoLabelAugment(blur_sigma, contrast, brightness)
+        self.score_threshold, self.mask_threshold = score_threshold, mask_threshold
+        self.frozen = [detector.private_encoders["source"], detector.heads["source"], detector.sim_projection]
+        trained = [detector.shared_encoder, detector.private_encoders["target"], detector.rpn, detector.heads["target"]]
+        self.optimizers["detector"] = torch.optim.Adam([p for m in trained for p in m.parameters()], lr=lr)
+
+    @torch.no_grad()
+    def pseudo_labels(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """The teacher's instances above z on the augmented ``(B, C, H, W)`` target images."""
+        self.teacher.eval()
+        with self.autocast():
+            detections = self.teacher(list(self.augment(images)))
+        return [filter_detections({k: v.float() for k, v in d.items()}, self.score_threshold, self.mask_threshold) for d in detections]
+
+    def step(self, engine: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | float]:
+        """One iteration of DARCNN stage 2."""
+        if not bool(self.teacher.synced):  # first stage-2 iteration: freeze the stage-1 target branch
+            self.teacher.load_state_dict(self.detector.state_dict(), strict=False)  # drops the source branch
+            self.teacher.synced.fill_(True)
+        self.set_requires_grad(self.frozen, False)
+        targets = self.pseudo_labels(batch["target_image"])
+        optimizer = self.optimizers["detector"]
+        optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            losses = self.detector(list(batch["target_image"]), [{k: v for k, v in t.items() if k != "scores"} for t in targets], "target")
+            total = sum(losses.values())
+        total.backward()
+        optimizer.step()
+        out: dict[str, torch.Tensor | float] = {f"pseudo_{k.removeprefix('loss_')}": v.detach() for k, v in losses.items()}
+        out.update(total=total.detach(), pseudo_instances=float(sum(len(t["boxes"]) for t in targets)))
+        return out
+
+
+#: ``build_for_benchmark`` presets: image size, batch size and detector settings
+BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"size": 512, "batch_size": 1, "detector": {"min_size": 512, "max_size": 512, "box_detections_per_img": 100}},
+    "cpu": {
+        "size": 256,
+        "batch_size": 1,
+        "detector": {
+            "min_size": 256,
+            "max_size": 256,
+            "box_detections_per_img": 50,
+            "rpn_pre_nms_top_n_train": 1000,
+            "rpn_post_nms_top_n_train": 500,
+            "box_batch_size_per_image": 128,
+        },
+    },
+}
+
+
+def _disc_labels(batch_size: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """``(B, 1, size, size)`` instance maps of non-overlapping random discs on a grid."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    labels = torch.zeros(batch_size, 1, size, size, dtype=torch.int64)
+    cell = max(size // 4, 8)
+    for b in range(batch_size):
+        ids = 0
+        for cy in range(cell // 2, size, cell):
+            for cx in range(cell // 2, size, cell):
+                radius = int(torch.randint(cell // 6 + 1, cell // 3 + 1, (1,), generator=generator))
+                ids += 1
+                labels[b, 0][(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = ids
+    return labels
+
+
+def build_for_benchmark(preset: str = "cpu") -> tuple[DARCNNStage1, dict[str, torch.Tensor]]:
+    """A stage-1 method and one synthetic batch for ``scripts/bench_train_step.py``.
+
+    Args:
+        preset: ``"paper"`` (512 px, 100 detections) or ``"cpu"`` (256 px, fewer proposals).
+    """
+    if preset not in BENCHMARK_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(BENCHMARK_PRESETS)}")
+    cfg = BENCHMARK_PRESETS[preset]
+    generator = torch.Generator().manual_seed(0)
+    label = _disc_labels(cfg["batch_size"], cfg["size"], generator)
+    source = (label > 0).float().expand(-1, 3, -1, -1) * 0.8 + 0.1
+    target = 1.0 - source * torch.rand(source.shape, generator=generator)
+    method = DARCNNStage1(DomainSeparationMaskRCNN(**cfg["detector"]))
+    return method, {"source_image": source.contiguous(), "source_label": label, "target_image": target}

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from monai_uda.methods.darcnn import DARCNNStage1, DARCNNStage2, alpha_ramp, build_for_benchmark
+from monai_uda.networks.domain_separation import DomainSeparationMaskRCNN
+
+TINY = {
+    "min_size": 64,
+    "max_size": 64,
+    "rpn_pre_nms_top_n_train": 200,
+    "rpn_post_nms_top_n_train": 50,
+    "rpn_pre_nms_top_n_test": 200,
+    "rpn_post_nms_top_n_test": 50,
+    "box_batch_size_per_image": 32,
+    "box_detections_per_img": 10,
+    "box_score_thresh": 0.0,
+}
+
+
+def _engine(iteration: int = 1) -> SimpleNamespace:
+    return SimpleNamespace(state=SimpleNamespace(iteration=iteration, max_iterations=10))
+
+
+def _batch() -> dict[str, torch.Tensor]:
+    label = torch.zeros(1, 1, 64, 64, dtype=torch.int64)
+    label[0, 0, 8:20, 10:24] = 1
+    label[0, 0, 36:50, 30:42] = 2
+    source = (label > 0).float().expand(-1, 3, -1, -1) * 0.8 + 0.1
+    return {"source_image": source.contiguous(), "source_label": label, "target_image": 1.0 - 0.5 * source}
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(module: torch.nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    return any(not torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def test_alpha_ramp():
+    assert alpha_ramp(0, 10, 0.0, 1.0) == 0.0
+    assert alpha_ramp(5, 10, 0.0, 1.0) == pytest.approx(0.5)
+    assert alpha_ramp(10, 10, 0.0, 1.0) == 1.0 and alpha_ramp(50, 10, 0.0, 1.0) == 1.0
+    assert alpha_ramp(3, 0, 0.2, 0.7) == 0.7
+    assert alpha_ramp(2, 4, 0.2, 1.0) == pytest.approx(0.6)
+
+
+def test_stage1_step_updates_all_but_the_target_head():
+    torch.manual_seed(0)
+    net = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **TINY)
+    method = DARCNNStage1(net, score_threshold=0.0, target_head_momentum=1.0, alpha_warmup_iterations=4).train()
+    parts = {
+        "shared": net.shared_encoder,
+        "private_source": net.private_encoders["source"],
+        "private_target": net.private_encoders["target"],
+        "rpn": net.rpn,
+        "head_source": net.heads["source"],
+        "projection": net.sim_projection,
+    }
+    before = {name: _snapshot(m) for name, m in parts.items()}
+    head_t = _snapshot(net.heads["target"])
+    losses = method.step(_engine(2), _batch())
+    assert losses["alpha"] == pytest.approx(0.5)
+    for key in ("source", "sim", "diff", "target", "total"):
+        assert torch.isfinite(losses[key]), key
+    assert losses["sim"] > 0 and losses["diff"] > 0 and losses["target"] > 0
+    assert losses["confident_proposals"] > 0
+    expected = losses["source"] + 0.5 * losses["sim"] + losses["diff"] + 0.1 * losses["target"]  # eq 1
+    assert losses["total"].item() == pytest.approx(expected.item(), rel=1e-5)
+    for name, module in parts.items():
+        assert _changed(module, before[name]), f"{name} was not updated"
+    assert not _changed(net.heads["target"], head_t)  # momentum 1: M^t keeps its initialisation
+
+
+def test_stage1_target_head_follows_source_head():
+    torch.manual_seed(1)
+    net = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **TINY)
+    method = DARCNNStage1(net, score_threshold=2.0, target_head_momentum=0.0).train()  # no confident proposals
+    losses = method.step(_engine(1), _batch())
+    assert losses["target"].item() == 0.0 and losses["confident_proposals"] == 0.0
+    assert losses["images_without_background"] == 1.0
+    source, target = net.heads["source"].state_dict(), net.heads["target"].state_dict()
+    assert all(torch.equal(source[k], v) for k, v in target.items())  # momentum 0: a copy of M^s
+
+
+def test_stage2_step_trains_target_branch_only_with_frozen_teacher():
+    torch.manual_seed(0)
+    net = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **TINY)
+    method = DARCNNStage2(net, score_threshold=0.0).train()
+    frozen = {"private_source": net.private_encoders["source"], "head_source": net.heads["source"], "projection": net.sim_projection}
+    trained = {
+        "shared": net.shared_encoder,
+        "private_target": net.private_encoders["target"],
+        "rpn": net.rpn,
+        "head_target": net.heads["target"],
+    }
+    before = {name: _snapshot(m) for name, m in {**frozen, **trained}.items()}
+    stage1_target = {k: v.clone() for k, v in net.branch_copy("target").state_dict().items()}
+    losses = method.step(_engine(1), _batch())
+    assert losses["pseudo_instances"] > 0 and torch.isfinite(losses["total"])
+    for name, module in frozen.items():
+        assert not _changed(module, before[name]), f"{name} must stay frozen in stage 2"
+    for name, module in trained.items():
+        assert _changed(module, before[name]), f"{name} was not updated"
+    teacher = method.teacher.state_dict()
+    assert bool(teacher["synced"]) and set(method.teacher.heads) == {"target"}
+    assert all(torch.equal(stage1_target[k], teacher[k]) for k in stage1_target)  # teacher = stage-1 weights, frozen
+    assert all(not p.requires_grad for p in method.teacher.parameters())
+
+
+def test_stage2_without_confident_pseudo_labels_trains_on_negatives():
+    torch.manual_seed(0)
+    net = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **TINY)
+    method = DARCNNStage2(net, score_threshold=1.0, blur_sigma=None, contrast=None, brightness=None).train()
+    losses = method.step(_engine(1), _batch())
+    assert losses["pseudo_instances"] == 0.0
+    assert losses["pseudo_mask"].item() == 0.0 and torch.isfinite(losses["total"]) and losses["total"] > 0
+
+
+def test_build_for_benchmark_presets():
+    method, batch = build_for_benchmark("cpu")
+    assert isinstance(method, DARCNNStage1)
+    assert batch["source_image"].shape == batch["target_image"].shape == (1, 3, 256, 256)
+    assert int(batch["source_label"].max()) == 16  # one disc per grid cell
+    assert method.detector.heads["target"].detections_per_img == 50
+    with pytest.raises(ValueError, match="preset"):
+        build_for_benchmark("gpu-cluster")
