@@ -1,0 +1,203 @@
+"""Datalists: the JSON file that lists a dataset's images and labels per domain.
+
+The format is MONAI's decathlon style (see ``DESIGN.md``, "Data contract")::
+
+    {"source": [{"image": "images/a.png", "label": "labels/a.tif"}],
+     "target": [{"image": "images/b.png"}],
+     "validation": [...],
+     "test": [{"image": ..., "label": ...}]}
+
+Paths are relative to the folder of the datalist file and may not leave it. Items may carry
+further keys (ids, spacing, ...), which are kept as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from monai_uda.errors import UDAInputError
+
+__all__ = ["DATALIST_KEYS", "DATALIST_NAME", "PATH_KEYS", "Datalist", "load_datalist", "get_split", "write_datalist"]
+
+DATALIST_KEYS = ("source", "target", "validation", "test")
+"""Top-level keys a datalist may have, in the order they are written."""
+
+DATALIST_NAME = "datalist.json"
+"""File name looked up when a folder is given instead of a datalist file."""
+
+PATH_KEYS = ("image", "label")
+"""Item keys whose values are file paths (relative in the file, absolute once loaded)."""
+
+
+class Datalist(dict):
+    """A loaded datalist: ``{key: [item, ...]}`` that remembers the file it came from.
+
+    Attributes:
+        path: the datalist file, used to name it in error messages (``None`` when built in memory).
+    """
+
+    def __init__(self, data: Mapping[str, list[dict[str, Any]]], path: str | Path | None = None) -> None:
+        super().__init__(data)
+        self.path = None if path is None else Path(path)
+
+
+def _datalist_file(path: str | Path) -> Path:
+    """The datalist file for ``path`` (a file, or a folder holding ``datalist.json``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / DATALIST_NAME
+        if not path.is_file():
+            raise UDAInputError(f"folder has no {DATALIST_NAME}", path.parent)
+    elif not path.is_file():
+        raise UDAInputError("datalist file does not exist", path)
+    return path
+
+
+def _resolve_item_path(value: Any, where: str, root: Path, file: Path) -> str:
+    """Absolute path of one item's ``image``/``label`` entry, checked to exist inside ``root``."""
+    if not isinstance(value, str) or not value:
+        raise UDAInputError(f"{where} must be a non-empty path string, got {value!r}", file)
+    resolved = (root / value).resolve()
+    if not resolved.is_relative_to(root):
+        raise UDAInputError(f"{where} {value!r} points outside the datalist folder {root}", file)
+    if not resolved.is_file():
+        raise UDAInputError(f"{where} {value!r} does not exist", file)
+    return str(resolved)
+
+
+def load_datalist(path: str | Path) -> Datalist:
+    """Read and check a datalist; every ``image``/``label`` becomes an absolute path string.
+
+    Args:
+        path: a datalist JSON file, or a folder containing ``datalist.json``.
+
+    Returns:
+        A :class:`Datalist` with all four keys of :data:`DATALIST_KEYS` (absent ones empty).
+
+    Raises:
+        UDAInputError: naming the datalist file, for a missing file, invalid JSON, an unknown
+            top-level key, a list or item of the wrong type, an item without ``"image"``, a path
+            outside the datalist's folder (after resolving ``..`` and symlinks), a listed file
+            that does not exist, or a datalist whose lists are all empty.
+    """
+    file = _datalist_file(path)
+    root = file.parent.resolve()
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UDAInputError(f"invalid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", file) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UDAInputError(f"cannot read datalist ({exc})", file) from exc
+    if not isinstance(raw, dict):
+        raise UDAInputError(f"expected a JSON object with keys {', '.join(DATALIST_KEYS)}", file)
+    unknown = sorted(set(raw) - set(DATALIST_KEYS))
+    if unknown:
+        raise UDAInputError(f"unknown key {unknown[0]!r} (expected: {', '.join(DATALIST_KEYS)})", file)
+    loaded: dict[str, list[dict[str, Any]]] = {}
+    for key in DATALIST_KEYS:
+        items = raw.get(key, [])
+        if not isinstance(items, list):
+            raise UDAInputError(f"{key!r} must be a list of items, got {type(items).__name__}", file)
+        loaded[key] = []
+        for index, item in enumerate(items):
+            where = f"{key!r} item {index}"
+            if not isinstance(item, dict):
+                raise UDAInputError(f"{where} must be an object, got {type(item).__name__}", file)
+            if "image" not in item:
+                raise UDAInputError(f"{where} has no 'image'", file)
+            entry = dict(item)
+            for path_key in PATH_KEYS:
+                if path_key in entry:
+                    entry[path_key] = _resolve_item_path(entry[path_key], f"{where} {path_key}", root, file)
+            loaded[key].append(entry)
+    if not any(loaded.values()):
+        raise UDAInputError("empty datalist", file)
+    return Datalist(loaded, file)
+
+
+def get_split(datalist: Mapping[str, list[dict[str, Any]]], key: str, require_labels: bool = False) -> list[dict[str, Any]]:
+    """One list of a datalist, checked to be non-empty (and labelled when asked).
+
+    Args:
+        datalist: as returned by :func:`load_datalist`.
+        key: one of :data:`DATALIST_KEYS`.
+        require_labels: check that every item has a ``"label"``.
+
+    Raises:
+        UDAInputError: unknown key, ``"domain '<key>' has zero images"`` or an unlabelled item,
+            naming the datalist file when known.
+    """
+    file = getattr(datalist, "path", None)
+    if key not in DATALIST_KEYS:
+        raise UDAInputError(f"unknown datalist key {key!r} (expected: {', '.join(DATALIST_KEYS)})", file)
+    items = datalist.get(key) or []
+    if not items:
+        raise UDAInputError(f"domain {key!r} has zero images", file)
+    if require_labels:
+        for index, item in enumerate(items):
+            if "label" not in item:
+                raise UDAInputError(f"domain {key!r} item {index} ({item.get('image')}) has no 'label'", file)
+    return list(items)
+
+
+def _relative_to(value: Any, folder: Path, where: str, file: Path) -> str:
+    """``value`` (absolute, or already relative to ``folder``) as a POSIX path relative to ``folder``."""
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise UDAInputError(f"{where} must be a non-empty path, got {value!r}", file)
+    absolute = Path(os.path.abspath(folder / value))
+    relative = Path(os.path.relpath(absolute, folder))
+    if relative.parts[0] == "..":
+        raise UDAInputError(f"{where} {str(value)!r} is outside the datalist folder {folder}", file)
+    return relative.as_posix()
+
+
+def write_datalist(folder: str | Path, datalist: Mapping[str, list[dict[str, Any]]]) -> Path:
+    """Write ``folder/datalist.json`` atomically, with paths relative to ``folder``.
+
+    Args:
+        folder: output folder (created if needed); every listed file must be inside it.
+        datalist: ``{key: [item, ...]}``; paths may be absolute or relative to ``folder``.
+            Keys are written in :data:`DATALIST_KEYS` order; other item keys are kept.
+
+    Returns:
+        The path of the written file.
+
+    Raises:
+        UDAInputError: unknown key, an item without ``"image"``, a path outside ``folder``,
+            or an unwritable folder.
+    """
+    folder = Path(os.path.abspath(folder))
+    file = folder / DATALIST_NAME
+    unknown = sorted(set(datalist) - set(DATALIST_KEYS))
+    if unknown:
+        raise UDAInputError(f"unknown key {unknown[0]!r} (expected: {', '.join(DATALIST_KEYS)})", file)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for key in (k for k in DATALIST_KEYS if k in datalist):
+        out[key] = []
+        for index, item in enumerate(datalist[key]):
+            if "image" not in item:
+                raise UDAInputError(f"{key!r} item {index} has no 'image'", file)
+            entry = dict(item)
+            for path_key in PATH_KEYS:
+                if path_key in entry:
+                    entry[path_key] = _relative_to(entry[path_key], folder, f"{key!r} item {index} {path_key}", file)
+            out[key].append(entry)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    except OSError as exc:
+        raise UDAInputError(f"cannot write datalist ({exc.strerror or exc})", folder) from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(out, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp_name, file)
+    except OSError as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise UDAInputError(f"cannot write datalist ({exc.strerror or exc})", file) from exc
+    return file
