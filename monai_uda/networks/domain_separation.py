@@ -111,10 +111,7 @@ class DomainSeparationMaskRCNN(nn.Module):
     def propose(
         self, images: ImageList, shared: Mapping[str, torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
     ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
-        """Shared RPN proposals; RPN losses only when training with ``targets``."""
-        if self.training and targets is None:
-            with _inference_flag(self.rpn):
-                return self.rpn(images, shared)
+        """Shared RPN proposals on the shared features; RPN losses when training (``targets`` needed)."""
         return self.rpn(images, shared, targets)
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
