@@ -283,7 +283,8 @@ class SyntheticMaskDataset(torch.utils.data.Dataset):
         axis_range, count_range, eccentricity_range: see :func:`random_ellipses`.
         ternary: AD-GAN-INS masks (background / edge / interior) instead of semantic ones.
         edge_fraction: edge width of the ternary masks, see :func:`edge_class_map`.
-        seed: base seed; item ``i`` uses the stream ``(seed, i)``.
+        seed: base seed; item ``i`` of epoch ``k`` uses the stream ``(seed, k, i)``, so each pass
+            (see :meth:`set_epoch`) draws fresh masks, reproducibly.
         max_retries: see :func:`random_ellipses`.
 
     Items are dicts: ``"image"`` float32 ``(1, *shape)`` in ``[-1, 1]`` and ``"label"`` int32
@@ -317,6 +318,11 @@ class SyntheticMaskDataset(torch.utils.data.Dataset):
         self.edge_fraction = edge_fraction
         self.seed = seed
         self.max_retries = max_retries
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the masks of pass ``epoch`` (the trainer's resumable sampler calls this)."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.length
@@ -326,7 +332,7 @@ class SyntheticMaskDataset(torch.utils.data.Dataset):
             raise IndexError(index)
         instances = random_ellipses(
             self.shape, self.axis_range, self.count_range, self.eccentricity_range,
-            seed=np.random.default_rng([self.seed, index]), max_retries=self.max_retries,
+            seed=np.random.default_rng([self.seed, self.epoch, index]), max_retries=self.max_retries,
         )  # fmt: skip
         image = mask_to_domain_image(instances, self.ternary, self.edge_fraction)
         return {"image": torch.from_numpy(image)[None], "label": torch.from_numpy(instances.astype(np.int32))[None]}

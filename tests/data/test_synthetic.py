@@ -173,6 +173,10 @@ def test_synthetic_mask_dataset_items():
     assert set(item["image"].unique().tolist()) <= {-1.0, 0.0, 1.0} and item["label"].max() >= 1
     torch.testing.assert_close(dataset[1]["label"], item["label"])
     assert not torch.equal(dataset[0]["label"], item["label"])
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[1]["label"], item["label"])
+    dataset.set_epoch(0)
+    torch.testing.assert_close(dataset[1]["label"], item["label"])
     volume = SyntheticMaskDataset((16, 32, 32), length=1, axis_range=(4, 6), count_range=(2, 4))[0]
     assert volume["image"].shape == (1, 16, 32, 32) and 2 <= volume["label"].max() <= 4
     with pytest.raises(UDAInputError):
