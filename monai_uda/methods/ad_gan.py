@@ -64,11 +64,19 @@ class DomainTranslator(nn.Module):
         to_domain: ``"mask"`` (segmentation), ``"image"`` (synthesis) or a float label in
             ``[0, 1]`` (0 mask, 1 image: domain-label interpolation).
         from_domain: domain of the inputs; defaults to the other domain, ``"image"`` for floats.
+        ternary: for AD-GAN-INS masks (levels -1 background, 0 edge, 1 interior), return three
+            scores ``-|x - level|`` per pixel instead of ``x``: their argmax is the nearest level,
+            the ``[background, edge, interior]`` layout of the ternary post-processing.
     """
 
-    def __init__(self, generator: AdaINGenerator, to_domain: str | float = "mask", from_domain: str | None = None) -> None:
+    LEVELS = (-1.0, 0.0, 1.0)
+
+    def __init__(
+        self, generator: AdaINGenerator, to_domain: str | float = "mask", from_domain: str | None = None, ternary: bool = False
+    ) -> None:
         super().__init__()
         self.generator = generator
+        self.ternary = ternary
         self.to_domain = _domain_id(to_domain)
         if from_domain is None:
             from_domain = "mask" if to_domain == "image" else "image"
@@ -79,7 +87,10 @@ class DomainTranslator(nn.Module):
         if self.from_domain == MASK_DOMAIN and x.shape[1] != self.in_channels:
             x = x.expand(-1, self.in_channels, *x.shape[2:])
         out = self.generator(x, int(self.from_domain), self.to_domain)
-        return out.mean(dim=1, keepdim=True) if self.to_domain == MASK_DOMAIN else out
+        if self.to_domain != MASK_DOMAIN:
+            return out
+        mask = out.mean(dim=1, keepdim=True)
+        return torch.cat([-(mask - level).abs() for level in self.LEVELS], dim=1) if self.ternary else mask
 
 
 class ADGAN(AdaptationMethod):
@@ -242,9 +253,9 @@ class ADGAN(AdaptationMethod):
         return logs
 
     # ------------------------------------------------------------------ inference helpers
-    def translator(self, to_domain: str | float = "mask", from_domain: str | None = None) -> DomainTranslator:
+    def translator(self, to_domain: str | float = "mask", from_domain: str | None = None, ternary: bool = False) -> DomainTranslator:
         """The generator as a one-input network translating to ``to_domain`` (see :class:`DomainTranslator`)."""
-        return DomainTranslator(self.generator, to_domain, from_domain)
+        return DomainTranslator(self.generator, to_domain, from_domain, ternary)
 
     @torch.no_grad()
     def translate(self, images: torch.Tensor, to_domain: str | float = "mask", from_domain: str | None = None) -> torch.Tensor:

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from monai_uda.methods.ad_gan import ADGAN, build_for_benchmark
+from monai_uda.methods.ad_gan import ADGAN, DomainTranslator, build_for_benchmark
 
 ENGINE = SimpleNamespace(state=SimpleNamespace(iteration=1, max_iterations=10))
 
@@ -147,3 +147,14 @@ def test_build_for_benchmark_presets():
     assert method.generator.encoder.layers[0].conv.out_channels == 32
     with pytest.raises(ValueError):
         build_for_benchmark("gpu")
+
+
+def test_ternary_translator_scores_pick_nearest_level():
+    method = _method()
+    translator = DomainTranslator(method.generator, "mask", ternary=True)
+    images = torch.rand(1, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        scores, mask = translator(images), method.translator("mask")(images)
+    assert scores.shape == (1, 3, 16, 16)
+    expected = torch.bucketize(mask[:, 0], torch.tensor([-0.5, 0.5]))
+    torch.testing.assert_close(scores.argmax(dim=1), expected)
