@@ -1,3 +1,21 @@
-"""transforms."""
+"""MONAI-style transforms shared by all bundles: loading, channel policy, scaling, chains."""
 
 from __future__ import annotations
+
+from monai_uda.transforms.croppad import BackgroundPadd
+from monai_uda.transforms.intensity import LUMINANCE_WEIGHTS, ChannelPolicy, ChannelPolicyd, scale_intensity_percentiles
+from monai_uda.transforms.loading import LoadUDAImaged, filename_of
+from monai_uda.transforms.pipelines import default_rotation_axes, inference_transforms, train_transforms
+
+__all__ = [
+    "BackgroundPadd",
+    "LUMINANCE_WEIGHTS",
+    "ChannelPolicy",
+    "ChannelPolicyd",
+    "LoadUDAImaged",
+    "default_rotation_axes",
+    "filename_of",
+    "inference_transforms",
+    "scale_intensity_percentiles",
+    "train_transforms",
+]

@@ -1,0 +1,129 @@
+"""Ready-made transform chains for training and inference.
+
+The chains start with the deterministic part (loading, channel policy, scaling), which
+:class:`~monai_uda.data.dataset.UnpairedDataset` and MONAI's ``CacheDataset`` cache, and end
+with the random part (pad, crop, flips, 90 degree rotations) that runs for every item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.transforms import Compose, EnsureTyped, RandFlipd, RandRotate90d, RandSpatialCropd, SpatialPadd
+
+from monai_uda.errors import UDAInputError
+from monai_uda.transforms.croppad import BackgroundPadd
+from monai_uda.transforms.intensity import ChannelPolicyd, scale_intensity_percentiles
+from monai_uda.transforms.loading import LoadUDAImaged
+
+__all__ = ["train_transforms", "inference_transforms", "default_rotation_axes"]
+
+
+def _check_dims(spatial_dims: int) -> None:
+    if spatial_dims not in (2, 3):
+        raise UDAInputError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+
+
+def default_rotation_axes(spatial_dims: int) -> tuple[int, int]:
+    """In-plane axes of the 90 degree rotations: ``(0, 1)`` for ``(H, W)``, ``(1, 2)`` for ``(Z, Y, X)`` stacks.
+
+    NIfTI volumes are read as ``(X, Y, Z)``; pass ``rotation_axes=(0, 1)`` for them.
+    """
+    _check_dims(spatial_dims)
+    return (0, 1) if spatial_dims == 2 else (1, 2)
+
+
+def train_transforms(
+    spatial_dims: int,
+    patch_size: Sequence[int],
+    channels: int,
+    invert: bool = False,
+    value_range: Sequence[float] = (0.0, 1.0),
+    image_key: str = "image",
+    label_key: str | None = "label",
+    augment: bool = True,
+    allow_missing_label: bool = False,
+    rotation_axes: tuple[int, int] | None = None,
+) -> Compose:
+    """Training chain: load, channel policy, percentile scaling, pad, random patch, flips, rotations.
+
+    Images smaller than ``patch_size`` are padded first: the image with each channel's median
+    (the background colour in any modality, see :class:`~monai_uda.transforms.BackgroundPadd`)
+    and the label with 0. Rotations by 90 degrees are only used when the patch is square in ``rotation_axes`` so
+    every output has the shape ``patch_size``.
+
+    Args:
+        spatial_dims: 2 or 3.
+        patch_size: training patch, one size per spatial axis.
+        channels: channel count of the networks (see :class:`~monai_uda.transforms.ChannelPolicy`).
+        invert: make bright-on-dark images dark-on-bright (after scaling).
+        value_range: output intensity range, ``(0, 1)`` or ``(-1, 1)`` for tanh generators.
+        image_key: item key of the image.
+        label_key: item key of the instance map, ``None`` for unlabelled domains.
+        augment: add random flips and 90 degree rotations.
+        allow_missing_label: items without ``label_key`` pass (semi-supervised target domains,
+            where only some items are labelled).
+        rotation_axes: in-plane axes of the rotations (default :func:`default_rotation_axes`).
+
+    Returns:
+        A ``Compose`` whose items hold ``image_key`` as a ``(channels, *patch_size)`` float32
+        tensor and ``label_key`` as a ``(1, *patch_size)`` int32 tensor (plain tensors, so the
+        default collate works).
+
+    Raises:
+        UDAInputError: invalid ``spatial_dims``, ``patch_size`` or ``value_range``.
+    """
+    _check_dims(spatial_dims)
+    patch = tuple(int(p) for p in patch_size)
+    if len(patch) != spatial_dims or min(patch) < 1:
+        raise UDAInputError(f"patch_size must have {spatial_dims} positive sizes, got {tuple(patch_size)}")
+    keys = [image_key] if label_key is None else [image_key, label_key]
+    missing = allow_missing_label and label_key is not None
+    axes = default_rotation_axes(spatial_dims) if rotation_axes is None else tuple(rotation_axes)
+    chain = [
+        LoadUDAImaged(image_key, label_keys=() if label_key is None else label_key, spatial_dims=spatial_dims, allow_missing_keys=missing),
+        scale_intensity_percentiles(image_key, value_range),
+        ChannelPolicyd(image_key, channels, invert),
+        BackgroundPadd(image_key, spatial_size=patch),
+    ]
+    if label_key is not None:
+        chain.append(SpatialPadd(label_key, spatial_size=patch, mode="constant", allow_missing_keys=missing))
+    chain.append(RandSpatialCropd(keys, roi_size=patch, random_size=False, allow_missing_keys=missing))
+    if augment:
+        chain += [RandFlipd(keys, prob=0.5, spatial_axis=axis, allow_missing_keys=missing) for axis in range(spatial_dims)]
+        if len(axes) != 2 or not all(0 <= a < spatial_dims for a in axes) or axes[0] == axes[1]:
+            raise UDAInputError(f"rotation_axes must be two different axes of {spatial_dims}D, got {axes}")
+        if patch[axes[0]] == patch[axes[1]]:
+            # prob 0.75 with k in {1, 2, 3}: each of the four orientations with probability 1/4
+            chain.append(RandRotate90d(keys, prob=0.75, max_k=3, spatial_axes=axes, allow_missing_keys=missing))
+    chain.append(EnsureTyped(image_key, dtype=torch.float32, track_meta=False))
+    if label_key is not None:
+        chain.append(EnsureTyped(label_key, dtype=torch.int32, track_meta=False, allow_missing_keys=allow_missing_label))
+    return Compose(chain)
+
+
+def inference_transforms(
+    spatial_dims: int, channels: int, invert: bool = False, value_range: Sequence[float] = (0.0, 1.0)
+) -> Compose:
+    """Inference chain on key ``"image"``: load, channel policy, percentile scaling, no crop.
+
+    The image stays a ``MetaTensor`` so that writers find the input's file name, spacing and
+    affine in ``image.meta`` (``"filename_or_obj"``, ``"spacing"``, ``"affine"``,
+    ``"spatial_shape"``).
+
+    Args:
+        spatial_dims: 2 or 3.
+        channels: channel count of the network.
+        invert: as in :func:`train_transforms`.
+        value_range: as in :func:`train_transforms`.
+    """
+    _check_dims(spatial_dims)
+    return Compose(
+        [
+            LoadUDAImaged("image", spatial_dims=spatial_dims),
+            scale_intensity_percentiles("image", value_range),
+            ChannelPolicyd("image", channels, invert),
+            EnsureTyped("image", dtype=torch.float32, track_meta=True),
+        ]
+    )
