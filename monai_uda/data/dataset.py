@@ -1,0 +1,179 @@
+"""Unpaired source/target dataset of the adaptation methods.
+
+Every method trains on pairs of one labelled source patch and one (mostly unlabelled) target
+patch. Unlike MONAI's ``ZipDataset`` the two domains may differ in size: each epoch draws a
+fresh pairing, and every random transform of an item is seeded from ``(seed, epoch, index)``,
+so an epoch's data never depend on the global random state or on which items were drawn
+before. That makes a run that resumes from a checkpoint see exactly the data of an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import CacheDataset, Dataset
+from monai.transforms import Compose
+
+from monai_uda.errors import UDAInputError
+
+__all__ = ["UnpairedDataset", "select_labelled_targets", "item_seed"]
+
+
+def item_seed(*parts: int) -> int:
+    """A 32-bit seed derived from integers (e.g. seed, epoch, index, domain) by ``numpy.random.SeedSequence``."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint32)[0])
+
+
+def select_labelled_targets(target: Sequence[Mapping[str, Any]], fraction: float, seed: int = 0) -> list[bool]:
+    """Pick the target items whose labels a semi-supervised (SSDA) run may use.
+
+    ``max(1, round(fraction * n))`` items are chosen when ``fraction > 0``. The choice ranks items
+    by a SHA-256 hash of ``(seed, image)``, so it is the same in every run and process, does not
+    depend on the order of the list, and a larger fraction keeps the items of a smaller one.
+
+    Args:
+        target: target items (``{"image": ..., "label": ...}``).
+        fraction: share of items to label, in ``[0, 1]``.
+        seed: selection seed.
+
+    Returns:
+        One flag per item, ``True`` when the item is labelled.
+
+    Raises:
+        UDAInputError: fraction outside ``[0, 1]``, or a chosen item without ``"label"``.
+    """
+    if not 0.0 <= float(fraction) <= 1.0:
+        raise UDAInputError(f"target_label_fraction must be within [0, 1], got {fraction}")
+    if fraction == 0 or not target:
+        return [False] * len(target)
+    count = max(1, int(round(fraction * len(target))))
+
+    def rank(index: int) -> tuple[str, int]:
+        digest = hashlib.sha256(f"{seed}:{target[index].get('image')}".encode()).hexdigest()
+        return digest, index
+
+    chosen = set(sorted(range(len(target)), key=rank)[:count])
+    for index in sorted(chosen):
+        if "label" not in target[index]:
+            raise UDAInputError(f"target item {index} is chosen as labelled but has no 'label'", target[index].get("image"))
+    return [index in chosen for index in range(len(target))]
+
+
+class UnpairedDataset(torch.utils.data.Dataset):
+    """Pairs of a source item and a target item, re-paired every epoch.
+
+    Item ``i`` of epoch ``e`` is ``source[p_e(i)]`` and ``target[q_e(i)]`` where ``p_e``/``q_e``
+    go through shuffled copies of each list (each source and target item used as evenly as the
+    length allows). Each item dict holds ``source_image`` ``(C, *patch)`` float32,
+    ``source_label`` ``(1, *patch)`` int32 instance ids and ``target_image``; with
+    ``target_label_fraction > 0`` also ``target_label`` (zeros when the item is unlabelled) and
+    ``target_labelled`` (0-d bool tensor).
+
+    Call :meth:`set_epoch` at the start of every epoch (the trainer does, on
+    ``Events.EPOCH_STARTED``, which Ignite fires before it creates the epoch's data iterator,
+    so non-persistent ``DataLoader`` workers see the new epoch; do not use
+    ``persistent_workers=True``). Item seeding works per process, so do not share one dataset
+    between threads.
+
+    Args:
+        source: labelled source items ``{"image": ..., "label": ...}``.
+        target: target items ``{"image": ...}`` (with ``"label"`` for the labelled ones).
+        source_transform: chain producing ``"image"`` and ``"label"`` (e.g.
+            :func:`~monai_uda.transforms.train_transforms`).
+        target_transform: chain producing ``"image"`` (and ``"label"`` for SSDA; build it with
+            ``allow_missing_label=True`` since unlabelled items have none).
+        length: items per epoch, default ``max(len(source), len(target))``.
+        seed: seed of the pairings and of all random transforms.
+        target_label_fraction: share of target items whose labels are used (SSDA), see
+            :func:`select_labelled_targets`.
+        cache: decode each file once and keep the deterministic part of each chain (loading,
+            channel policy, scaling) in memory (MONAI ``CacheDataset``); only the random part
+            runs per item.
+        cache_workers: threads used to fill the cache.
+
+    Raises:
+        UDAInputError: empty domain, source item without ``"label"``, bad length or fraction.
+    """
+
+    def __init__(
+        self,
+        source: Sequence[Mapping[str, Any]],
+        target: Sequence[Mapping[str, Any]],
+        source_transform: Compose,
+        target_transform: Compose,
+        length: int | None = None,
+        seed: int = 0,
+        target_label_fraction: float = 0.0,
+        cache: bool = True,
+        cache_workers: int = 1,
+    ) -> None:
+        if not source:
+            raise UDAInputError("domain 'source' has zero images")
+        if not target:
+            raise UDAInputError("domain 'target' has zero images")
+        for index, item in enumerate(source):
+            if "label" not in item:
+                raise UDAInputError(f"source item {index} has no 'label'", item.get("image"))
+        self.length = max(len(source), len(target)) if length is None else int(length)
+        if self.length < 1:
+            raise UDAInputError(f"length must be at least 1, got {length}")
+        self.seed = int(seed)
+        self.semi_supervised = target_label_fraction > 0
+        self.target_labelled = select_labelled_targets(target, target_label_fraction, seed)
+        target_items = [dict(item) for item in target]
+        for item, labelled in zip(target_items, self.target_labelled):
+            if not labelled:
+                item.pop("label", None)
+        self.source = self._dataset([dict(item) for item in source], source_transform, cache, cache_workers)
+        self.target = self._dataset(target_items, target_transform, cache, cache_workers)
+        self.epoch = 0
+        self.set_epoch(0)
+
+    @staticmethod
+    def _dataset(items: list[dict[str, Any]], transform: Compose, cache: bool, workers: int) -> Dataset:
+        if not isinstance(transform, Compose):
+            transform = Compose(transform)
+        if cache:
+            return CacheDataset(items, transform, cache_rate=1.0, num_workers=workers, progress=False)
+        return Dataset(items, transform)
+
+    @staticmethod
+    def _order(rng: np.random.Generator, size: int, length: int) -> np.ndarray:
+        """``length`` indices from concatenated permutations of ``range(size)``."""
+        rounds = -(-length // size)
+        return np.concatenate([rng.permutation(size) for _ in range(rounds)])[:length]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the pairing of ``epoch`` (a function of ``(seed, epoch)`` only)."""
+        self.epoch = int(epoch)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.source_index = self._order(rng, len(self.source), self.length)
+        self.target_index = self._order(rng, len(self.target), self.length)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _draw(self, dataset: Dataset, index: int, item: int, domain: int) -> dict[str, Any]:
+        """Item ``index`` of ``dataset`` with its random transforms seeded from (seed, epoch, item, domain)."""
+        dataset.transform.set_random_state(seed=item_seed(self.seed, self.epoch, item, domain))
+        return dataset[index]
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        if not -self.length <= item < self.length:
+            raise IndexError(f"index {item} out of range for {self.length} items")
+        item %= self.length
+        src = self._draw(self.source, int(self.source_index[item]), item, 0)
+        t_index = int(self.target_index[item])
+        tgt = self._draw(self.target, t_index, item, 1)
+        out = {"source_image": src["image"], "source_label": src["label"], "target_image": tgt["image"]}
+        if self.semi_supervised:
+            labelled = self.target_labelled[t_index]
+            shape = (1, *tgt["image"].shape[1:])
+            out["target_label"] = tgt["label"] if labelled else torch.zeros(shape, dtype=torch.int32)
+            out["target_labelled"] = torch.tensor(labelled)
+        return out
