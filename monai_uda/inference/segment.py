@@ -17,14 +17,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 from tqdm import tqdm
 
-from monai_uda.data.io import list_images, read_image, stem_of, write_array
+from monai_uda.data.io import list_images, stem_of, write_array
 from monai_uda.engines.checkpoint import load_network_weights
 from monai_uda.errors import UDAInputError
 from monai_uda.inference.overlay import save_overlay
 from monai_uda.inference.postprocess import binary_to_instances, ternary_to_instances
+from monai_uda.transforms import inference_transforms
 
 __all__ = ["FolderSegmenter", "to_probabilities"]
 
@@ -64,9 +66,10 @@ class FolderSegmenter:
         output_dir: folder for the results (created).
         spatial_dims: 2 for images, 3 for volumes; inputs of the other kind are refused.
         channels: input channels of the network; grey images are repeated to 3 channels and RGB
-            images averaged to grey when needed, other mismatches are refused.
+            images turned to luminance when needed, other mismatches are refused.
         invert: invert intensities (e.g. bright-field images for a fluorescence-trained model).
-        value_range: intensity range the network was trained on; each image is min-max scaled to it.
+        value_range: intensity range the network was trained on (percentile scaling).
+            Preprocessing is :func:`monai_uda.transforms.inference_transforms`, the one of training.
         roi_size: sliding-window size (one value per spatial dim).
         sw_batch_size: windows per forward pass.
         overlap: window overlap fraction.
@@ -83,7 +86,8 @@ class FolderSegmenter:
         min_size: smallest nucleus kept, in pixels/voxels.
         mask_ext: suffix of the mask files; default ``.png`` (2D) / ``.nii.gz`` (3D).
         instance_ext: suffix of the instance files; default ``.tif`` (2D) / ``.nii.gz`` (3D).
-        overlay: also write ``<stem>_overlay.png`` (2D only).
+        overlay: also write ``<stem>_overlay.png`` (2D only): instance boundaries over the image as
+            the network saw it (after channel policy and ``invert``).
         amp: run the network under ``torch.autocast``.
         padding_mode: how windows beyond the image border are padded (``torch.nn.functional.pad`` mode).
     """
@@ -130,9 +134,7 @@ class FolderSegmenter:
         self.input_dir = Path(input_dir)
         self.output_dir = Path(output_dir)
         self.spatial_dims = spatial_dims
-        self.channels = channels
-        self.invert = invert
-        self.value_range = (float(value_range[0]), float(value_range[1]))
+        self.transforms = inference_transforms(spatial_dims, channels, invert, value_range)
         self.inferer = SlidingWindowInferer(
             roi_size=roi, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode, padding_mode=padding_mode
         )
@@ -169,24 +171,21 @@ class FolderSegmenter:
         except OSError as exc:
             raise UDAInputError(f"output folder is not writable ({exc.strerror or exc})", self.output_dir) from exc
 
-    def _preprocess(self, path: Path) -> tuple[torch.Tensor, np.ndarray, dict[str, Any]]:
-        """Read ``path`` and return the network input ``(1, C, *spatial)``, the raw image and its metadata."""
-        image, meta = read_image(path, spatial_dims=self.spatial_dims)
-        raw = image
-        if image.shape[0] != self.channels:
-            if image.shape[0] == 1 and self.channels == 3:
-                image = np.repeat(image, 3, axis=0)
-            elif image.shape[0] == 3 and self.channels == 1:
-                image = image.mean(axis=0, keepdims=True)
-            else:
-                raise UDAInputError(f"image has {image.shape[0]} channels, the network expects {self.channels}", path)
-        low, high = self.value_range
-        span = float(image.max() - image.min())
-        image = (image - image.min()) / span if span > 0 else np.zeros_like(image)
-        if self.invert:
-            image = 1.0 - image
-        image = low + image * (high - low)
-        return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None], raw, meta
+    def _preprocess(self, path: Path) -> MetaTensor:
+        """Read ``path`` with the shared inference transforms: ``(C, *spatial)`` network input with its meta data.
+
+        MONAI's ``Compose`` wraps a transform's exception in ``RuntimeError("applying transform ...")``;
+        the :class:`UDAInputError` it carries (bad file, wrong dimensionality or channels) is re-raised as is.
+        """
+        try:
+            return self.transforms({"image": str(path)})["image"]
+        except RuntimeError as exc:
+            cause = exc.__cause__
+            while cause is not None and not isinstance(cause, UDAInputError):
+                cause = cause.__cause__
+            if cause is None:
+                raise
+            raise cause from None
 
     def _probabilities(self, inputs: torch.Tensor, path: Path) -> np.ndarray:
         """Sliding-window inference and activation: ``(C, *spatial)`` probabilities on the CPU."""
@@ -208,30 +207,30 @@ class FolderSegmenter:
         foreground = 1.0 - probs[0] if self.output_activation == "softmax" else probs[0]
         return binary_to_instances(foreground, threshold=self.threshold, min_size=self.min_size)
 
-    def _write_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
-        """Geometry for the 3D outputs: the input's affine, else its spacing (a single TIFF z-step becomes ``(z, 1, 1)``)."""
-        if meta.get("affine") is not None:
-            return {"affine": meta["affine"]}
-        spacing = meta.get("spacing")
+    def _write_meta(self, image: MetaTensor) -> dict[str, Any]:
+        """Geometry of the 3D outputs: a NIfTI input's affine, else its spacing (a TIFF z-step ``z`` gives ``(z, 1, 1)``)."""
+        if image.meta.get("format") in (".nii", ".nii.gz"):
+            return {"affine": image.affine.numpy()}
+        spacing = image.meta.get("spacing")
         if spacing and len(spacing) == 1:
             spacing = (spacing[0], 1.0, 1.0)
-        return {"spacing": spacing} if spacing and len(spacing) == self.spatial_dims else {}
+        return {"spacing": tuple(spacing)} if spacing and len(spacing) == self.spatial_dims else {}
 
     def segment_file(self, path: str | Path) -> dict[str, Any]:
         """Segment one image and write its outputs; returns the record described in :meth:`run`."""
         path = Path(path)
         start = time.perf_counter()
-        inputs, raw, meta = self._preprocess(path)
-        instances = self._instances(self._probabilities(inputs, path))
+        image = self._preprocess(path)
+        instances = self._instances(self._probabilities(image.as_tensor()[None], path))
         n_instances = int(instances.max())
         instances = instances.astype(np.uint16 if n_instances < 2**16 else np.uint32)
         paths = self._output_paths(path)
-        write_meta = self._write_meta(meta) if self.spatial_dims == 3 else {}
+        write_meta = self._write_meta(image) if self.spatial_dims == 3 else {}
         mask = (instances > 0).astype(np.uint8) * (255 if self.spatial_dims == 2 else 1)
         write_array(paths["mask"], mask, write_meta)
         write_array(paths["instances"], instances, write_meta)
         if self.overlay:
-            save_overlay(paths["overlay"], raw, instances)
+            save_overlay(paths["overlay"], image.numpy(), instances)
         record: dict[str, Any] = {"stem": stem_of(path), "image": str(path)}
         record.update({key: str(p) for key, p in paths.items()})
         record.update(n_instances=n_instances, seconds=time.perf_counter() - start)
