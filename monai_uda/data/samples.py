@@ -32,7 +32,15 @@ from monai_uda.data.io import read_image, read_label, write_array
 from monai_uda.data.synthetic import random_ellipses
 from monai_uda.errors import UDAInputError
 
-__all__ = ["SAMPLE_NAMES", "Sample", "samples_origin", "load_sample", "make_sample_dataset", "render_fluorescence", "render_he_like"]
+__all__ = [
+    "SAMPLE_NAMES",
+    "Sample",
+    "samples_origin",
+    "load_sample",
+    "make_sample_dataset",
+    "render_fluorescence",
+    "render_he_like",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +216,8 @@ def _dataset_2d(folder: Path, seed: int, origin: str | None) -> tuple[dict[str, 
         window = (slice(y, y + crop[0]), slice(x, x + crop[1]))
         source.append(_write_pair(folder / "source", f"fluo_crop{k}", fluo.image[(slice(None), *window)], fluo.label[window]))
     valid_window = (slice(split_row, height), slice(0, split_col))
-    validation = [_write_pair(folder / "validation", "fluo_val", fluo.image[(slice(None), *valid_window)], fluo.label[valid_window])]
+    valid_image = fluo.image[(slice(None), *valid_window)]
+    validation = [_write_pair(folder / "validation", "fluo_val", valid_image, fluo.label[valid_window])]
     target = [_write_pair(folder / "target", "he_tile", he.image, None)]
     he_crop = tuple(min(256, s) for s in he.image.shape[1:])
     for k, (y, x) in enumerate(_crop_corners(rng, he.image.shape[1:], he_crop, 3)):
@@ -240,7 +249,8 @@ def _dataset_3d(folder: Path, seed: int, origin: str | None) -> tuple[dict[str, 
     def flipped(axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         return np.flip(image, [a + 1 for a in axes]), np.flip(label, axes)
 
-    source = [_write_pair(folder / "source", f"nuclei3d_{name}", *flipped(axes)) for name, axes in (("orig", ()), ("flipx", (2,)), ("flipy", (1,)))]
+    copies = (("orig", ()), ("flipx", (2,)), ("flipy", (1,)))
+    source = [_write_pair(folder / "source", f"nuclei3d_{name}", *flipped(axes)) for name, axes in copies]
     val_image, val_label = flipped((1, 2))
     validation = [_write_pair(folder / "validation", "nuclei3d_flipxy", val_image, val_label)]
     target = [

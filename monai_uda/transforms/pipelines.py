@@ -82,7 +82,9 @@ def train_transforms(
     missing = allow_missing_label and label_key is not None
     axes = default_rotation_axes(spatial_dims) if rotation_axes is None else tuple(rotation_axes)
     chain = [
-        LoadUDAImaged(image_key, label_keys=() if label_key is None else label_key, spatial_dims=spatial_dims, allow_missing_keys=missing),
+        LoadUDAImaged(
+            image_key, label_keys=() if label_key is None else label_key, spatial_dims=spatial_dims, allow_missing_keys=missing
+        ),
         scale_intensity_percentiles(image_key, value_range),
         ChannelPolicyd(image_key, channels, invert),
         BackgroundPadd(image_key, spatial_size=patch),

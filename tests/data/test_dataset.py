@@ -32,7 +32,8 @@ def _dataset(tmp_path, n_source=3, n_target=5, **kwargs):
     source = _items(tmp_path, "s", n_source, True)
     target = _items(tmp_path, "t", n_target, kwargs.pop("target_labels", False))
     src_t = train_transforms(2, PATCH, channels=1)
-    tgt_t = train_transforms(2, PATCH, channels=3, label_key="label" if kwargs.get("target_label_fraction") else None, allow_missing_label=True)
+    target_label = "label" if kwargs.get("target_label_fraction") else None
+    tgt_t = train_transforms(2, PATCH, channels=3, label_key=target_label, allow_missing_label=True)
     return UnpairedDataset(source, target, src_t, tgt_t, **kwargs)
 
 

@@ -32,7 +32,10 @@ def test_arrays_pass_through_unchanged():
 
 
 def test_label_shape_mismatch_and_bad_values(tmp_path):
-    item = {"image": str(write_array(tmp_path / "a.tif", np.zeros((4, 4), np.uint8))), "label": str(write_array(tmp_path / "b.tif", np.zeros((4, 5), np.uint8)))}
+    item = {
+        "image": str(write_array(tmp_path / "a.tif", np.zeros((4, 4), np.uint8))),
+        "label": str(write_array(tmp_path / "b.tif", np.zeros((4, 5), np.uint8))),
+    }
     with pytest.raises(UDAInputError, match=r"b.tif: label shape \(4, 5\) does not match image shape \(4, 4\)"):
         LoadUDAImaged("image", label_keys="label")(item)
     with pytest.raises(UDAInputError, match="file path or an array"):

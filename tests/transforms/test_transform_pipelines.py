@@ -36,7 +36,8 @@ def test_train_2d_shapes_types_and_label_alignment(tmp_path):
 
 def test_train_3d_shapes(tmp_path):
     volume = np.random.default_rng(0).integers(0, 60000, (10, 20, 24)).astype(np.uint16)
-    item = {"image": str(write_array(tmp_path / "v.tif", volume)), "label": str(write_array(tmp_path / "v_lab.tif", (volume > 30000).astype(np.uint16)))}
+    label = (volume > 30000).astype(np.uint16)
+    item = {"image": str(write_array(tmp_path / "v.tif", volume)), "label": str(write_array(tmp_path / "v_lab.tif", label))}
     out = train_transforms(3, (8, 16, 16), channels=1)(item)
     assert out["image"].shape == (1, 8, 16, 16) and out["label"].shape == (1, 8, 16, 16)
 
