@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from monai.transforms import MapTransform, Randomizable
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 from skimage.draw import ellipse
@@ -35,6 +36,7 @@ __all__ = [
     "load_preset",
     "estimate_mask_statistics",
     "SyntheticMaskDataset",
+    "RandSyntheticMaskd",
 ]
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -336,3 +338,49 @@ class SyntheticMaskDataset(torch.utils.data.Dataset):
         )  # fmt: skip
         image = mask_to_domain_image(instances, self.ternary, self.edge_fraction)
         return {"image": torch.from_numpy(image)[None], "label": torch.from_numpy(instances.astype(np.int32))[None]}
+
+
+class RandSyntheticMaskd(Randomizable, MapTransform):
+    """Replace an item's image and label by a fresh synthetic mask (the AD-GAN mask domain).
+
+    A MONAI random transform, so :class:`~monai_uda.data.dataset.UnpairedDataset` seeds it per
+    item and epoch like any augmentation: the mask domain is "source" items
+    ``{"image": "synthetic", "label": "synthetic"}`` whose chain is this transform.
+
+    Args:
+        keys: ``(image_key, label_key)``.
+        shape: spatial shape of the masks.
+        axis_range, count_range, eccentricity_range, ternary, edge_fraction, max_retries: as in
+            :class:`SyntheticMaskDataset`; ``preset`` fills the ranges not given.
+        preset: preset name (:func:`load_preset`); its counts are rescaled to ``shape``.
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[str] = ("image", "label"),
+        shape: Sequence[int] = (256, 256),
+        preset: str | None = None,
+        axis_range: Sequence[float] | None = None,
+        count_range: Sequence[int] | None = None,
+        eccentricity_range: Sequence[float] | None = None,
+        ternary: bool = False,
+        edge_fraction: float = 0.3,
+        max_retries: int = 200,
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        self.image_key, self.label_key = self.keys
+        self.masks = SyntheticMaskDataset(
+            shape, 1, preset, axis_range, count_range, eccentricity_range, ternary, edge_fraction, max_retries=max_retries
+        )
+        self._seed = 0
+
+    def randomize(self, data: Any = None) -> None:
+        self._seed = int(self.R.randint(2**31 - 1))
+
+    def __call__(self, data: Any) -> dict[str, Any]:
+        self.randomize()
+        self.masks.seed = self._seed
+        out = dict(data)
+        item = self.masks[0]
+        out[self.image_key], out[self.label_key] = item["image"], item["label"]
+        return out

@@ -6,6 +6,7 @@ import torch
 from skimage.measure import label, regionprops
 
 from monai_uda.data.synthetic import (
+    RandSyntheticMaskd,
     SyntheticMaskDataset,
     available_presets,
     domain_image_to_classes,
@@ -183,3 +184,14 @@ def test_synthetic_mask_dataset_items():
         SyntheticMaskDataset((16, 32, 32), preset="hela")
     with pytest.raises(IndexError):
         dataset[3]
+
+
+def test_rand_synthetic_maskd_seeded_like_a_monai_transform():
+    transform = RandSyntheticMaskd(shape=(64, 64), axis_range=(5, 8), count_range=(3, 6))
+    transform.set_random_state(seed=5)
+    first = transform({"image": "synthetic", "label": "synthetic", "other": 1})
+    assert first["other"] == 1 and first["image"].shape == (1, 64, 64) and 3 <= first["label"].max() <= 6
+    second = transform({"image": "synthetic", "label": "synthetic"})
+    assert not torch.equal(first["label"], second["label"])
+    transform.set_random_state(seed=5)
+    torch.testing.assert_close(transform({"image": "synthetic", "label": "synthetic"})["label"], first["label"])
