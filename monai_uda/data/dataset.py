@@ -20,6 +20,7 @@ from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose
 
 from monai_uda.errors import UDAInputError
+from monai_uda.transforms.errors import unwrap_input_errors
 
 __all__ = ["UnpairedDataset", "select_labelled_targets", "item_seed"]
 
@@ -97,7 +98,8 @@ class UnpairedDataset(torch.utils.data.Dataset):
         cache_workers: threads used to fill the cache.
 
     Raises:
-        UDAInputError: empty domain, source item without ``"label"``, bad length or fraction.
+        UDAInputError: empty domain, source item without ``"label"``, bad length or fraction, and
+            (when caching, at construction; else when drawn) unreadable or inconsistent files.
     """
 
     def __init__(
@@ -139,7 +141,8 @@ class UnpairedDataset(torch.utils.data.Dataset):
         if not isinstance(transform, Compose):
             transform = Compose(transform)
         if cache:
-            return CacheDataset(items, transform, cache_rate=1.0, num_workers=workers, progress=False)
+            with unwrap_input_errors():
+                return CacheDataset(items, transform, cache_rate=1.0, num_workers=workers, progress=False)
         return Dataset(items, transform)
 
     @staticmethod
@@ -161,7 +164,8 @@ class UnpairedDataset(torch.utils.data.Dataset):
     def _draw(self, dataset: Dataset, index: int, item: int, domain: int) -> dict[str, Any]:
         """Item ``index`` of ``dataset`` with its random transforms seeded from (seed, epoch, item, domain)."""
         dataset.transform.set_random_state(seed=item_seed(self.seed, self.epoch, item, domain))
-        return dataset[index]
+        with unwrap_input_errors():
+            return dataset[index]
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         if not -self.length <= item < self.length:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from monai_uda.transforms.croppad import BackgroundPadd
+from monai_uda.transforms.errors import unwrap_input_errors
 from monai_uda.transforms.intensity import LUMINANCE_WEIGHTS, ChannelPolicy, ChannelPolicyd, scale_intensity_percentiles
 from monai_uda.transforms.loading import LoadUDAImaged, filename_of
 from monai_uda.transforms.pipelines import default_rotation_axes, inference_transforms, train_transforms
@@ -18,4 +19,5 @@ __all__ = [
     "inference_transforms",
     "scale_intensity_percentiles",
     "train_transforms",
+    "unwrap_input_errors",
 ]
