@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from monai_uda.methods.cyc_pdam import (
+    PDAM_VARIANTS,
+    CycleGANStage,
+    PDAMStage,
+    cyclegan_lr,
+    grl_alpha,
+    pdam_lr,
+    task_weight,
+)
+from monai_uda.networks.pdam import PDAMDetector
+
+SMALL = {
+    "min_size": 64,
+    "max_size": 64,
+    "rpn_pre_nms_top_n_train": 100,
+    "rpn_post_nms_top_n_train": 50,
+    "rpn_pre_nms_top_n_test": 50,
+    "rpn_post_nms_top_n_test": 20,
+    "box_batch_size_per_image": 32,
+    "instance_proposals": 8,
+}
+
+
+def _engine(iteration: int, max_iterations: int) -> SimpleNamespace:
+    return SimpleNamespace(state=SimpleNamespace(iteration=iteration, max_iterations=max_iterations))
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def _batch() -> dict[str, torch.Tensor]:
+    label = torch.zeros(1, 1, 64, 64, dtype=torch.int64)
+    label[0, 0, 8:20, 8:20] = 1
+    label[0, 0, 36:50, 30:44] = 2
+    source = (label > 0).float().expand(-1, 3, -1, -1) * 0.6 + 0.2
+    return {"source_image": source.contiguous(), "source_label": label, "target_image": torch.rand(1, 3, 64, 64)}
+
+
+def _snapshot(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters() if p.requires_grad]
+
+
+def _changed(module: torch.nn.Module, before: list[torch.Tensor]) -> bool:
+    return any(not torch.equal(a, p.detach()) for a, p in zip(before, (p for p in module.parameters() if p.requires_grad)))
+
+
+def test_alpha_ramp_eq5():
+    assert grl_alpha(0.0) == 0.0
+    assert grl_alpha(0.5) == pytest.approx(2 / (1 + math.exp(-5)) - 1)  # 0.98661
+    assert grl_alpha(1.0) == pytest.approx(0.9999092)
+    assert grl_alpha(2.0) == grl_alpha(1.0)
+
+
+def test_task_reweighting_eq3_on_known_probabilities():
+    # p_s = 0.5 -> (1 - p) / p = 1; p_s = 0.8 -> 0.25; their mean over the map is 0.625
+    logits = torch.tensor([[_logit(0.5), _logit(0.8)]])
+    assert task_weight(logits).item() == pytest.approx(0.625)
+    assert task_weight(torch.tensor([_logit(0.25)])).item() == pytest.approx(2.0)  # 3 capped at beta = 2
+    assert task_weight(torch.tensor([_logit(0.25)]), beta=5.0).item() == pytest.approx(3.0)
+    assert task_weight(torch.zeros(0, 1)).item() == 1.0
+    assert not task_weight(torch.zeros(2, requires_grad=True)).requires_grad
+
+
+def test_learning_rate_schedules():
+    assert pdam_lr(0, 1000, 0.003, warmup_iterations=500) == pytest.approx(0.001)  # warm-up from 1/3
+    assert pdam_lr(250, 1000, 0.003, warmup_iterations=500) == pytest.approx(0.002)
+    assert pdam_lr(600, 1000, 0.003, warmup_iterations=500) == pytest.approx(0.003)
+    assert pdam_lr(751, 1000, 0.003, warmup_iterations=500) == pytest.approx(0.0003)  # x0.1 after 3/4
+    assert cyclegan_lr(50, 100, 1e-4) == 1e-4 and cyclegan_lr(75, 100, 1e-4) == pytest.approx(5e-5)
+    assert cyclegan_lr(100, 100, 1e-4) == 0.0
+
+
+def test_one_pdam_step_updates_detector_and_all_three_discriminators():
+    torch.manual_seed(0)
+    method = PDAMStage(PDAMDetector(**SMALL), warmup_iterations=0)
+    net = method.detector
+    parts = {
+        "backbone": net.detector.backbone,
+        "rpn": net.detector.rpn,
+        "roi_heads": net.detector.roi_heads,
+        "semantic_head": net.semantic_head,
+        "image_discriminator": net.image_discriminator,
+        "entropy_discriminator": net.entropy_discriminator,
+        "instance_discriminator": net.instance_discriminator,
+    }
+    before = {name: _snapshot(module) for name, module in parts.items()}
+    out = method.step(_engine(5, 10), _batch())
+    assert [name for name, module in parts.items() if not _changed(module, before[name])] == []
+    assert out["grl_alpha"] == pytest.approx(grl_alpha(4 / 9)) and out["lr"] == pytest.approx(0.002)
+    for key in ("mask", "objectness", "semseg", "da_image", "da_semantic", "da_instance", "total"):
+        assert math.isfinite(float(out[key])), key
+    assert 0.0 < float(out["weight_image"]) <= 2.0 and 0.0 < float(out["weight_instance"]) <= 2.0
+    assert method.inference_network() is net
+
+
+def test_cycada_variant_without_semantic_branch_or_reweighting():
+    torch.manual_seed(0)
+    variant = PDAM_VARIANTS["cycada"]
+    method = PDAMStage(PDAMDetector(**SMALL, **variant["detector"]), warmup_iterations=0, **variant["method"])
+    assert method.detector.semantic_head is None
+    out = method.step(_engine(1, 10), _batch())
+    assert out["weight_image"] == 1.0 and out["weight_instance"] == 1.0 and float(out["semseg"]) == 0.0
+    assert out["grl_alpha"] == 0.0 and math.isfinite(float(out["total"]))
+
+
+def test_cyclegan_step_and_translate():
+    torch.manual_seed(0)
+    method = CycleGANStage(
+        source_channels=1, target_channels=3, channels=4, num_blocks=1, discriminator_channels=(8, 16), pool_size=2, invert_source=True
+    )
+    before = {name: _snapshot(getattr(method, name)) for name in ("generator_s2t", "generator_t2s", "discriminator_t", "discriminator_s")}
+    batch = {"source_image": torch.rand(1, 1, 32, 32), "target_image": torch.rand(1, 3, 32, 32)}
+    out = method.step(_engine(1, 4), batch)
+    assert all(_changed(getattr(method, name), snap) for name, snap in before.items())
+    assert out["lr"] == 1e-4 and out["identity"].item() == 0.0 and out["cycle"].item() > 0
+    assert method.step(_engine(4, 4), batch)["lr"] == 0.0
+    image = method.translate(np.random.default_rng(0).random((1, 30, 34), dtype=np.float32))
+    assert image.shape == (3, 30, 34) and image.min() >= 0.0 and image.max() <= 1.0
+    assert method.generator_s2t.training  # translate restores the mode
+    with pytest.raises(ValueError, match="identity"):
+        CycleGANStage(source_channels=1, target_channels=3, lambda_identity=0.5)
+
+
+def test_build_for_benchmark_presets():
+    from monai_uda.methods.cyc_pdam import build_for_benchmark
+
+    method, batch = build_for_benchmark("cpu")
+    assert isinstance(method, PDAMStage) and batch["source_image"].shape == (1, 3, 128, 128)
+    assert batch["source_label"].max() == 16 and batch["target_image"].shape == (1, 3, 128, 128)
+    with pytest.raises(ValueError, match="unknown preset"):
+        build_for_benchmark("gpu")
