@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset
-from monai.transforms import Compose
+from monai.transforms import Compose, MapTransform
 
 from monai_uda.errors import UDAInputError
 from monai_uda.transforms.errors import unwrap_input_errors
@@ -131,10 +131,23 @@ class UnpairedDataset(torch.utils.data.Dataset):
         for item, labelled in zip(target_items, self.target_labelled):
             if not labelled:
                 item.pop("label", None)
+        if not all(self.target_labelled):
+            self._check_label_optional(target_transform)
         self.source = self._dataset([dict(item) for item in source], source_transform, cache, cache_workers)
         self.target = self._dataset(target_items, target_transform, cache, cache_workers)
         self.epoch = 0
         self.set_epoch(0)
+
+    @staticmethod
+    def _check_label_optional(transform: Compose) -> None:
+        """Unlabelled target items carry no ``"label"``: a chain that needs one would fail on them."""
+        steps = transform.flatten().transforms if isinstance(transform, Compose) else [transform]
+        for step in steps:
+            if isinstance(step, MapTransform) and "label" in step.keys and not step.allow_missing_keys:
+                raise UDAInputError(
+                    f"target_transform needs a 'label' ({type(step).__name__}) but some target items are unlabelled; "
+                    "build it with train_transforms(..., allow_missing_label=True) or label_key=None"
+                )
 
     @staticmethod
     def _dataset(items: list[dict[str, Any]], transform: Compose, cache: bool, workers: int) -> Dataset:

@@ -140,9 +140,13 @@ def test_bad_input(tmp_path):
         UnpairedDataset(target, target, t, t)
     with pytest.raises(UDAInputError, match="target item 0 is chosen as labelled"):
         UnpairedDataset(_items(tmp_path, "s", 1, True), target, t, t, target_label_fraction=0.5)
+    labelled_target = _items(tmp_path, "u", 2, True)
+    with pytest.raises(UDAInputError, match="allow_missing_label=True"):
+        UnpairedDataset(labelled_target, labelled_target, t, t, target_label_fraction=0.5)
     missing = [{"image": str(tmp_path / "gone.tif"), "label": str(tmp_path / "gone.tif")}]
+    unlabelled = train_transforms(2, PATCH, 1, label_key=None)
     with pytest.raises(UDAInputError, match=r"gone.tif: file does not exist"):
-        UnpairedDataset(missing, target, t, t)  # cached: raised while filling the cache
-    lazy = UnpairedDataset(missing, target, t, train_transforms(2, PATCH, 1, label_key=None), cache=False)
+        UnpairedDataset(missing, target, t, unlabelled)  # cached: raised while filling the cache
+    lazy = UnpairedDataset(missing, target, t, unlabelled, cache=False)
     with pytest.raises(UDAInputError, match=r"gone.tif: file does not exist"):
         lazy[0]
