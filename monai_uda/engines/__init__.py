@@ -10,6 +10,7 @@ from monai_uda.engines.checkpoint import (
     load_network_weights,
     save_atomic,
 )
+from monai_uda.engines.distributed import distributed_device, init_distributed, is_main_process, wrap_ddp
 from monai_uda.engines.method import AdaptationMethod
 from monai_uda.engines.trainer import (
     AdaptationTrainer,
@@ -28,6 +29,10 @@ __all__ = [
     "ResumableSampler",
     "TrainingDivergedError",
     "checkpoint_objects",
+    "distributed_device",
+    "init_distributed",
+    "is_main_process",
+    "wrap_ddp",
     "latest_checkpoint",
     "load_network_weights",
     "make_train_loader",

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
+from monai_uda.engines.distributed import is_main_process
 from monai_uda.errors import UDAInputError
 
 __all__ = ["RNGState", "checkpoint_objects", "latest_checkpoint", "FinalModelSaver", "save_atomic", "load_network_weights"]
@@ -133,13 +134,9 @@ class FinalModelSaver:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        if not is_main_process():
             return
         method = engine.method
-        state = {name: _unwrap(module).state_dict() for name, module in method.networks().items()}
+        state = {name: module.state_dict() for name, module in method.networks().items()}
         save_atomic(state, self.path)
         engine.logger.info(f"saved final networks to {self.path}")
-
-
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module

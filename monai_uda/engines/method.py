@@ -69,8 +69,12 @@ class AdaptationMethod(nn.Module):
         return torch.autocast(device_type=device_type, dtype=dtype, enabled=self.amp)
 
     def networks(self) -> dict[str, nn.Module]:
-        """The sub-modules that hold weights (loss modules without state are left out)."""
-        return {name: module for name, module in self.named_children() if module.state_dict()}
+        """The sub-modules that hold weights (loss modules without state are left out), DDP unwrapped."""
+        return {
+            name: module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+            for name, module in self.named_children()
+            if module.state_dict()
+        }
 
     def checkpoint_objects(self) -> dict[str, Any]:
         """Objects with ``state_dict``/``load_state_dict`` that a checkpoint must hold."""

@@ -1,0 +1,44 @@
+"""Shared fixtures: the real datasets beside the checkout and the built-in sample datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+# two cores shared by everything: keep torch from oversubscribing them
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def shared_data_dir() -> Path:
+    """``$MONAI_UDA_SHARED_DATA`` or ``../shared/data`` beside the repository."""
+    return Path(os.environ.get("MONAI_UDA_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real datasets (DSB2018, MoNuSeg); tests using them skip where they are absent."""
+    folder = shared_data_dir()
+    if not folder.is_dir():
+        pytest.skip(f"real datasets not found at {folder} (set MONAI_UDA_SHARED_DATA)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sample_2d(tmp_path_factory) -> Path:
+    """The built-in 2D sample dataset (folder with datalist.json)."""
+    from monai_uda.data.samples import make_sample_dataset
+
+    return Path(make_sample_dataset(tmp_path_factory.mktemp("sample_2d"), spatial_dims=2)).parent
+
+
+@pytest.fixture(scope="session")
+def sample_3d(tmp_path_factory) -> Path:
+    """The built-in 3D sample dataset (folder with datalist.json)."""
+    from monai_uda.data.samples import make_sample_dataset
+
+    return Path(make_sample_dataset(tmp_path_factory.mktemp("sample_3d"), spatial_dims=3)).parent
