@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from monai.losses import PatchAdversarialLoss
 from torch import nn
@@ -201,6 +202,21 @@ class ADGAN(AdaptationMethod):
         )
         return x, domain
 
+    def _average_gradients_across_ranks(self) -> None:
+        """Data-parallel training without DDP wrappers (the step calls encoder and decoder separately).
+
+        With a process group (``multi_gpu_train.yaml``), every gradient is averaged over the
+        ranks, which is what DDP would do; runs without a process group skip this.
+        """
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        world_size = dist.get_world_size()
+        for p in self.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad.div_(world_size)
+
     # ------------------------------------------------------------------ contract
     def step(self, engine: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | float]:
         """One AD-GAN iteration: generator (E, G) and discriminator updates from one forward pass."""
@@ -243,6 +259,7 @@ class ADGAN(AdaptationMethod):
         opt_d.zero_grad(set_to_none=True)
         loss_g.backward(inputs=[p for p in self.generator.parameters() if p.requires_grad], retain_graph=True)
         loss_d.backward(inputs=[p for p in self.discriminator.parameters() if p.requires_grad])
+        self._average_gradients_across_ranks()
         opt_g.step()
         opt_d.step()
         lr = opt_g.param_groups[0]["lr"]

@@ -13,7 +13,7 @@ import torch
 from monai.bundle import run
 
 from monai_uda.data.io import read_array
-from monai_uda.demo import split_test_set
+from monai_uda.data.datalist import export_split
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "ad_gan" / "configs"
@@ -42,7 +42,7 @@ def test_training_command_line_then_inference_and_evaluate(sample_2d, tmp_path):
     model = torch.load(out / "model.pt", weights_only=True)
     assert set(model) == {"generator", "discriminator"}
 
-    images, labels = split_test_set(sample_2d / "datalist.json", tmp_path / "test")
+    images, labels = export_split(sample_2d / "datalist.json", "test", tmp_path / "test")
     pred = tmp_path / "pred"
     run("inference", config_file=_cfg("inference.yaml"), meta_file=META, input_dir=str(images), output_dir=str(pred),
         ckpt_path=str(out / "model.pt"), patch=[32, 32], **TINY_NET)
@@ -59,7 +59,7 @@ def test_training_command_line_then_inference_and_evaluate(sample_2d, tmp_path):
 def test_ad_gan_ins_ternary_and_ablation_train_and_infer(sample_2d, tmp_path):
     run("training", config_file=_cfg("train.yaml"), meta_file=META, dataset_dir=str(sample_2d), output_dir=str(tmp_path / "t"),
         max_iterations=1, ternary=True, aligned=False, use_ctr=False, **TINY_2D)
-    images, _ = split_test_set(sample_2d / "datalist.json", tmp_path / "test")
+    images, _ = export_split(sample_2d / "datalist.json", "test", tmp_path / "test")
     run("inference", config_file=_cfg("inference.yaml"), meta_file=META, input_dir=str(images), output_dir=str(tmp_path / "p"),
         ckpt_path=str(tmp_path / "t" / "model.pt"), patch=[32, 32], ternary=True, **TINY_NET)
     assert list((tmp_path / "p").glob("*_instances.tif"))
@@ -68,7 +68,7 @@ def test_ad_gan_ins_ternary_and_ablation_train_and_infer(sample_2d, tmp_path):
 def test_3d_train_and_inference(sample_3d, tmp_path):
     run("training", config_file=_cfg("train.yaml", "train_3d.yaml"), meta_file=META, dataset_dir=str(sample_3d),
         output_dir=str(tmp_path / "train"), max_iterations=1, **TINY_3D)
-    images, _ = split_test_set(sample_3d / "datalist.json", tmp_path / "test")
+    images, _ = export_split(sample_3d / "datalist.json", "test", tmp_path / "test")
     run("inference", config_file=_cfg("inference.yaml", "train_3d.yaml"), meta_file=META, input_dir=str(images),
         output_dir=str(tmp_path / "pred"), ckpt_path=str(tmp_path / "train" / "model.pt"), patch=[16, 32, 32], **TINY_NET)
     outputs = sorted(p.name for p in (tmp_path / "pred").iterdir())
@@ -81,3 +81,13 @@ def test_metadata_verifies():
     proc = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", META,
                            "--filepath", str(SCHEMA)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "verified with no error" in proc.stdout + proc.stderr
+
+
+def test_multi_gpu_config_parses_without_ddp_wrapping():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(_cfg("train.yaml", "multi_gpu_train.yaml"))
+    assert parser["device"].startswith("$") and "init_distributed" in parser["initialize"][0]
+    assert parser["trainer"]["method"] == "@method"  # ADGAN averages gradients itself, no DDP wrapper
+    assert "$import monai_uda.methods.ad_gan" in parser["imports"]

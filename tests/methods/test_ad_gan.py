@@ -158,3 +158,17 @@ def test_ternary_translator_scores_pick_nearest_level():
     assert scores.shape == (1, 3, 16, 16)
     expected = torch.bucketize(mask[:, 0], torch.tensor([-0.5, 0.5]))
     torch.testing.assert_close(scores.argmax(dim=1), expected)
+
+
+def test_gradients_averaged_over_ranks(tmp_path):
+    """A one-rank gloo process group: the all-reduce path runs and the mean over one rank changes nothing."""
+    import torch.distributed as dist
+
+    plain, synced = _method(), _method()
+    plain.step(ENGINE, _batch())
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        synced.step(ENGINE, _batch())
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(_grads(plain.generator), _grads(synced.generator))
