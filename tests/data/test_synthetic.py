@@ -195,3 +195,22 @@ def test_rand_synthetic_maskd_seeded_like_a_monai_transform():
     assert not torch.equal(first["label"], second["label"])
     transform.set_random_state(seed=5)
     torch.testing.assert_close(transform({"image": "synthetic", "label": "synthetic"})["label"], first["label"])
+
+
+def test_ternary_masks_let_the_watershed_split_touching_nuclei():
+    """AD-GAN-INS route: two touching synthetic ellipses -> edge classes -> two instances."""
+    from skimage.draw import ellipse
+
+    from monai_uda.inference.postprocess import ternary_to_instances
+
+    instances = np.zeros((40, 60), dtype=np.uint16)
+    instances[ellipse(20, 18, 10, 12, shape=instances.shape)] = 1
+    right = ellipse(20, 41, 10, 12, shape=instances.shape)
+    instances[right] = np.where(instances[right] == 0, 2, instances[right])  # touching along a column
+    assert label(instances > 0).max() == 1  # one blob in a semantic mask
+    classes = domain_image_to_classes(mask_to_domain_image(instances, ternary=True), ternary=True)
+    split = ternary_to_instances(classes, min_size=10)
+    assert split.max() == 2
+    for index in (1, 2):  # each predicted instance covers mostly one true nucleus
+        overlap = np.bincount(split[instances == index], minlength=3)[1:]
+        assert overlap.max() / overlap.sum() > 0.9
