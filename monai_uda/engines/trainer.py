@@ -172,6 +172,7 @@ class AdaptationTrainer(Trainer):
         if isinstance(sampler, ResumableSampler):
             sampler.start_iteration = lambda: self.state.iteration
         self.add_event_handler(Events.ITERATION_COMPLETED, self._stop_at_budget)
+        self.add_event_handler(Events.EXCEPTION_RAISED, self._reraise)  # first: runs before StatsHandler's
         if handlers:
             for handler in handlers:
                 handler.attach(self)
@@ -179,6 +180,16 @@ class AdaptationTrainer(Trainer):
     def _stop_at_budget(self, engine: Any) -> None:
         if engine.state.iteration >= engine.state.max_iterations:
             engine.terminate()
+
+    @staticmethod
+    def _reraise(engine: Any, error: Exception) -> None:
+        """Re-raise an exception of the run, stopping Ignite's ``EXCEPTION_RAISED`` handlers here.
+
+        MONAI's ``StatsHandler`` would log the full traceback of every exception, also of a
+        divergence or a bad input file, which the CLI reports as one ``error:`` line. Any other
+        exception still ends the run with its traceback, printed where it is finally caught.
+        """
+        raise error
 
     def _iteration(self, engine: Any, batchdata: Mapping[str, Any]) -> dict[str, float]:
         """Run one step of the method and return its losses as floats (the NaN/inf guard)."""
