@@ -10,8 +10,10 @@ optimiser, the trainer state (iteration/epoch) and the torch RNG state, see
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +49,15 @@ def checkpoint_objects(trainer: Engine) -> dict[str, Any]:
 
 
 def latest_checkpoint(output_dir: str | Path, required: bool = True) -> str | None:
-    """Newest periodic checkpoint (highest iteration) in ``output_dir``.
+    """Newest periodic checkpoint (highest iteration) in ``output_dir``, checked to be complete.
+
+    Checkpoints are written atomically, so a damaged one comes from outside (an interrupted
+    copy, a full disk during a manual move, ...); it is reported rather than skipped, so a run
+    never silently resumes from further back than the user expects.
 
     Raises:
-        UDAInputError: when ``required`` and there is none.
+        UDAInputError: when ``required`` and there is none, or when the newest one is truncated
+            or corrupt (its zip archive does not read back with matching CRCs).
     """
     folder = Path(output_dir)
     found = []
@@ -63,22 +70,55 @@ def latest_checkpoint(output_dir: str | Path, required: bool = True) -> str | No
         if required:
             raise UDAInputError("--resume true but no checkpoint to resume from", folder)
         return None
-    return str(max(found)[1])
+    found.sort()
+    newest = found[-1][1]
+    try:
+        with zipfile.ZipFile(newest) as archive:
+            bad_entry = archive.testzip()
+        damaged = None if bad_entry is None else f"bad CRC in {bad_entry}"
+    except (zipfile.BadZipFile, OSError) as exc:
+        damaged = str(exc)
+    if damaged is not None:
+        older = f"; delete it to resume from {found[-2][1].name}" if len(found) > 1 else ""
+        raise UDAInputError(f"checkpoint is truncated or corrupt ({damaged}){older}", newest)
+    return str(newest)
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename (never half-written)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise UDAInputError(f"cannot write checkpoint ({exc.strerror or exc})", path.parent) from exc
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # disk full, quota, read-only file system
+            raise UDAInputError(f"cannot write checkpoint ({exc.strerror or exc})", path) from exc
         raise
     return path
+
+
+def _load_checkpoint(path: Path, map_location: Any) -> Any:
+    """``torch.load(weights_only=True)`` with one-line errors for unsafe and damaged files."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise UDAInputError(
+            f"refused to load: the checkpoint holds Python objects{what} besides tensors, which could run code "
+            "(torch.load with weights_only=True); use a checkpoint written by monai-uda",
+            path,
+        ) from exc
+    except Exception as exc:
+        detail = (str(exc).splitlines() or [""])[0].split(". ")[0]
+        raise UDAInputError(f"cannot read checkpoint: truncated, corrupt or not a PyTorch file ({type(exc).__name__}: {detail})", path) from exc
 
 
 def load_network_weights(network: torch.nn.Module, ckpt_path: str | Path, key: str | None = None, map_location: Any = "cpu") -> torch.nn.Module:
@@ -96,10 +136,7 @@ def load_network_weights(network: torch.nn.Module, ckpt_path: str | Path, key: s
     path = Path(ckpt_path)
     if not path.is_file():
         raise UDAInputError("checkpoint file does not exist", path)
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise UDAInputError(f"cannot load checkpoint safely (weights_only=True): {str(exc).splitlines()[0]}", path) from exc
+    state = _load_checkpoint(path, map_location)
     if key is not None and isinstance(state, dict) and key in state:
         state = state[key]
     elif key is not None and isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
