@@ -13,6 +13,7 @@ is passed to ``monai.bundle`` as a config override.
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Any
 
@@ -73,19 +74,33 @@ def main(argv: list[str] | None = None) -> int:
         cause = user_error(exc)
         if cause is None:
             raise
-        print(f"error: {cause}", file=sys.stderr)
+        print(f"error: {_one_line(cause)}", file=sys.stderr)
         return 3 if isinstance(cause, TrainingDivergedError) else 2
     return 0
 
 
+#: errors of the machine rather than the program: reported in one line like bad input
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def _one_line(error: BaseException) -> str:
+    """The ``error:`` line's text: the message, or for a disk error the file (when known) and reason."""
+    if isinstance(error, OSError):
+        where = f"{error.filename}: " if error.filename else ""
+        return f"{where}cannot write ({error.strerror or error})"
+    return str(error)
+
+
 def user_error(exc: BaseException) -> BaseException | None:
-    """The :class:`UDAInputError` or ``TrainingDivergedError`` behind ``exc``, if any."""
+    """The :class:`UDAInputError`, ``TrainingDivergedError`` or disk-full ``OSError`` behind ``exc``, if any."""
     from monai_uda.engines.trainer import TrainingDivergedError
 
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         if isinstance(current, (UDAInputError, TrainingDivergedError)):
+            return current
+        if isinstance(current, OSError) and current.errno in _DISK_ERRNOS:
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
