@@ -141,14 +141,18 @@ def _as_channel_first(array: np.ndarray, path: Path, meta: dict[str, Any], spati
         return array[None]
     if array.ndim == 3:
         channels_last = array.shape[-1] in (1, 2, 3, 4) and min(array.shape[:2]) > 4
-        if channels_last and spatial_dims != 3:
+        if channels_last and spatial_dims == 3:
+            raise UDAInputError(f"expected a 3D volume, got a 2D image with {array.shape[-1]} channel(s) (shape {array.shape})", path)
+        if channels_last:
             if array.shape[-1] == 4:  # RGBA: alpha carries no image content
                 array = array[..., :3]
             elif array.shape[-1] == 2:  # grey + alpha
                 array = array[..., :1]
             return np.moveaxis(array, -1, 0)
         if spatial_dims == 2:
-            raise UDAInputError(f"expected a 2D image, got a 3D volume of shape {array.shape}", path)
+            raise UDAInputError(
+                f"expected a 2D image (grey, RGB or RGBA), got shape {array.shape}: a 3D volume or an unsupported channel count", path
+            )
         return array[None]  # (Z, Y, X) stack
     if array.ndim == 4 and array.shape[-1] in (1, 3):
         return np.moveaxis(array, -1, 0)
