@@ -121,6 +121,7 @@ def write_synthesized_dataset(
     items: Sequence[dict[str, Any]],
     output_dir: str | Path,
     translate: Callable[[np.ndarray], np.ndarray] | None = None,
+    load_image: Callable[[str], np.ndarray] | None = None,
     inpaint: bool = True,
     stain: str = "auto",
     bright_nuclei: bool = True,
@@ -137,6 +138,10 @@ def write_synthesized_dataset(
         output_dir: output folder.
         translate: S_raw = ``translate(image)`` for a channel-first float image in [0, 1] (the
             CycleGAN source-to-target generator); ``None`` keeps the images.
+        load_image: reads an item's image as channel-first float in [0, 1] with the
+            preprocessing the generator was trained with (e.g. the bundle's
+            :func:`~monai_uda.transforms.inference_transforms`); default: :func:`read_image`
+            scaled from its 8-bit (or maximum) range.
         inpaint: apply eqs 1-2 (``False`` = the paper's "w/o NI" ablation).
         stain, bright_nuclei, radius: see :func:`inpaint_nuclei`.
 
@@ -151,12 +156,15 @@ def write_synthesized_dataset(
     for index, item in enumerate(items):
         if "label" not in item:
             raise UDAInputError(f"source item {index} has no 'label'", item.get("image"))
-        image, meta = read_image(item["image"])
+        if load_image is None:
+            image, _ = read_image(item["image"])
+            peak = float(image.max(initial=0.0))
+            image = image / (255.0 if peak <= 255.0 else peak) if peak > 1.0 else image  # 8-bit or deeper -> [0, 1]
+        else:
+            image = np.asarray(load_image(str(item["image"])), dtype=np.float32)
         label = read_label(item["label"])
         if label.shape != image.shape[1:]:
             raise UDAInputError(f"label shape {label.shape} does not match image shape {image.shape[1:]}", item["label"])
-        peak = float(image.max(initial=0.0))
-        image = image / (255.0 if peak <= 255.0 else peak) if peak > 1.0 else image  # 8-bit or deeper -> [0, 1]
         synthesized = np.clip(translate(image) if translate is not None else image, 0.0, 1.0)
         if inpaint:
             synthesized, _ = inpaint_nuclei(synthesized, label, stain, bright_nuclei, radius)
@@ -164,7 +172,7 @@ def write_synthesized_dataset(
         channels_last = np.moveaxis(np.rint(synthesized * 255.0).astype(np.uint8), 0, -1)
         if channels_last.shape[-1] == 1:
             channels_last = channels_last[..., 0]
-        suffix = ".png" if meta["spatial_dims"] == 2 else ".tif"
+        suffix = ".png" if label.ndim == 2 else ".tif"
         image_path = write_array(output_dir / "images" / f"{stem}{suffix}", channels_last)
         label_path = write_array(output_dir / "labels" / f"{stem}.tif", label.astype(np.uint32 if label.max(initial=0) > 65535 else np.uint16))
         written.append({"image": str(image_path), "label": str(label_path)})

@@ -22,12 +22,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["DetectFn", "tile_starts", "paint_instances", "detect_tiled", "stitch_slices", "detect_volume", "mask_rcnn_detector"]
+from monai_uda.inference.segment import FolderSegmenter
+
+__all__ = [
+    "DetectFn",
+    "tile_starts",
+    "paint_instances",
+    "detect_tiled",
+    "stitch_slices",
+    "detect_volume",
+    "mask_rcnn_detector",
+    "FolderDetector",
+]
 
 #: ``detect(tile) -> {"masks": (N, 1, h, w) or (N, h, w) probabilities, "scores": (N,)}`` for a ``(C, h, w)`` tile
 DetectFn = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
@@ -224,3 +237,80 @@ def mask_rcnn_detector(model: nn.Module, device: str | torch.device = "cpu") -> 
         return {"masks": out["masks"], "scores": out["scores"]}
 
     return detect
+
+
+class FolderDetector(FolderSegmenter):
+    """:class:`~monai_uda.inference.segment.FolderSegmenter` for instance detectors (Mask R-CNN).
+
+    Same inputs, preprocessing (:func:`monai_uda.transforms.inference_transforms`), checkpoint
+    loading and outputs (``<stem>_mask``, ``<stem>_instances``, ``<stem>_overlay.png``), but the
+    instance map comes from :func:`detect_tiled` (2D) or :func:`detect_volume` (3D, slice-wise)
+    instead of a sliding-window probability map.
+
+    Args:
+        network: a torchvision-style detector (``eval()`` forward returns ``masks``/``scores``).
+        input_dir, output_dir, spatial_dims, channels, invert, value_range, device, ckpt_path,
+            ckpt_key, min_size, overlay: as for :class:`FolderSegmenter`.
+        tile_size: tile side (the training patch size).
+        tile_overlap: tile overlap in pixels (larger than the biggest nucleus).
+        score_threshold: minimum detection score.
+        mask_threshold: soft-mask threshold.
+        duplicate_overlap: see :func:`paint_instances`.
+        z_overlap: 3D only: ``min_overlap`` of :func:`stitch_slices`.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        input_dir: str,
+        output_dir: str,
+        spatial_dims: int = 2,
+        channels: int = 3,
+        invert: bool = False,
+        value_range: Sequence[float] = (0.0, 1.0),
+        device: str = "cpu",
+        ckpt_path: str | None = None,
+        ckpt_key: str | None = None,
+        tile_size: int = 256,
+        tile_overlap: int = 64,
+        score_threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        min_size: int = 5,
+        duplicate_overlap: float = 0.5,
+        z_overlap: float = 0.3,
+        overlay: bool = True,
+    ) -> None:
+        super().__init__(
+            network,
+            input_dir,
+            output_dir,
+            spatial_dims=spatial_dims,
+            channels=channels,
+            invert=invert,
+            value_range=value_range,
+            roi_size=[tile_size] * spatial_dims,
+            device=device,
+            ckpt_path=ckpt_path,
+            ckpt_key=ckpt_key,
+            min_size=min_size,
+            overlay=overlay,
+        )
+        self.detect = mask_rcnn_detector(self.network, self.device)
+        self.tiled: dict[str, Any] = {
+            "tile_size": tile_size,
+            "overlap": tile_overlap,
+            "score_threshold": score_threshold,
+            "mask_threshold": mask_threshold,
+            "min_size": min_size,
+            "duplicate_overlap": duplicate_overlap,
+        }
+        self.z_overlap = z_overlap
+
+    def _probabilities(self, inputs: torch.Tensor, path: Path) -> np.ndarray:
+        """Detectors give instances directly: pass the preprocessed ``(C, *spatial)`` image on."""
+        return inputs[0].cpu().numpy()
+
+    def _instances(self, probs: np.ndarray) -> np.ndarray:
+        if self.spatial_dims == 3:
+            return detect_volume(probs, self.detect, self.z_overlap, **self.tiled)
+        return detect_tiled(probs, self.detect, **self.tiled)

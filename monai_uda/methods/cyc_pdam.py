@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from monai_uda.data.pseudo_labels import instance_targets
 from monai_uda.engines.method import AdaptationMethod
+from monai_uda.errors import UDAInputError
 from monai_uda.losses.adversarial import discriminator_loss, gan_loss
 from monai_uda.networks.cyclegan import ImagePool, ResnetGenerator
 from monai_uda.networks.patchgan import PatchDiscriminator
@@ -47,6 +48,7 @@ __all__ = [
     "cyclegan_lr",
     "pdam_lr",
     "PDAM_VARIANTS",
+    "pdam_variant",
     "CycleGANStage",
     "PDAMStage",
     "BENCHMARK_PRESETS",
@@ -60,6 +62,17 @@ PDAM_VARIANTS: dict[str, dict[str, dict[str, bool]]] = {
     "wo_sem": {"detector": {"semantic": False}, "method": {}},
     "cycada": {"detector": {"semantic": False}, "method": {"reweight": False}},
 }
+
+
+def pdam_variant(name: str) -> dict[str, dict[str, bool]]:
+    """Switches of one Table 4 row: ``{"detector": PDAMDetector kwargs, "method": PDAMStage kwargs}``.
+
+    Raises:
+        UDAInputError: unknown variant name.
+    """
+    if name not in PDAM_VARIANTS:
+        raise UDAInputError(f"unknown CyC-PDAM variant {name!r}; choose one of {sorted(PDAM_VARIANTS)} (w/o NI: inpaint false)")
+    return PDAM_VARIANTS[name]
 
 
 def grl_alpha(progress: float) -> float:

@@ -139,3 +139,12 @@ def test_build_for_benchmark_presets():
     assert batch["source_label"].max() == 16 and batch["target_image"].shape == (1, 3, 128, 128)
     with pytest.raises(ValueError, match="unknown preset"):
         build_for_benchmark("gpu")
+
+
+def test_pdam_variant_lookup():
+    from monai_uda.errors import UDAInputError
+    from monai_uda.methods.cyc_pdam import pdam_variant
+
+    assert pdam_variant("wo_sem") == {"detector": {"semantic": False}, "method": {}}
+    with pytest.raises(UDAInputError, match="wo_ni"):
+        pdam_variant("wo_ni")
