@@ -2,7 +2,7 @@
 
 1. writes the built-in 2D sample dataset (real DSB2018 fluorescence + H&E images when the
    ``[samples]`` extra is installed, else phantoms; which one is printed),
-2. trains CellSegUDA (``bundles/cellseg_uda``, CPU preset) from the fluorescence source to the
+2. trains CellSegUDA (``bundles/cellseg_uda``, ``train_demo.yaml`` preset) from the fluorescence source to the
    H&E-like target with a progress bar,
 3. segments the labelled target test images (masks, instance maps, overlays),
 4. scores them (AJI, AJI+, PQ, Dice, ...) into ``metrics.json``.
@@ -10,36 +10,20 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import torch
 
 from monai_uda.bundle_runner import run_config
-from monai_uda.data.datalist import get_split, load_datalist
-from monai_uda.data.io import stem_of
+from monai_uda.data.datalist import export_split
 from monai_uda.data.samples import make_sample_dataset, samples_origin
 from monai_uda.metrics.evaluate import evaluate_dirs
 
 __all__ = ["run_demo", "DEMO_ITERATIONS"]
 
-#: iterations of the demo's training run (CPU preset); about 2-3 minutes on 2 cores
-DEMO_ITERATIONS = 120
-
-
-def split_test_set(datalist_path: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
-    """Copy the datalist's labelled ``test`` items to ``out_dir/images`` and ``out_dir/labels`` (same stems)."""
-    out_dir = Path(out_dir)
-    images, labels = out_dir / "images", out_dir / "labels"
-    for folder in (images, labels):
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-    for item in get_split(load_datalist(datalist_path), "test", require_labels=True):
-        stem = stem_of(item["image"])
-        shutil.copy(item["image"], images / Path(item["image"]).name)
-        shutil.copy(item["label"], labels / f"{stem}{Path(item['label']).name[len(stem_of(item['label'])):]}")
-    return images, labels
+#: iterations of the demo's training run (``train_demo.yaml`` preset)
+DEMO_ITERATIONS = 150
 
 
 def run_demo(output_dir: str | Path = "monai_uda_demo", max_iterations: int | None = None, device: str | None = None) -> Path:
@@ -49,8 +33,8 @@ def run_demo(output_dir: str | Path = "monai_uda_demo", max_iterations: int | No
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     datalist = make_sample_dataset(out / "sample_data", spatial_dims=2)
     print(f"[demo] sample data: {samples_origin()} images -> {datalist}", flush=True)
-    test_images, test_labels = split_test_set(datalist, out / "test")
-    common = {"preset": "cpu", "device": device, "output_dir": str(out / "train")}
+    test_images, test_labels = export_split(datalist, "test", out / "test")
+    common = {"preset": "demo", "device": device, "output_dir": str(out / "train")}
     print(f"[demo] training CellSegUDA for {max_iterations or DEMO_ITERATIONS} iterations on {device}", flush=True)
     run_config(
         "cellseg_uda", "training", dataset_dir=str(Path(datalist).parent),
@@ -58,7 +42,7 @@ def run_demo(output_dir: str | Path = "monai_uda_demo", max_iterations: int | No
     )
     print("[demo] segmenting the target test images", flush=True)
     run_config(
-        "cellseg_uda", "inference", preset="cpu", device=device, input_dir=str(test_images),
+        "cellseg_uda", "inference", preset="demo", device=device, input_dir=str(test_images),
         output_dir=str(out / "predictions"), ckpt_path=str(out / "train" / "model.pt"),
     )
     metrics_path = out / "metrics.json"

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+# the sample cache of the inference/evaluate config defaults goes to a throw-away folder
+os.environ.setdefault("MONAI_UDA_HOME", tempfile.mkdtemp(prefix="monai_uda_home_"))
 
 # two cores shared by everything: keep torch from oversubscribing them
 torch.set_num_threads(min(2, torch.get_num_threads()))

@@ -22,7 +22,7 @@ from typing import Any
 
 from monai_uda.errors import UDAInputError
 
-__all__ = ["DATALIST_KEYS", "DATALIST_NAME", "PATH_KEYS", "Datalist", "load_datalist", "get_split", "write_datalist"]
+__all__ = ["DATALIST_KEYS", "DATALIST_NAME", "PATH_KEYS", "Datalist", "export_split", "load_datalist", "get_split", "write_datalist"]
 
 DATALIST_KEYS = ("source", "target", "validation", "test")
 """Top-level keys a datalist may have, in the order they are written."""
@@ -201,3 +201,28 @@ def write_datalist(folder: str | Path, datalist: Mapping[str, list[dict[str, Any
         Path(tmp_name).unlink(missing_ok=True)
         raise UDAInputError(f"cannot write datalist ({exc.strerror or exc})", file) from exc
     return file
+
+
+def export_split(datalist_path: str | Path, key: str, out_dir: str | Path) -> tuple[Path, Path]:
+    """Copy a labelled split to ``out_dir/images`` and ``out_dir/labels`` with the same stems.
+
+    This is the folder layout that inference (``--input_dir``) and ``monai-uda evaluate``
+    (``--gt``) expect. Both folders are emptied first.
+
+    Returns:
+        ``(images_dir, labels_dir)``.
+    """
+    import shutil
+
+    from monai_uda.data.io import stem_of
+
+    out_dir = Path(out_dir)
+    images, labels = out_dir / "images", out_dir / "labels"
+    for folder in (images, labels):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    for item in get_split(load_datalist(datalist_path), key, require_labels=True):
+        stem, label = stem_of(item["image"]), Path(item["label"])
+        shutil.copy(item["image"], images / Path(item["image"]).name)
+        shutil.copy(label, labels / f"{stem}{label.name[len(stem_of(label)):]}")
+    return images, labels

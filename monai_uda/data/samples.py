@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from monai.transforms import ScaleIntensityRangePercentiles
 from scipy import ndimage
 from skimage.segmentation import relabel_sequential
 
-from monai_uda.data.datalist import write_datalist
+from monai_uda.data.datalist import export_split, write_datalist
 from monai_uda.data.io import read_image, read_label, write_array
 from monai_uda.data.synthetic import random_ellipses
 from monai_uda.errors import UDAInputError
@@ -40,6 +41,9 @@ __all__ = [
     "make_sample_dataset",
     "render_fluorescence",
     "render_he_like",
+    "sample_dataset_dir",
+    "sample_test_dir",
+    "sample_test_label_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -308,3 +312,34 @@ def make_sample_dataset(out_dir: str | Path, spatial_dims: int = 2, seed: int = 
         raise UDAInputError(f"cannot write output ({exc.strerror or exc})", folder) from exc
     logger.info("sample dataset (%dD, origin %s) written to %s", spatial_dims, used, folder)
     return write_datalist(folder, datalist)
+
+
+def sample_dataset_dir(spatial_dims: int = 2) -> Path:
+    """The built-in sample dataset in a per-user cache, written on first use.
+
+    The folder is ``$MONAI_UDA_HOME/samples/<n>d`` (default ``~/.cache/monai_uda``); the
+    inference and evaluate configs of every bundle default to its ``test`` split.
+    """
+    home = Path(os.environ.get("MONAI_UDA_HOME", Path.home() / ".cache" / "monai_uda"))
+    folder = home / "samples" / f"{spatial_dims}d"
+    if not (folder / "datalist.json").is_file():
+        make_sample_dataset(folder, spatial_dims=spatial_dims)
+    return folder
+
+
+def sample_test_dir(spatial_dims: int = 2) -> str:
+    """Folder of the sample's labelled target test images (the default ``--input_dir``)."""
+    return str(_sample_test_split(spatial_dims)[0])
+
+
+def sample_test_label_dir(spatial_dims: int = 2) -> str:
+    """Folder of the sample test images' instance labels (the default ``--gt_dir``)."""
+    return str(_sample_test_split(spatial_dims)[1])
+
+
+def _sample_test_split(spatial_dims: int) -> tuple[Path, Path]:
+    folder = sample_dataset_dir(spatial_dims)
+    images, labels = folder / "test_split" / "images", folder / "test_split" / "labels"
+    if not (images.is_dir() and any(images.iterdir()) and labels.is_dir()):
+        images, labels = export_split(folder / "datalist.json", "test", folder / "test_split")
+    return images, labels

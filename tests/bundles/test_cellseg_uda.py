@@ -13,7 +13,7 @@ import torch
 from monai.bundle import ConfigParser, run
 
 from monai_uda.data.io import read_array
-from monai_uda.demo import split_test_set
+from monai_uda.data.datalist import export_split
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "cellseg_uda" / "configs"
@@ -39,7 +39,7 @@ def test_training_command_line_then_inference_and_evaluate(sample_2d, tmp_path):
     model = torch.load(out / "model.pt", weights_only=True)
     assert set(model) == {"segmenter", "reconstructor", "discriminator"}
 
-    images, labels = split_test_set(sample_2d / "datalist.json", tmp_path / "test")
+    images, labels = export_split(sample_2d / "datalist.json", "test", tmp_path / "test")
     pred = tmp_path / "pred"
     run("inference", config_file=_cfg("inference.yaml"), meta_file=str(CONFIGS / "metadata.json"), input_dir=str(images),
         output_dir=str(pred), ckpt_path=str(out / "model.pt"), widths=TINY_2D["widths"], target_patch=[64, 64])
@@ -84,7 +84,7 @@ def test_resume_override_continues_from_newest_checkpoint(sample_2d, tmp_path):
 def test_3d_train_and_inference_keep_spacing(sample_3d, tmp_path):
     run("training", config_file=_cfg("train.yaml", "train_3d.yaml"), meta_file=str(CONFIGS / "metadata.json"),
         dataset_dir=str(sample_3d), output_dir=str(tmp_path / "train"), max_iterations=1, **TINY_3D)
-    images, _ = split_test_set(sample_3d / "datalist.json", tmp_path / "test")
+    images, _ = export_split(sample_3d / "datalist.json", "test", tmp_path / "test")
     run("inference", config_file=_cfg("inference.yaml", "train_3d.yaml"), meta_file=str(CONFIGS / "metadata.json"),
         input_dir=str(images), output_dir=str(tmp_path / "pred"), ckpt_path=str(tmp_path / "train" / "model.pt"),
         widths=TINY_3D["widths"], target_patch=[32, 32, 32])
