@@ -95,7 +95,10 @@ def read_array(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
             from PIL import Image
 
             with Image.open(path) as im:
-                array = np.asarray(im)
+                tiff_content = im.format == "TIFF"
+                array = None if tiff_content else np.asarray(im)
+            if tiff_content:  # a TIFF under another name: Pillow would drop samples beyond RGBA
+                array, meta["spacing"] = _read_tiff(path)
     except UDAInputError:
         raise
     except Exception as exc:  # unreadable / truncated / wrong format: one clear line
