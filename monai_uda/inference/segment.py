@@ -252,7 +252,8 @@ class FolderSegmenter:
             raise UDAInputError("no images found", self.input_dir)
         self._check_outputs(inputs)
         start = time.perf_counter()
-        records = [self.segment_file(p) for p in tqdm(inputs, desc="segmenting", unit="image")]
+        with tqdm(inputs, desc="segmenting", unit="image") as progress:  # closed (line ended) also on errors
+            records = [self.segment_file(p) for p in progress]
         total = sum(r["n_instances"] for r in records)
         print(f"segmented {len(records)} images, {total} nuclei in {time.perf_counter() - start:.1f} s -> {self.output_dir}")
         return records
