@@ -1,0 +1,236 @@
+"""Streaming sliding-window inference and instance labelling along the first spatial axis.
+
+Whole slides (:mod:`monai_uda.inference.wsi`) and whole volumes
+(:mod:`monai_uda.inference.volume`) are segmented without ever holding the image, the
+probability map or the instance map in memory:
+
+* :func:`window_starts` is the window grid of MONAI's
+  :class:`~monai.inferers.SlidingWindowInferer` (same scan interval, same raster order);
+* :class:`StreamingBlender` adds window outputs weighted by MONAI's importance map into a
+  rolling buffer one window high along axis 0 and hands out every slab no later window can
+  touch. Windows arrive in MONAI's order, so each pixel sums the same terms in the same order
+  and the result equals the in-memory inferer's;
+* :class:`StreamingInstanceLabeller` takes class-map slabs (0 background, >0 foreground) and
+  labels every foreground connected component as soon as it is complete (it does not reach
+  the newest slab): nuclei cut by a tile or slab border are labelled whole, once, with ids
+  unique across the image. Complete components are post-processed in groups of bounded width
+  by the same functions as in-memory inference (e.g.
+  :func:`~monai_uda.inference.postprocess.binary_to_instances`).
+
+Memory is one window-high slab across axes 1.. (plus the rows of components still open), so it
+does not grow with the length of axis 0 and grows only linearly with the other axes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data.utils import compute_importance_map, dense_patch_slices
+from scipy import ndimage
+from skimage.measure import regionprops
+
+__all__ = ["window_starts", "StreamingBlender", "StreamingInstanceLabeller", "Slab"]
+
+#: ``(start along axis 0, array)``: a finished slab of the output
+Slab = tuple[int, Any]
+
+
+def window_starts(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> list[tuple[int, ...]]:
+    """Window start corners of MONAI's sliding-window inference, in its (raster) order.
+
+    The scan interval is ``int(roi * (1 - overlap))`` (at least 1; the whole axis when the
+    window spans it) and the last window of each axis ends at the image border
+    (:func:`monai.data.utils.dense_patch_slices`). Every axis must be at least the window size.
+    """
+    if any(s < r for s, r in zip(image_size, roi_size)):
+        raise ValueError(f"image size {tuple(image_size)} is smaller than the window {tuple(roi_size)}")
+    interval = [r if r == s else max(int(r * (1 - overlap)), 1) for s, r in zip(image_size, roi_size)]
+    return [tuple(int(s.start) for s in window) for window in dense_patch_slices(image_size, roi_size, interval)]
+
+
+class StreamingBlender:
+    """Blend window outputs of a sliding-window inference slab by slab along axis 0.
+
+    Args:
+        image_size: spatial size of the whole image.
+        roi_size: window size.
+        channels: output channels of the network.
+        mode: ``"gaussian"`` or ``"constant"`` importance map
+            (:func:`monai.data.utils.compute_importance_map`, as the inferer).
+        sigma_scale: Gaussian sigma relative to the window size (the inferer's default 0.125).
+
+    Windows must be added in the order of :func:`window_starts`. Windows may be skipped:
+    pixels no added window covers come out as NaN.
+    """
+
+    def __init__(
+        self, image_size: Sequence[int], roi_size: Sequence[int], channels: int, mode: str = "gaussian", sigma_scale: float = 0.125
+    ) -> None:
+        self.image_size = tuple(int(s) for s in image_size)
+        self.roi_size = tuple(int(r) for r in roi_size)
+        weight = compute_importance_map(self.roi_size, mode=mode, sigma_scale=sigma_scale, device="cpu", dtype=torch.float32)
+        self.weight = weight.numpy()
+        self.acc = np.zeros((channels, self.roi_size[0], *self.image_size[1:]), dtype=np.float32)
+        self.count = np.zeros((self.roi_size[0], *self.image_size[1:]), dtype=np.float32)
+        self.origin = 0
+
+    def add(self, start: Sequence[int], output: np.ndarray | torch.Tensor) -> list[Slab]:
+        """Add one window output ``(C, *roi_size)`` at ``start``; returns the slabs it finished (float32 arrays)."""
+        finished = self._advance(int(start[0])) if start[0] > self.origin else []
+        rest = tuple(slice(s, s + r) for s, r in zip(start[1:], self.roi_size[1:]))
+        output = output.detach().float().cpu().numpy() if isinstance(output, torch.Tensor) else np.asarray(output, np.float32)
+        self.acc[(slice(None), slice(None), *rest)] += output * self.weight
+        self.count[(slice(None), *rest)] += self.weight
+        return finished
+
+    def _advance(self, new_origin: int) -> list[Slab]:
+        """Hand out rows ``[origin, new_origin)``: the buffer's, then uncovered (NaN) slabs for skipped window rows."""
+        rows = new_origin - self.origin
+        head = min(rows, self.roi_size[0])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            slabs = [(self.origin, self.acc[:, :head] / self.count[:head])]  # 0 / 0 = NaN where no window was added
+        for gap in range(self.origin + head, new_origin, self.roi_size[0]):
+            slabs.append((gap, np.full((self.acc.shape[0], min(self.roi_size[0], new_origin - gap), *self.image_size[1:]), np.nan, np.float32)))
+        keep = self.roi_size[0] - head
+        self.acc[:, :keep] = self.acc[:, head:].copy()
+        self.acc[:, keep:] = 0.0
+        self.count[:keep] = self.count[head:].copy()
+        self.count[keep:] = 0.0
+        self.origin = new_origin
+        return slabs
+
+    def finish(self) -> list[Slab]:
+        """The last slabs, up to the end of axis 0."""
+        return self._advance(self.image_size[0])
+
+
+class StreamingInstanceLabeller:
+    """Instance-label class-map slabs arriving along axis 0, each connected component once.
+
+    A foreground component (full connectivity) is *complete* when it does not reach the newest
+    row received: later slabs cannot extend it. Complete components are cut out in groups
+    (bounding boxes starting within ``group_width`` along axis 1), background elsewhere, and
+    handed to ``to_instances``; their instances get ids following those already given. Rows
+    above the first open component are final and handed out.
+
+    Args:
+        to_instances: class-map crop (``uint8``, 0 = background) -> instance ids ``1..N``
+            (0 = background), e.g. ``lambda c: binary_to_instances(c > 0)``.
+        axis_names: names of the spatial axes for the per-nucleus records.
+        group_width: width along axis 1 of the groups post-processed together (bounds memory).
+        max_open_rows: a component still open after this many rows is cut (labelled as it is);
+            only masks with implausibly large objects reach it.
+        pad: background margin around each group crop (>= 1 so distances see the border).
+    """
+
+    def __init__(
+        self,
+        to_instances: Callable[[np.ndarray], np.ndarray],
+        axis_names: Sequence[str] = ("y", "x"),
+        group_width: int = 2048,
+        max_open_rows: int = 1024,
+        pad: int = 4,
+    ) -> None:
+        self.to_instances = to_instances
+        self.axis_names = tuple(axis_names)
+        self.group_width = group_width
+        self.max_open_rows = max_open_rows
+        self.pad = pad
+        self.origin = 0
+        self.next_id = 1
+        self.classes: np.ndarray | None = None
+        self.done: np.ndarray | None = None
+        self.instances: np.ndarray | None = None
+
+    def push(self, classes: np.ndarray, last: bool = False) -> tuple[list[Slab], list[dict[str, Any]]]:
+        """Add the next class-map slab; returns the finished instance slabs and their nuclei records.
+
+        Args:
+            classes: ``(rows, *rest)`` integer class map, 0 = background.
+            last: this is the final slab: every component is complete.
+
+        Returns:
+            ``([(start_row, uint32 ids)], records)``; records hold ``id``, ``centroid_<axis>``,
+            ``area`` and ``bbox_<axis>0``/``bbox_<axis>1`` (end exclusive) in image coordinates.
+        """
+        classes = np.asarray(classes, dtype=np.uint8)
+        if self.classes is None:
+            self.classes = classes
+            self.done = np.zeros(classes.shape, dtype=bool)
+            self.instances = np.zeros(classes.shape, dtype=np.uint32)
+        else:
+            self.classes = np.concatenate([self.classes, classes])
+            self.done = np.concatenate([self.done, np.zeros(classes.shape, dtype=bool)])
+            self.instances = np.concatenate([self.instances, np.zeros(classes.shape, dtype=np.uint32)])
+        return self._label(last)
+
+    def _label(self, last: bool) -> tuple[list[Slab], list[dict[str, Any]]]:
+        rows = self.classes.shape[0]
+        labels, _ = ndimage.label((self.classes > 0) & ~self.done, structure=np.ones((3,) * self.classes.ndim))
+        open_top, complete = rows, []
+        force = rows > self.max_open_rows
+        for k, box in enumerate(ndimage.find_objects(labels), start=1):
+            if box is None:
+                continue
+            if box[0].stop == rows and not (last or force):
+                open_top = min(open_top, box[0].start)
+            else:
+                complete.append((k, box))
+        records: list[dict[str, Any]] = []
+        for group in self._groups(complete):
+            records += self._label_group(labels, group, last)
+        slab = (self.origin, self.instances[:open_top])
+        self.classes, self.done, self.instances = self.classes[open_top:], self.done[open_top:], self.instances[open_top:]
+        self.origin += open_top
+        return ([slab] if open_top else []), records
+
+    def _groups(self, complete: list[tuple[int, tuple[slice, ...]]]) -> list[list[tuple[int, tuple[slice, ...]]]]:
+        """Components grouped by where their bounding box starts along axis 1."""
+        if self.classes.ndim < 2:
+            return [complete] if complete else []
+        groups: list[list[tuple[int, tuple[slice, ...]]]] = []
+        for item in sorted(complete, key=lambda c: c[1][1].start):
+            if groups and item[1][1].start < groups[-1][0][1][1].start + self.group_width:
+                groups[-1].append(item)
+            else:
+                groups.append([item])
+        return groups
+
+    def _label_group(self, labels: np.ndarray, group: list[tuple[int, tuple[slice, ...]]], last: bool) -> list[dict[str, Any]]:
+        """Post-process one group of complete components in a crop with ``pad`` background around it.
+
+        Along axis 0 the margin may reach rows already handed out (above) or not yet received
+        (below): the group is background there, so the crop is padded with zeros, as the
+        in-memory image would be, except at the image's own top (row 0) and bottom (``last``).
+        """
+        crop = tuple(
+            slice(max(min(b[axis].start for _, b in group) - self.pad, 0), min(max(b[axis].stop for _, b in group) + self.pad, size))
+            for axis, size in enumerate(labels.shape)
+        )
+        top = min(self.pad - (min(b[0].start for _, b in group) - crop[0].start), self.origin)
+        bottom = 0 if last else self.pad - (crop[0].stop - max(b[0].stop for _, b in group))
+        member = np.isin(labels[crop], [k for k, _ in group])
+        classes = np.pad(np.where(member, self.classes[crop], 0).astype(np.uint8), [(top, bottom)] + [(0, 0)] * (labels.ndim - 1))
+        instances = np.asarray(self.to_instances(classes))[top : top + member.shape[0]]
+        self.done[crop] |= member
+        found = instances > 0
+        offset = self.next_id - 1
+        self.instances[crop][found] = instances[found].astype(np.uint32) + offset
+        corner = [s.start for s in crop]
+        corner[0] += self.origin
+        records = []
+        for region in regionprops(instances.astype(np.int64)):
+            record: dict[str, Any] = {"id": int(region.label) + offset}
+            for axis, name in enumerate(self.axis_names):
+                record[f"centroid_{name}"] = round(float(region.centroid[axis]) + corner[axis], 2)
+            record["area"] = int(region.area)
+            ndim = len(self.axis_names)
+            for axis, name in enumerate(self.axis_names):
+                record[f"bbox_{name}0"] = int(region.bbox[axis]) + corner[axis]
+                record[f"bbox_{name}1"] = int(region.bbox[axis + ndim]) + corner[axis]
+            records.append(record)
+        self.next_id += int(instances.max(initial=0))
+        return records

@@ -1,0 +1,402 @@
+"""Whole-slide inference in bounded memory: tiled TIFF in, tiled TIFF masks and a nuclei table out.
+
+:class:`SlideSegmenter` is :class:`~monai_uda.inference.segment.FolderSegmenter` for slides
+that do not fit in memory (``inference_wsi.yaml`` of a bundle swaps one for the other):
+
+1. :class:`SlideReader` decodes only the TIFF tiles a region needs (tifffile, tiled/pyramidal
+   TIFF and OME-TIFF level 0; MONAI's tifffile ``WSIReader`` would load the whole level).
+   PNG and untiled TIFF are small images and are read whole.
+2. One streaming pass (:func:`scan_slide`) gives the exact intensity histogram (integer
+   images; the 1st/99.8th percentiles of the in-memory path) and a thumbnail. The tissue mask
+   is Otsu's threshold of the thumbnail's saturation (RGB): windows without tissue are skipped
+   and the fraction skipped is reported.
+3. Windows of MONAI's sliding-window grid are read, scaled, batched through the network and
+   blended slab by slab (:class:`~monai_uda.inference.tiles.StreamingBlender`); slabs are
+   thresholded and instance-labelled as components complete
+   (:class:`~monai_uda.inference.tiles.StreamingInstanceLabeller`): a nucleus crossing a tile
+   border keeps one id, ids are unique across the slide.
+4. Instance ids are written as a zlib-compressed tiled TIFF, tile row by tile row from a
+   generator (``tifffile.TiffWriter.write``), then the binary mask from it; one CSV row per
+   nucleus (id, centroid, area, bounding box) is written as nuclei complete.
+
+Without tissue skipping the mask equals the in-memory ``FolderSegmenter``'s on the same image.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+import torch
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+
+from monai_uda.data.io import read_array, stem_of
+from monai_uda.errors import UDAInputError
+from monai_uda.inference.postprocess import binary_to_instances, ternary_to_instances
+from monai_uda.inference.segment import FolderSegmenter, to_probabilities
+from monai_uda.inference.tiles import StreamingBlender, StreamingInstanceLabeller, window_starts
+from monai_uda.transforms.intensity import PERCENTILES, ChannelPolicy
+
+__all__ = ["SlideReader", "SlideSegmenter", "scan_slide", "percentile_from_histogram", "tissue_mask", "write_tiled_tiff"]
+
+
+class SlideReader:
+    """Regions of a 2D image as ``(h, w, C)`` arrays of its own dtype, decoding only the tiles needed.
+
+    Tiled TIFFs (incl. pyramidal/OME-TIFF, level 0, channels last) are read tile by tile with a
+    small LRU cache of decoded tiles; other images are read whole with
+    :func:`monai_uda.data.io.read_array`.
+
+    Args:
+        path: the image.
+        cache_tiles: decoded tiles kept (a window row's worth avoids decoding tiles twice).
+    """
+
+    def __init__(self, path: str | Path, cache_tiles: int = 256) -> None:
+        self.path = Path(path)
+        self._tif: tifffile.TiffFile | None = None
+        self._array: np.ndarray | None = None
+        if self.path.suffix.lower() in (".tif", ".tiff") and self.path.is_file():
+            try:
+                tif = tifffile.TiffFile(self.path)
+            except Exception as exc:
+                raise UDAInputError(f"cannot read image ({type(exc).__name__}: {exc})", self.path) from exc
+            page = tif.series[0].levels[0].keyframe
+            if page.is_tiled and page.imagedepth == 1 and len(page.shape) in (2, 3) and (page.samplesperpixel == 1 or page.planarconfig == 1):
+                self._tif, self._page = tif, page
+                self.shape = tuple(int(s) for s in page.shape[:2])
+                self.channels = int(page.samplesperpixel)
+                self.dtype = np.dtype(page.dtype)
+                self.tile_shape = (int(page.tilelength), int(page.tilewidth))
+                self._tiles_across = math.ceil(self.shape[1] / self.tile_shape[1])
+                self.tile = functools.lru_cache(maxsize=cache_tiles)(self._decode_tile)
+                return
+            tif.close()
+        array, _ = read_array(self.path)
+        if array.ndim == 2:
+            array = array[..., None]
+        if array.ndim != 3 or array.shape[-1] > 4:
+            raise UDAInputError(f"expected a 2D grey or RGB(A) image, got shape {array.shape}", self.path)
+        self._array = array[..., :3] if array.shape[-1] == 4 else array
+        self.shape = tuple(int(s) for s in self._array.shape[:2])
+        self.channels = int(self._array.shape[-1])
+        self.dtype = self._array.dtype
+        self.tile_shape = (256, 256)
+
+    def _decode_tile(self, ty: int, tx: int) -> np.ndarray:
+        index = ty * self._tiles_across + tx
+        page = self._page
+        segments = self._tif.filehandle.read_segments([page.dataoffsets[index]], [page.databytecounts[index]], indices=[index])
+        data, index = next(iter(segments))
+        tile, _, _ = page.decode(data, index)
+        if tile is None:  # sparse (empty) tile
+            return np.zeros((*self.tile_shape, self.channels), dtype=self.dtype)
+        return tile.reshape(*self.tile_shape, self.channels)
+
+    def read(self, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+        """Pixels ``[y0:y0+h, x0:x0+w]`` (must lie inside the image) as ``(h, w, C)``."""
+        if self._array is not None:
+            return self._array[y0 : y0 + h, x0 : x0 + w]
+        th, tw = self.tile_shape
+        out = np.empty((h, w, self.channels), dtype=self.dtype)
+        for ty in range(y0 // th, (y0 + h - 1) // th + 1):
+            for tx in range(x0 // tw, (x0 + w - 1) // tw + 1):
+                tile = self.tile(ty, tx)
+                ys, xs = max(y0, ty * th), max(x0, tx * tw)
+                ye, xe = min(y0 + h, (ty + 1) * th), min(x0 + w, (tx + 1) * tw)
+                out[ys - y0 : ye - y0, xs - x0 : xe - x0] = tile[ys - ty * th : ye - ty * th, xs - tx * tw : xe - tx * tw]
+        return out
+
+    def close(self) -> None:
+        if self._tif is not None:
+            self._tif.close()
+
+    def __enter__(self) -> SlideReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def scan_slide(reader: SlideReader, factor: int, chunk: int = 4096) -> tuple[np.ndarray | None, np.ndarray]:
+    """One streaming pass: intensity histogram (integer images, all channels) and a thumbnail.
+
+    Returns:
+        ``(histogram or None, thumbnail)``; the thumbnail is the ``factor x factor`` block mean,
+        ``(H // factor, W // factor, C)`` float32 (partial blocks at the far edges dropped).
+    """
+    height, width = reader.shape
+    integer = reader.dtype.kind in "ub" and reader.dtype.itemsize <= 2
+    hist = np.zeros(1 << (8 * reader.dtype.itemsize), dtype=np.int64) if integer else None
+    thumb = np.zeros((height // factor, width // factor, reader.channels), dtype=np.float32)
+    band = factor * max(1, chunk // 16 // factor)
+    step = factor * max(1, chunk // factor)
+    for y0 in range(0, height, band):
+        for x0 in range(0, width, step):
+            region = reader.read(y0, x0, min(band, height - y0), min(step, width - x0))
+            if hist is not None:
+                hist += np.bincount(region.ravel(), minlength=hist.size)
+            th, tw = region.shape[0] // factor, region.shape[1] // factor
+            if th and tw:
+                blocks = region[: th * factor, : tw * factor].reshape(th, factor, tw, factor, -1)
+                thumb[y0 // factor : y0 // factor + th, x0 // factor : x0 // factor + tw] = blocks.mean(axis=(1, 3), dtype=np.float32)
+    return hist, thumb
+
+
+def percentile_from_histogram(hist: np.ndarray, q: float) -> float:
+    """``np.percentile(values, q)`` (linear interpolation) of the integer values counted in ``hist``."""
+    cumulative = np.cumsum(hist)
+    position = q / 100.0 * (cumulative[-1] - 1)
+    low, high = math.floor(position), math.ceil(position)
+    v_low, v_high = (int(np.searchsorted(cumulative, k, side="right")) for k in (low, high))
+    return v_low + (v_high - v_low) * (position - low)
+
+
+def tissue_mask(thumbnail: np.ndarray, min_saturation: float = 0.05, dilation: int = 2) -> np.ndarray | None:
+    """Tissue pixels of an RGB thumbnail: saturation above Otsu's threshold (and ``min_saturation``).
+
+    Returns ``None`` (no skipping) for non-RGB images; an all-blank slide gives an empty mask.
+    """
+    if thumbnail.shape[-1] != 3 or min(thumbnail.shape[:2]) < 2:
+        return None
+    brightest, darkest = thumbnail.max(axis=-1), thumbnail.min(axis=-1)
+    saturation = np.where(brightest > 0, (brightest - darkest) / np.maximum(brightest, 1e-12), 0.0)  # HSV saturation
+    if float(saturation.max()) < min_saturation:
+        return np.zeros(saturation.shape, dtype=bool)
+    tissue = saturation > max(float(threshold_otsu(saturation)), min_saturation)
+    return ndimage.binary_dilation(tissue, iterations=dilation) if dilation else tissue
+
+
+def _tile_rows(slabs: Iterator[tuple[int, np.ndarray]], width: int, tile: int, dtype: np.dtype) -> Iterator[np.ndarray]:
+    """Cut a stream of row slabs ``(start, (h, W))`` into ``tile x tile`` tiles in raster order (edges zero-padded)."""
+    pending: list[np.ndarray] = []
+    rows = 0
+
+    def emit(block: np.ndarray) -> Iterator[np.ndarray]:
+        for x0 in range(0, width, tile):
+            out = np.zeros((tile, tile), dtype=dtype)
+            part = block[:, x0 : x0 + tile]
+            out[: part.shape[0], : part.shape[1]] = part
+            yield out
+
+    for _, slab in slabs:
+        pending.append(np.asarray(slab, dtype=dtype))
+        rows += slab.shape[0]
+        while rows >= tile:
+            block = np.concatenate(pending) if len(pending) > 1 else pending[0]
+            yield from emit(block[:tile])
+            pending, rows = [block[tile:]], rows - tile
+    if rows:
+        yield from emit(np.concatenate(pending))
+
+
+def write_tiled_tiff(path: Path, tiles: Iterator[np.ndarray], shape: tuple[int, int], dtype: np.dtype, tile: int = 256) -> Path:
+    """Write raster-ordered ``tile x tile`` tiles as a zlib-compressed tiled TIFF, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tif", dir=path.parent)
+    os.close(fd)
+    try:
+        bigtiff = shape[0] * shape[1] * np.dtype(dtype).itemsize > 2**31
+        with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as writer:
+            writer.write(tiles, shape=shape, dtype=dtype, tile=(tile, tile), compression="zlib")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class SlideSegmenter(FolderSegmenter):
+    """Segment whole slides of any size in bounded memory (see the module docstring).
+
+    For every input ``<stem>`` it writes ``<stem>_instances.tif`` (``uint32`` ids, tiled),
+    ``<stem>_mask.tif`` (``uint8`` 0/255, tiled) and ``<stem>_nuclei.csv``.
+
+    Args:
+        network, input_dir, output_dir, channels, invert, value_range, roi_size, sw_batch_size,
+            overlap, mode, device, ckpt_path, ckpt_key, output_activation, threshold,
+            postprocess, min_size, amp: as for :class:`FolderSegmenter` (``spatial_dims`` is 2).
+        tissue: skip windows without tissue (RGB slides; Otsu on the thumbnail's saturation).
+        thumbnail_size: long side of the thumbnail used for the tissue mask.
+        tile: tile side of the output TIFFs.
+        group_width: width of the groups post-processed together (see
+            :class:`~monai_uda.inference.tiles.StreamingInstanceLabeller`).
+        kwargs: further :class:`FolderSegmenter` arguments (e.g. ``padding_mode``).
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        input_dir: str,
+        output_dir: str,
+        tissue: bool = True,
+        thumbnail_size: int = 1024,
+        tile: int = 256,
+        group_width: int = 2048,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.update(spatial_dims=2, mask_ext=".tif", instance_ext=".tif", overlay=False)
+        super().__init__(network, input_dir, output_dir, **kwargs)
+        self.channels = int(kwargs.get("channels", 1))
+        self.invert = bool(kwargs.get("invert", False))
+        self.value_range = tuple(float(v) for v in kwargs.get("value_range", (0.0, 1.0)))
+        self.tissue = tissue
+        self.thumbnail_size = thumbnail_size
+        self.tile = tile
+        self.group_width = group_width
+        self.network_seconds = 0.0
+
+    def _output_paths(self, image_path: Path) -> dict[str, Path]:
+        paths = super()._output_paths(image_path)
+        paths["table"] = self.output_dir / f"{stem_of(image_path)}_nuclei.csv"
+        return paths
+
+    def _scaler(self, reader: SlideReader, hist: np.ndarray | None, thumb: np.ndarray) -> Callable[[np.ndarray], torch.Tensor]:
+        """Raw ``(B, h, w, C)`` windows -> network input: the in-memory path's percentile scaling and channel policy."""
+        if hist is not None:
+            a_min, a_max = (percentile_from_histogram(hist, q) for q in PERCENTILES)
+        else:
+            a_min, a_max = (float(np.percentile(thumb, q)) for q in PERCENTILES)
+        a_min, a_max = np.float32(a_min), np.float32(a_max)
+        low, high = self.value_range
+        policy = ChannelPolicy(self.channels)
+
+        def scale(raw: np.ndarray) -> torch.Tensor:
+            x = np.moveaxis(raw, -1, 1).astype(np.float32)
+            if a_max == a_min:
+                x = x - a_min + low
+            else:
+                x = np.clip((x - a_min) / (a_max - a_min) * (high - low) + low, low, high)
+            tensor = torch.from_numpy(x)
+            if tensor.shape[1] != self.channels:
+                tensor = torch.stack([policy(item) for item in tensor])
+            return (low + high) - tensor if self.invert else tensor
+
+        return scale
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=self.amp):
+            out = self.network(batch.to(self.device)).float().cpu()
+        self.network_seconds += time.perf_counter() - start
+        return out
+
+    def _classes(self, raw: np.ndarray) -> np.ndarray:
+        """Blended raw output ``(C, h, W)`` -> class map: foreground > threshold (binary) or argmax (ternary).
+
+        Pixels no window covered (NaN, skipped as blank) are background.
+        """
+        raw = torch.from_numpy(raw)
+        probs = to_probabilities(torch.nan_to_num(raw)[None], self.output_activation)[0]
+        if self.postprocess == "ternary":
+            if probs.shape[0] != 3:
+                raise UDAInputError(f"ternary post-processing needs 3 output channels, the network gave {probs.shape[0]}")
+            classes = torch.argmax(probs, dim=0)
+        else:
+            foreground = 1.0 - probs[0] if self.output_activation == "softmax" else probs[0]
+            classes = foreground > self.threshold
+        classes[torch.isnan(raw[0])] = 0
+        return classes.numpy().astype(np.uint8)
+
+    def _to_instances(self, classes: np.ndarray) -> np.ndarray:
+        if self.postprocess == "ternary":
+            return ternary_to_instances(classes, min_size=self.min_size)
+        return binary_to_instances(classes > 0, min_size=self.min_size)
+
+    def _instance_slabs(
+        self,
+        reader: SlideReader,
+        windows: list[tuple[int, int]],
+        scale: Callable[[np.ndarray], torch.Tensor],
+        labeller: StreamingInstanceLabeller,
+        table: csv.DictWriter,
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """The streaming core: windows -> network -> blender -> class slabs -> labeller -> instance slabs."""
+        roi = tuple(self.inferer.roi_size)
+        blender: StreamingBlender | None = None
+
+        def label(slabs: list[tuple[int, np.ndarray]], last: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+            for i, (_, raw) in enumerate(slabs):
+                out, records = labeller.push(self._classes(raw), last=last and i == len(slabs) - 1)
+                table.writerows(records)
+                yield from out
+
+        batch_size = int(self.inferer.sw_batch_size)
+        for b in range(0, len(windows), batch_size):
+            starts = windows[b : b + batch_size]
+            outputs = self._forward(scale(np.stack([reader.read(y, x, *roi) for y, x in starts])))
+            if blender is None:
+                blender = StreamingBlender(reader.shape, roi, outputs.shape[1], mode=self.inferer.mode, sigma_scale=self.inferer.sigma_scale)
+            for start, output in zip(starts, outputs):
+                yield from label(blender.add(start, output))
+        if blender is None:  # every window skipped: all background
+            blender = StreamingBlender(reader.shape, roi, 3 if self.postprocess == "ternary" else 1, mode=self.inferer.mode)
+        yield from label(blender.finish(), last=True)
+
+    def segment_file(self, path: str | Path) -> dict[str, Any]:
+        """Segment one slide and write its outputs; returns the record of :meth:`FolderSegmenter.run` plus
+        ``table``, ``windows``, ``windows_skipped``, ``fraction_skipped``, ``network_seconds`` and ``megapixels_per_s``."""
+        path = Path(path)
+        start = time.perf_counter()
+        self.network_seconds = 0.0
+        paths = self._output_paths(path)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with SlideReader(path) as reader:
+            height, width = reader.shape
+            roi = tuple(self.inferer.roi_size)
+            if height < roi[0] or width < roi[1]:
+                raise UDAInputError(f"slide {reader.shape} is smaller than the window {roi}; use FolderSegmenter (inference.yaml)", path)
+            factor = max(1, math.ceil(max(height, width) / self.thumbnail_size))
+            hist, thumb = scan_slide(reader, factor)
+            tissue = tissue_mask(thumb) if self.tissue else None
+            all_windows = window_starts(reader.shape, roi, float(self.inferer.overlap))
+            windows = [
+                (y, x) for y, x in all_windows
+                if tissue is None or tissue[y // factor : -(-(y + roi[0]) // factor), x // factor : -(-(x + roi[1]) // factor)].any()
+            ]
+            scale = self._scaler(reader, hist, thumb)
+            n_instances = self._write_outputs(reader, windows, scale, paths)
+        seconds = time.perf_counter() - start
+        skipped = len(all_windows) - len(windows)
+        record: dict[str, Any] = {"stem": stem_of(path), "image": str(path), **{key: str(p) for key, p in paths.items()}}
+        record.update(
+            n_instances=n_instances, seconds=seconds, windows=len(all_windows), windows_skipped=skipped,
+            fraction_skipped=skipped / len(all_windows), network_seconds=self.network_seconds,
+            megapixels_per_s=height * width / 1e6 / seconds,
+        )
+        print(f"{path.name}: {n_instances} nuclei, {skipped}/{len(all_windows)} windows skipped as blank ({record['fraction_skipped']:.1%})")
+        return record
+
+    def _write_outputs(
+        self, reader: SlideReader, windows: list[tuple[int, int]], scale: Callable[[np.ndarray], torch.Tensor], paths: dict[str, Path]
+    ) -> int:
+        """Stream instances (with the CSV), then derive the mask from them; returns the number of nuclei."""
+        names = ["id", "centroid_y", "centroid_x", "area", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]
+        labeller = StreamingInstanceLabeller(self._to_instances, ("y", "x"), group_width=self.group_width)
+        fd, tmp_table = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=paths["table"].parent)
+        try:
+            with os.fdopen(fd, "w", newline="") as handle:
+                table = csv.DictWriter(handle, fieldnames=names)
+                table.writeheader()
+                slabs = self._instance_slabs(reader, windows, scale, labeller, table)
+                tiles = _tile_rows(slabs, reader.shape[1], self.tile, np.dtype(np.uint32))
+                write_tiled_tiff(paths["instances"], tiles, reader.shape, np.uint32, self.tile)
+            os.replace(tmp_table, paths["table"])
+        except BaseException:
+            Path(tmp_table).unlink(missing_ok=True)
+            raise
+        with SlideReader(paths["instances"], cache_tiles=1) as instances:
+            rows, cols = (math.ceil(s / self.tile) for s in reader.shape)
+            masks = ((instances.tile(ty, tx)[..., 0] > 0).astype(np.uint8) * 255 for ty in range(rows) for tx in range(cols))
+            write_tiled_tiff(paths["mask"], masks, reader.shape, np.uint8, self.tile)
+        return labeller.next_id - 1

@@ -1,0 +1,136 @@
+"""Streaming whole-slide inference: same mask as in-memory inference, one id per nucleus across tiles."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+from skimage.draw import disk
+
+from monai_uda.errors import UDAInputError
+from monai_uda.inference.segment import FolderSegmenter
+from monai_uda.inference.wsi import SlideReader, SlideSegmenter, percentile_from_histogram, scan_slide, tissue_mask
+
+GLASS, TISSUE, NUCLEUS = (236, 230, 234), (222, 150, 196), (80, 40, 130)
+
+
+def _darkness_net() -> torch.nn.Module:
+    """Pixel-wise 'segmenter': logit = 4 - 10 * mean(RGB) (dark nuclei are foreground)."""
+    net = torch.nn.Conv2d(3, 1, 1)
+    with torch.no_grad():
+        net.weight.fill_(-10.0 / 3.0)
+        net.bias.fill_(4.0)
+    return net
+
+
+def _context_net() -> torch.nn.Module:
+    """A small random network with a 9x9 receptive field, so window blending matters (reflect padding: no edge artefacts)."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 5, padding=2, padding_mode="reflect"), torch.nn.Tanh(),
+        torch.nn.Conv2d(4, 1, 5, padding=2, padding_mode="reflect"),
+    ).eval()
+
+
+def _slide(shape: tuple[int, int], centres: list[tuple[int, int]], radius: int, tissue_rows: int | None = None) -> np.ndarray:
+    image = np.empty((*shape, 3), dtype=np.uint8)
+    image[:] = GLASS
+    image[: shape[0] if tissue_rows is None else tissue_rows] = TISSUE
+    for centre in centres:
+        image[disk(centre, radius, shape=shape)] = NUCLEUS
+    return image
+
+
+def test_streaming_mask_equals_in_memory_sliding_window(tmp_path):
+    """A 4096 x 512 tiled TIFF (4k rows along the streaming axis): the streaming path and FolderSegmenter give the same mask and nuclei count."""
+    rng = np.random.default_rng(0)
+    centres = [tuple(c) for c in rng.integers(8, (4088, 504), size=(200, 2))]
+    image = _slide((4096, 512), centres, radius=6)
+    image = np.clip(image.astype(np.int16) + rng.integers(-12, 13, image.shape), 0, 255).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "slide.tif", image, tile=(256, 256), compression="zlib")
+    kwargs = dict(channels=3, roi_size=(256, 256), sw_batch_size=4, overlap=0.25, min_size=10)
+    net = _context_net()
+    record = SlideSegmenter(net, str(tmp_path / "in"), str(tmp_path / "wsi"), tissue=False, **kwargs).run()[0]
+    FolderSegmenter(net, str(tmp_path / "in"), str(tmp_path / "mem"), overlay=False, **kwargs).run()
+    streamed = tifffile.imread(tmp_path / "wsi" / "slide_mask.tif")
+    in_memory = np.asarray(Image.open(tmp_path / "mem" / "slide_mask.png"))
+    assert streamed.shape == in_memory.shape == (4096, 512)
+    assert 0.005 < (in_memory > 0).mean() < 0.9  # a non-trivial mask
+    np.testing.assert_array_equal(streamed, in_memory)
+    assert record["n_instances"] == int(tifffile.imread(tmp_path / "mem" / "slide_instances.tif").max())
+    assert record["windows"] == 21 * 3 and record["windows_skipped"] == 0
+
+
+def test_nuclei_crossing_tile_and_slab_borders_keep_one_id(tmp_path):
+    # discs centred on the output tile border (row/col 256) and across blender slabs (stride 48)
+    centres = [(256, 100), (256, 256), (130, 256), (400, 300), (50, 50)]
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "s.tif", _slide((512, 512), centres, radius=12), tile=(128, 128))
+    seg = SlideSegmenter(_darkness_net(), str(tmp_path / "in"), str(tmp_path / "out"), channels=3, roi_size=(64, 64),
+                         sw_batch_size=3, overlap=0.25, min_size=10, tile=256, tissue=False)
+    record = seg.run()[0]
+    instances = tifffile.imread(record["instances"])
+    assert record["n_instances"] == len(centres) == instances.max()
+    ids = [int(instances[c]) for c in centres]
+    assert sorted(ids) == list(range(1, len(centres) + 1))  # unique, consecutive
+    for centre, nucleus in zip(centres, ids):
+        expected = np.zeros(instances.shape, dtype=bool)
+        expected[disk(centre, 12, shape=instances.shape)] = True
+        np.testing.assert_array_equal(instances == nucleus, expected)  # whole disc, one id
+    with open(record["table"], newline="") as handle:
+        rows = {int(r["id"]): r for r in csv.DictReader(handle)}
+    assert set(rows) == set(ids)
+    row = rows[ids[1]]  # the disc on the tile corner
+    assert (float(row["centroid_y"]), float(row["centroid_x"])) == (256.0, 256.0)
+    assert int(row["area"]) == int(np.sum(instances == ids[1]))
+    assert (int(row["bbox_y0"]), int(row["bbox_x0"]), int(row["bbox_y1"]), int(row["bbox_x1"])) == (245, 245, 268, 268)  # skimage disk: distance < 12
+    mask = tifffile.imread(record["mask"])
+    np.testing.assert_array_equal(mask, (instances > 0).astype(np.uint8) * 255)
+
+
+def test_blank_glass_is_skipped_and_reported(tmp_path):
+    centres = [(40, 40), (100, 200), (150, 60)]
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "s.tif", _slide((768, 256), centres, radius=10, tissue_rows=256), tile=(128, 128))
+    seg = SlideSegmenter(_darkness_net(), str(tmp_path / "in"), str(tmp_path / "out"), channels=3, roi_size=(64, 64),
+                         overlap=0.25, thumbnail_size=128)
+    record = seg.run()[0]
+    assert record["n_instances"] == 3
+    # the bottom two thirds are glass: every window starting below the tissue (+ dilation margin) is skipped
+    assert 0.5 < record["fraction_skipped"] < 0.67
+    assert tifffile.imread(record["mask"])[300:].max() == 0
+
+
+def test_reader_regions_histogram_and_tissue(tmp_path):
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (300, 520, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "t.tif", image, tile=(128, 128), compression="zlib")
+    Image.fromarray(image).save(tmp_path / "p.png")
+    for name in ("t.tif", "p.png"):
+        with SlideReader(tmp_path / name) as reader:
+            assert reader.shape == (300, 520) and reader.channels == 3
+            np.testing.assert_array_equal(reader.read(100, 250, 200, 270), image[100:300, 250:520])
+    with SlideReader(tmp_path / "t.tif") as reader:
+        hist, thumb = scan_slide(reader, factor=4, chunk=128)
+    assert thumb.shape == (75, 130, 3)
+    np.testing.assert_allclose(thumb[2, 3], image[8:12, 12:16].reshape(-1, 3).mean(0), rtol=1e-5)
+    for q in (1.0, 50.0, 99.8):
+        assert percentile_from_histogram(hist, q) == pytest.approx(np.percentile(image, q))
+    glass = np.full((20, 20, 3), 230.0)
+    glass[5:10, 5:10] = TISSUE
+    found = tissue_mask(glass, dilation=0)
+    assert found[5:10, 5:10].all() and found.sum() == 25
+    assert tissue_mask(glass[..., :1]) is None and not tissue_mask(np.full((8, 8, 3), 200.0)).any()
+
+
+def test_slide_smaller_than_window_is_refused(tmp_path):
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "s.tif", np.zeros((64, 64, 3), np.uint8), tile=(64, 64))
+    seg = SlideSegmenter(_darkness_net(), str(tmp_path / "in"), str(tmp_path / "out"), channels=3, roi_size=(128, 128))
+    with pytest.raises(UDAInputError, match="smaller than the window"):
+        seg.run()
