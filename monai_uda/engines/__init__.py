@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from monai_uda.engines.checkpoint import (
+    AtomicCheckpointSaver,
     FinalModelSaver,
     RNGState,
     checkpoint_objects,
@@ -22,6 +23,7 @@ from monai_uda.engines.trainer import (
 
 __all__ = [
     "AdaptationMethod",
+    "AtomicCheckpointSaver",
     "AdaptationTrainer",
     "FinalModelSaver",
     "IndexedEpochDataset",

@@ -1,8 +1,9 @@
 """Checkpoint helpers: what a checkpoint holds, finding the newest one, the final model file.
 
-Periodic checkpoints are written by MONAI's ``CheckpointSaver`` (Ignite ``DiskSaver``, atomic:
-temporary file then rename) and read back by MONAI's ``CheckpointLoader``
-(``torch.load(weights_only=True, map_location=...)``). They hold every network, every
+Periodic checkpoints are written by :class:`AtomicCheckpointSaver` (MONAI's ``CheckpointSaver``, whose
+Ignite ``DiskSaver`` MONAI creates with ``atomic=False``, switched to a temporary file then rename, so
+a run killed while saving never leaves a half-written checkpoint) and read back by MONAI's
+``CheckpointLoader`` (``torch.load(weights_only=True, map_location=...)``). They hold every network, every
 optimiser, the trainer state (iteration/epoch) and the torch RNG state, see
 :func:`checkpoint_objects`.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -19,11 +21,20 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import CheckpointSaver
 
 from monai_uda.engines.distributed import is_main_process
 from monai_uda.errors import UDAInputError
 
-__all__ = ["RNGState", "checkpoint_objects", "latest_checkpoint", "FinalModelSaver", "save_atomic", "load_network_weights"]
+__all__ = [
+    "AtomicCheckpointSaver",
+    "RNGState",
+    "checkpoint_objects",
+    "latest_checkpoint",
+    "FinalModelSaver",
+    "save_atomic",
+    "load_network_weights",
+]
 
 _ITERATION = re.compile(r"(\d+)\.pt$")
 
@@ -41,6 +52,22 @@ class RNGState:
         torch.set_rng_state(state["cpu"].cpu())
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(list(state["cuda"].cpu()))
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` writing every checkpoint to a temporary file, then renaming it.
+
+    MONAI builds its Ignite ``DiskSaver`` with ``atomic=False`` (to keep group/other read
+    permission, which Ignite's atomic mode now restores itself), so a process killed during
+    ``torch.save`` leaves a truncated ``checkpoint_iteration=N.pt`` behind. Takes the arguments of
+    ``monai.handlers.CheckpointSaver``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler._atomic = True
 
 
 def checkpoint_objects(trainer: Engine) -> dict[str, Any]:
@@ -95,6 +122,7 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
         raise UDAInputError(f"cannot write checkpoint ({exc.strerror or exc})", path.parent) from exc
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, os.stat(tmp).st_mode | stat.S_IRGRP | stat.S_IROTH)  # mkstemp makes it owner-only
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
