@@ -26,7 +26,7 @@ from monai_uda.engines.checkpoint import load_network_weights
 from monai_uda.errors import UDAInputError
 from monai_uda.inference.overlay import save_overlay
 from monai_uda.inference.postprocess import binary_to_instances, ternary_to_instances
-from monai_uda.transforms import inference_transforms
+from monai_uda.transforms import inference_transforms, unwrap_input_errors
 
 __all__ = ["FolderSegmenter", "to_probabilities"]
 
@@ -172,20 +172,9 @@ class FolderSegmenter:
             raise UDAInputError(f"output folder is not writable ({exc.strerror or exc})", self.output_dir) from exc
 
     def _preprocess(self, path: Path) -> MetaTensor:
-        """Read ``path`` with the shared inference transforms: ``(C, *spatial)`` network input with its meta data.
-
-        MONAI's ``Compose`` wraps a transform's exception in ``RuntimeError("applying transform ...")``;
-        the :class:`UDAInputError` it carries (bad file, wrong dimensionality or channels) is re-raised as is.
-        """
-        try:
+        """Read ``path`` with the shared inference transforms: ``(C, *spatial)`` network input with its meta data."""
+        with unwrap_input_errors():
             return self.transforms({"image": str(path)})["image"]
-        except RuntimeError as exc:
-            cause = exc.__cause__
-            while cause is not None and not isinstance(cause, UDAInputError):
-                cause = cause.__cause__
-            if cause is None:
-                raise
-            raise cause from None
 
     def _probabilities(self, inputs: torch.Tensor, path: Path) -> np.ndarray:
         """Sliding-window inference and activation: ``(C, *spatial)`` probabilities on the CPU."""
