@@ -14,6 +14,7 @@ Every problem is raised as :class:`~monai_uda.errors.UDAInputError` naming the f
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -260,11 +261,11 @@ def write_array(path: str | Path, array: np.ndarray, meta: dict[str, Any] | None
                 np.save(fh, array)
         else:
             raise UDAInputError(f"unsupported output format {suffix!r}", path)
+        os.chmod(tmp, os.stat(tmp).st_mode | stat.S_IRGRP | stat.S_IROTH)  # mkstemp makes it owner-only
         os.replace(tmp, path)
-    except UDAInputError:
+    except BaseException as exc:  # also Ctrl-C: never leave the temporary file behind
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise UDAInputError(f"cannot write output ({exc.strerror or exc})", path) from exc
         raise
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UDAInputError(f"cannot write output ({exc.strerror or exc})", path) from exc
     return path
