@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         cause = user_error(exc)
         if cause is None:
             raise
+        _close_progress_bars()
         print(f"error: {_one_line(cause)}", file=sys.stderr)
         return 3 if isinstance(cause, TrainingDivergedError) else 2
     return 0
@@ -81,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
 
 #: errors of the machine rather than the program: reported in one line like bad input
 _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def _close_progress_bars() -> None:
+    """End the line of any progress bar an error interrupted, so the ``error:`` line stands alone."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def _one_line(error: BaseException) -> str:
