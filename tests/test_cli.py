@@ -1,0 +1,38 @@
+"""The ``monai-uda`` command line: demo end to end, evaluate, errors as one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from monai_uda.cli import main
+from monai_uda.data.io import write_array
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--output_dir", str(tmp_path), "--max_iterations", "2"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["per_image"]) == {"he_like_test"}
+    assert (tmp_path / "predictions" / "he_like_test_overlay.png").is_file()
+    assert (tmp_path / "train" / "model.pt").is_file()
+    assert "[demo] sample data:" in capsys.readouterr().out
+    out = (tmp_path / "sample_data" / "README.txt").read_text()
+    assert "origin:" in out
+
+
+def test_evaluate_writes_contract_json_and_missing_stem_is_one_line(tmp_path, capsys):
+    gt = np.zeros((8, 8), np.uint16)
+    gt[1:4, 1:4] = 5
+    gt[5:7, 5:7] = 9
+    pred = gt.copy()
+    pred[5:7, 5:7] = 0  # one nucleus missed: DQ = 2*1/(2*1+0+1) = 2/3
+    write_array(tmp_path / "gt" / "a.tif", gt)
+    write_array(tmp_path / "pred" / "a_instances.tif", pred)
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--out", str(tmp_path / "m.json")]) == 0
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert abs(result["per_image"]["a"]["dq"] - 2 / 3) < 1e-9 and abs(result["mean"]["aji"] - 9 / 13) < 1e-9
+    write_array(tmp_path / "gt" / "b.tif", gt)
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "b" in err[0]
