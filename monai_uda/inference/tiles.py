@@ -23,7 +23,9 @@ does not grow with the length of axis 0 and grows only linearly with the other a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import csv
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,7 +34,12 @@ from monai.data.utils import compute_importance_map, dense_patch_slices
 from scipy import ndimage
 from skimage.measure import regionprops
 
-__all__ = ["window_starts", "StreamingBlender", "StreamingInstanceLabeller", "Slab"]
+from monai_uda.errors import UDAInputError
+from monai_uda.inference.postprocess import binary_to_instances, ternary_to_instances
+from monai_uda.inference.segment import FolderSegmenter, to_probabilities
+from monai_uda.transforms.intensity import ChannelPolicy
+
+__all__ = ["window_starts", "StreamingBlender", "StreamingInstanceLabeller", "StreamingSegmenter", "Slab"]
 
 #: ``(start along axis 0, array)``: a finished slab of the output
 Slab = tuple[int, Any]
@@ -234,3 +241,103 @@ class StreamingInstanceLabeller:
             records.append(record)
         self.next_id += int(instances.max(initial=0))
         return records
+
+
+class StreamingSegmenter(FolderSegmenter):
+    """Base of the bounded-memory segmenters: scaling, network, blending and labelling of a window stream.
+
+    Subclasses (:class:`~monai_uda.inference.wsi.SlideSegmenter`,
+    :class:`~monai_uda.inference.volume.VolumeSegmenter`) read windows and write slabs; the
+    arguments are :class:`FolderSegmenter`'s plus ``group_width`` (see
+    :class:`StreamingInstanceLabeller`).
+    """
+
+    def __init__(self, network: torch.nn.Module, input_dir: str, output_dir: str, group_width: int = 2048, **kwargs: Any) -> None:
+        super().__init__(network, input_dir, output_dir, **kwargs)
+        self.channels = int(kwargs.get("channels", 1))
+        self.invert = bool(kwargs.get("invert", False))
+        self.value_range = tuple(float(v) for v in kwargs.get("value_range", (0.0, 1.0)))
+        self.group_width = group_width
+        self.network_seconds = 0.0
+
+    def _scaler(self, a_min: float, a_max: float) -> Callable[[np.ndarray], torch.Tensor]:
+        """Raw channel-first windows ``(B, C, *roi)`` -> network input: the in-memory path's percentile
+        scaling (``a_min``/``a_max`` -> ``value_range``, clipped) and channel policy."""
+        a_min, a_max = np.float32(a_min), np.float32(a_max)
+        low, high = self.value_range
+        policy = ChannelPolicy(self.channels)
+
+        def scale(raw: np.ndarray) -> torch.Tensor:
+            x = np.asarray(raw, dtype=np.float32)
+            if a_max == a_min:
+                x = x - a_min + low
+            else:
+                x = np.clip((x - a_min) / (a_max - a_min) * (high - low) + low, low, high)
+            tensor = torch.from_numpy(np.ascontiguousarray(x))
+            if tensor.shape[1] != self.channels:
+                tensor = torch.stack([policy(item) for item in tensor])
+            return (low + high) - tensor if self.invert else tensor
+
+        return scale
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=self.amp):
+            out = self.network(batch.to(self.device)).float().cpu()
+        self.network_seconds += time.perf_counter() - start
+        return out
+
+    def _classes(self, raw: np.ndarray) -> np.ndarray:
+        """Blended raw output ``(C, h, W)`` -> class map: foreground > threshold (binary) or argmax (ternary).
+
+        Pixels no window covered (NaN, skipped as blank) are background.
+        """
+        raw = torch.from_numpy(raw)
+        probs = to_probabilities(torch.nan_to_num(raw)[None], self.output_activation)[0]
+        if self.postprocess == "ternary":
+            if probs.shape[0] != 3:
+                raise UDAInputError(f"ternary post-processing needs 3 output channels, the network gave {probs.shape[0]}")
+            classes = torch.argmax(probs, dim=0)
+        else:
+            foreground = 1.0 - probs[0] if self.output_activation == "softmax" else probs[0]
+            classes = foreground > self.threshold
+        classes[torch.isnan(raw[0])] = 0
+        return classes.numpy().astype(np.uint8)
+
+    def _to_instances(self, classes: np.ndarray) -> np.ndarray:
+        if self.postprocess == "ternary":
+            return ternary_to_instances(classes, min_size=self.min_size)
+        return binary_to_instances(classes > 0, min_size=self.min_size)
+
+    def _instance_slabs(
+        self,
+        read: Callable[[tuple[int, ...]], np.ndarray],
+        image_size: tuple[int, ...],
+        windows: list[tuple[int, ...]],
+        scale: Callable[[np.ndarray], torch.Tensor],
+        labeller: StreamingInstanceLabeller,
+        table: csv.DictWriter,
+    ) -> Iterator[Slab]:
+        """The streaming core: windows (``read(start) -> (C, *roi)`` raw) -> network -> blender -> class
+        slabs -> labeller -> instance slabs; nuclei records go to ``table``."""
+        roi = tuple(self.inferer.roi_size)
+        blender: StreamingBlender | None = None
+
+        def label(slabs: list[Slab], last: bool = False) -> Iterator[Slab]:
+            for i, (_, raw) in enumerate(slabs):
+                out, records = labeller.push(self._classes(raw), last=last and i == len(slabs) - 1)
+                table.writerows(records)
+                yield from out
+
+        batch_size = int(self.inferer.sw_batch_size)
+        for b in range(0, len(windows), batch_size):
+            starts = windows[b : b + batch_size]
+            outputs = self._forward(scale(np.stack([read(start) for start in starts])))
+            if blender is None:
+                blender = StreamingBlender(image_size, roi, outputs.shape[1], mode=self.inferer.mode, sigma_scale=self.inferer.sigma_scale)
+            for start, output in zip(starts, outputs):
+                yield from label(blender.add(start, output))
+        if blender is None:  # every window skipped: all background
+            blender = StreamingBlender(image_size, roi, 3 if self.postprocess == "ternary" else 1, mode=self.inferer.mode)
+        yield from label(blender.finish(), last=True)
+

@@ -30,7 +30,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +42,8 @@ from skimage.filters import threshold_otsu
 
 from monai_uda.data.io import read_array, stem_of
 from monai_uda.errors import UDAInputError
-from monai_uda.inference.postprocess import binary_to_instances, ternary_to_instances
-from monai_uda.inference.segment import FolderSegmenter, to_probabilities
-from monai_uda.inference.tiles import StreamingBlender, StreamingInstanceLabeller, window_starts
-from monai_uda.transforms.intensity import PERCENTILES, ChannelPolicy
+from monai_uda.inference.tiles import StreamingInstanceLabeller, StreamingSegmenter, window_starts
+from monai_uda.transforms.intensity import PERCENTILES
 
 __all__ = ["SlideReader", "SlideSegmenter", "scan_slide", "percentile_from_histogram", "tissue_mask", "write_tiled_tiff"]
 
@@ -216,7 +214,7 @@ def write_tiled_tiff(path: Path, tiles: Iterator[np.ndarray], shape: tuple[int, 
     return path
 
 
-class SlideSegmenter(FolderSegmenter):
+class SlideSegmenter(StreamingSegmenter):
     """Segment whole slides of any size in bounded memory (see the module docstring).
 
     For every input ``<stem>`` it writes ``<stem>_instances.tif`` (``uint32`` ids, tiled),
@@ -246,102 +244,15 @@ class SlideSegmenter(FolderSegmenter):
         **kwargs: Any,
     ) -> None:
         kwargs.update(spatial_dims=2, mask_ext=".tif", instance_ext=".tif", overlay=False)
-        super().__init__(network, input_dir, output_dir, **kwargs)
-        self.channels = int(kwargs.get("channels", 1))
-        self.invert = bool(kwargs.get("invert", False))
-        self.value_range = tuple(float(v) for v in kwargs.get("value_range", (0.0, 1.0)))
+        super().__init__(network, input_dir, output_dir, group_width=group_width, **kwargs)
         self.tissue = tissue
         self.thumbnail_size = thumbnail_size
         self.tile = tile
-        self.group_width = group_width
-        self.network_seconds = 0.0
 
     def _output_paths(self, image_path: Path) -> dict[str, Path]:
         paths = super()._output_paths(image_path)
         paths["table"] = self.output_dir / f"{stem_of(image_path)}_nuclei.csv"
         return paths
-
-    def _scaler(self, reader: SlideReader, hist: np.ndarray | None, thumb: np.ndarray) -> Callable[[np.ndarray], torch.Tensor]:
-        """Raw ``(B, h, w, C)`` windows -> network input: the in-memory path's percentile scaling and channel policy."""
-        if hist is not None:
-            a_min, a_max = (percentile_from_histogram(hist, q) for q in PERCENTILES)
-        else:
-            a_min, a_max = (float(np.percentile(thumb, q)) for q in PERCENTILES)
-        a_min, a_max = np.float32(a_min), np.float32(a_max)
-        low, high = self.value_range
-        policy = ChannelPolicy(self.channels)
-
-        def scale(raw: np.ndarray) -> torch.Tensor:
-            x = np.moveaxis(raw, -1, 1).astype(np.float32)
-            if a_max == a_min:
-                x = x - a_min + low
-            else:
-                x = np.clip((x - a_min) / (a_max - a_min) * (high - low) + low, low, high)
-            tensor = torch.from_numpy(x)
-            if tensor.shape[1] != self.channels:
-                tensor = torch.stack([policy(item) for item in tensor])
-            return (low + high) - tensor if self.invert else tensor
-
-        return scale
-
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        start = time.perf_counter()
-        with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=self.amp):
-            out = self.network(batch.to(self.device)).float().cpu()
-        self.network_seconds += time.perf_counter() - start
-        return out
-
-    def _classes(self, raw: np.ndarray) -> np.ndarray:
-        """Blended raw output ``(C, h, W)`` -> class map: foreground > threshold (binary) or argmax (ternary).
-
-        Pixels no window covered (NaN, skipped as blank) are background.
-        """
-        raw = torch.from_numpy(raw)
-        probs = to_probabilities(torch.nan_to_num(raw)[None], self.output_activation)[0]
-        if self.postprocess == "ternary":
-            if probs.shape[0] != 3:
-                raise UDAInputError(f"ternary post-processing needs 3 output channels, the network gave {probs.shape[0]}")
-            classes = torch.argmax(probs, dim=0)
-        else:
-            foreground = 1.0 - probs[0] if self.output_activation == "softmax" else probs[0]
-            classes = foreground > self.threshold
-        classes[torch.isnan(raw[0])] = 0
-        return classes.numpy().astype(np.uint8)
-
-    def _to_instances(self, classes: np.ndarray) -> np.ndarray:
-        if self.postprocess == "ternary":
-            return ternary_to_instances(classes, min_size=self.min_size)
-        return binary_to_instances(classes > 0, min_size=self.min_size)
-
-    def _instance_slabs(
-        self,
-        reader: SlideReader,
-        windows: list[tuple[int, int]],
-        scale: Callable[[np.ndarray], torch.Tensor],
-        labeller: StreamingInstanceLabeller,
-        table: csv.DictWriter,
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """The streaming core: windows -> network -> blender -> class slabs -> labeller -> instance slabs."""
-        roi = tuple(self.inferer.roi_size)
-        blender: StreamingBlender | None = None
-
-        def label(slabs: list[tuple[int, np.ndarray]], last: bool = False) -> Iterator[tuple[int, np.ndarray]]:
-            for i, (_, raw) in enumerate(slabs):
-                out, records = labeller.push(self._classes(raw), last=last and i == len(slabs) - 1)
-                table.writerows(records)
-                yield from out
-
-        batch_size = int(self.inferer.sw_batch_size)
-        for b in range(0, len(windows), batch_size):
-            starts = windows[b : b + batch_size]
-            outputs = self._forward(scale(np.stack([reader.read(y, x, *roi) for y, x in starts])))
-            if blender is None:
-                blender = StreamingBlender(reader.shape, roi, outputs.shape[1], mode=self.inferer.mode, sigma_scale=self.inferer.sigma_scale)
-            for start, output in zip(starts, outputs):
-                yield from label(blender.add(start, output))
-        if blender is None:  # every window skipped: all background
-            blender = StreamingBlender(reader.shape, roi, 3 if self.postprocess == "ternary" else 1, mode=self.inferer.mode)
-        yield from label(blender.finish(), last=True)
 
     def segment_file(self, path: str | Path) -> dict[str, Any]:
         """Segment one slide and write its outputs; returns the record of :meth:`FolderSegmenter.run` plus
@@ -364,7 +275,11 @@ class SlideSegmenter(FolderSegmenter):
                 (y, x) for y, x in all_windows
                 if tissue is None or tissue[y // factor : -(-(y + roi[0]) // factor), x // factor : -(-(x + roi[1]) // factor)].any()
             ]
-            scale = self._scaler(reader, hist, thumb)
+            if hist is not None:
+                a_min, a_max = (percentile_from_histogram(hist, q) for q in PERCENTILES)
+            else:
+                a_min, a_max = (float(np.percentile(thumb, q)) for q in PERCENTILES)
+            scale = self._scaler(a_min, a_max)
             n_instances = self._write_outputs(reader, windows, scale, paths)
         seconds = time.perf_counter() - start
         skipped = len(all_windows) - len(windows)
@@ -388,7 +303,9 @@ class SlideSegmenter(FolderSegmenter):
             with os.fdopen(fd, "w", newline="") as handle:
                 table = csv.DictWriter(handle, fieldnames=names)
                 table.writeheader()
-                slabs = self._instance_slabs(reader, windows, scale, labeller, table)
+                roi = tuple(self.inferer.roi_size)
+                read = lambda start: np.moveaxis(reader.read(*start, *roi), -1, 0)  # noqa: E731
+                slabs = self._instance_slabs(read, reader.shape, windows, scale, labeller, table)
                 tiles = _tile_rows(slabs, reader.shape[1], self.tile, np.dtype(np.uint32))
                 write_tiled_tiff(paths["instances"], tiles, reader.shape, np.uint32, self.tile)
             os.replace(tmp_table, paths["table"])
