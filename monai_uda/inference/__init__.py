@@ -1,13 +1,17 @@
-"""Inference: sliding-window segmentation of image folders and instance post-processing."""
+"""Inference: sliding-window segmentation of image folders, whole slides and whole volumes; instance post-processing."""
 
 from __future__ import annotations
 
 from monai_uda.inference.overlay import overlay_instances, save_overlay
 from monai_uda.inference.postprocess import binary_to_instances, relabel_sequential, remove_small, ternary_to_instances
 from monai_uda.inference.segment import FolderSegmenter, to_probabilities
+from monai_uda.inference.volume import VolumeSegmenter
+from monai_uda.inference.wsi import SlideSegmenter
 
 __all__ = [
     "FolderSegmenter",
+    "SlideSegmenter",
+    "VolumeSegmenter",
     "binary_to_instances",
     "overlay_instances",
     "relabel_sequential",
