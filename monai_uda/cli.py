@@ -35,19 +35,19 @@ class Commands:
         """Convert a public dataset layout (dsb, monuseg, folder) to images/, labels/ and datalist.json."""
         from monai_uda.data.prepare import prepare
 
-        return str(prepare(fmt, src, out, **kwargs))
+        return str(prepare(fmt, src, out, **_booleans(kwargs)))
 
     def train(self, bundle: str = "cellseg_uda", spatial_dims: int = 2, preset: str | None = None, **overrides: Any) -> None:
         """Run a bundle's train.yaml (+ train_3d.yaml for 3D, + train_<preset>.yaml) with overrides."""
         from monai_uda.bundle_runner import run_config
 
-        run_config(bundle, "training", spatial_dims, preset, **overrides)
+        run_config(bundle, "training", spatial_dims, preset, **_booleans(overrides))
 
     def infer(self, bundle: str = "cellseg_uda", spatial_dims: int = 2, preset: str | None = None, **overrides: Any) -> None:
         """Run a bundle's inference.yaml (--input_dir, --output_dir, --ckpt_path, ...)."""
         from monai_uda.bundle_runner import run_config
 
-        run_config(bundle, "inference", spatial_dims, preset, **overrides)
+        run_config(bundle, "inference", spatial_dims, preset, **_booleans(overrides))
 
     def evaluate(self, pred: str, gt: str, out: str | None = None) -> None:
         """Score instance maps in ``pred`` against ``gt`` (matched by file stem); write JSON to ``out``."""
@@ -60,6 +60,13 @@ class Commands:
         from monai_uda.benchmark import main as benchmark_main
 
         benchmark_main(**kwargs)
+
+
+def _booleans(options: dict[str, Any]) -> dict[str, Any]:
+    """``--resume true`` / ``--strict false`` as booleans: fire keeps lower-case words as strings,
+    and the string ``"false"`` is true in Python (``--resume false`` would resume)."""
+    words = {"true": True, "false": False}
+    return {k: words.get(v.lower(), v) if isinstance(v, str) else v for k, v in options.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
