@@ -100,6 +100,14 @@ def test_resume_without_checkpoint(dataset: Path, tmp_path: Path, kit):
     assert code == 2 and kit.error_line(stderr).endswith("run: --resume true but no checkpoint to resume from")
 
 
+def test_false_means_false_on_the_command_line(dataset: Path, tmp_path: Path, kit):
+    """fire keeps ``false`` as the string "false", which Python treats as true: ``--resume false`` resumed."""
+    code, stderr = kit.run("train", "--dataset_dir", dataset, "--output_dir", tmp_path / "run", *kit.tiny_args(max_iterations=1),
+                           "--resume", "false")
+    assert code == 0, stderr[-2000:]
+    assert (tmp_path / "run" / "model.pt").is_file()
+
+
 # ------------------------------------------------------------------------------------------------ inference
 
 
@@ -238,6 +246,8 @@ def test_prepare_monuseg_malformed_polygons(tmp_path: Path, kit):
 
     code, stderr = kit.run("prepare", "monuseg", src, tmp_path / "strict", "--strict", "true")
     assert code == 2 and kit.error_line(stderr).endswith("a.xml: region 2: 2 vertices")
+    code, stderr = kit.run("prepare", "monuseg", src, tmp_path / "lenient", "--strict", "false")
+    assert code == 0 and "error:" not in stderr
 
 
 def test_prepare_monuseg_broken_xml(tmp_path: Path, kit):
