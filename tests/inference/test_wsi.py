@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 import torch
+from monai.networks.nets import UNet
 from PIL import Image
 from skimage.draw import disk
 
@@ -15,6 +17,7 @@ from monai_uda.errors import UDAInputError
 from monai_uda.inference.segment import FolderSegmenter
 from monai_uda.inference.wsi import SlideReader, SlideSegmenter, percentile_from_histogram, scan_slide, tissue_mask
 
+REPO = Path(__file__).resolve().parents[2]
 GLASS, TISSUE, NUCLEUS = (236, 230, 234), (222, 150, 196), (80, 40, 130)
 
 
@@ -134,3 +137,28 @@ def test_slide_smaller_than_window_is_refused(tmp_path):
     seg = SlideSegmenter(_darkness_net(), str(tmp_path / "in"), str(tmp_path / "out"), channels=3, roi_size=(128, 128))
     with pytest.raises(UDAInputError, match="smaller than the window"):
         seg.run()
+
+
+@pytest.mark.parametrize("bundle", ["cellseg_uda", "ad_gan"])
+def test_bundle_inference_wsi_override(tmp_path, bundle):
+    """``inference.yaml`` + ``inference_wsi.yaml`` of a bundle runs the streaming path through ``monai.bundle``."""
+    from monai.bundle import run
+
+    from monai_uda.networks.adain import AdaINGenerator
+
+    configs = REPO / "bundles" / bundle / "configs"
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "s.tif", _slide((256, 192), [(60, 60), (128, 150)], radius=10), tile=(64, 64))
+    if bundle == "cellseg_uda":
+        tiny = {"widths": [4, 8], "target_patch": [64, 64]}
+        net = UNet(2, 3, 1, tiny["widths"], [2], num_res_units=1)
+        torch.save({"segmenter": net.state_dict()}, tmp_path / "model.pt")
+    else:
+        tiny = {"gen_widths": [4, 8, 8], "num_res_blocks": 1, "mlp_channels": 8, "patch": [64, 64]}
+        net = AdaINGenerator(2, 1, channels=[4, 8, 8], num_res_blocks=1, mlp_channels=8)
+        torch.save({"generator": net.state_dict()}, tmp_path / "model.pt")
+    run("inference", config_file=[str(configs / "inference.yaml"), str(configs / "inference_wsi.yaml")],
+        input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"), ckpt_path=str(tmp_path / "model.pt"), **tiny)
+    assert tifffile.imread(tmp_path / "out" / "s_instances.tif").shape == (256, 192)
+    assert tifffile.imread(tmp_path / "out" / "s_mask.tif").dtype == np.uint8
+    assert (tmp_path / "out" / "s_nuclei.csv").read_text().startswith("id,centroid_y,centroid_x,area,")
