@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from monai.handlers import CheckpointSaver
+from monai.handlers import CheckpointLoader, CheckpointSaver
 
 from monai_uda.engines.distributed import is_main_process
 from monai_uda.errors import UDAInputError
@@ -29,6 +29,7 @@ from monai_uda.errors import UDAInputError
 __all__ = [
     "AtomicCheckpointSaver",
     "RNGState",
+    "ResumeCheckpointLoader",
     "checkpoint_objects",
     "latest_checkpoint",
     "FinalModelSaver",
@@ -68,6 +69,30 @@ class AtomicCheckpointSaver(CheckpointSaver):
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
                 checkpoint.save_handler._atomic = True
+
+
+class ResumeCheckpointLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` for ``--resume``, reporting a checkpoint that does not fit in one line.
+
+    Resuming in an output folder whose checkpoint was written by another bundle or with other
+    network sizes fails deep in ``load_state_dict`` (or in Ignite) with a multi-line message; here
+    it is one :class:`~monai_uda.errors.UDAInputError` naming the checkpoint. Takes the arguments of
+    ``monai.handlers.CheckpointLoader``.
+    """
+
+    def __call__(self, engine: Engine) -> None:
+        try:
+            super().__call__(engine)
+        except pickle.UnpicklingError as exc:
+            raise _unsafe_checkpoint(exc, self.load_path) from exc
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            detail = " ".join(str(exc).split())
+            detail = detail if len(detail) <= 240 else detail[:237] + "..."
+            raise UDAInputError(
+                f"cannot resume: the checkpoint does not fit this configuration ({detail}); "
+                "was it written by another bundle or with other network sizes?",
+                self.load_path,
+            ) from exc
 
 
 def checkpoint_objects(trainer: Engine) -> dict[str, Any]:
@@ -132,18 +157,23 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     return path
 
 
+def _unsafe_checkpoint(exc: pickle.UnpicklingError, path: str | Path) -> UDAInputError:
+    """The error for a file that ``torch.load(weights_only=True)`` refused (pickled objects besides tensors)."""
+    found = re.search(r"GLOBAL (\S+)", str(exc))
+    what = f" ({found.group(1)})" if found else ""
+    return UDAInputError(
+        f"refused to load: the checkpoint holds Python objects{what} besides tensors, which could run code "
+        "(torch.load with weights_only=True); use a checkpoint written by monai-uda",
+        path,
+    )
+
+
 def _load_checkpoint(path: Path, map_location: Any) -> Any:
     """``torch.load(weights_only=True)`` with one-line errors for unsafe and damaged files."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL (\S+)", str(exc))
-        what = f" ({found.group(1)})" if found else ""
-        raise UDAInputError(
-            f"refused to load: the checkpoint holds Python objects{what} besides tensors, which could run code "
-            "(torch.load with weights_only=True); use a checkpoint written by monai-uda",
-            path,
-        ) from exc
+        raise _unsafe_checkpoint(exc, path) from exc
     except Exception as exc:
         detail = (str(exc).splitlines() or [""])[0].split(". ")[0]
         raise UDAInputError(f"cannot read checkpoint: truncated, corrupt or not a PyTorch file ({type(exc).__name__}: {detail})", path) from exc
