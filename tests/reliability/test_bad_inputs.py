@@ -100,6 +100,23 @@ def test_resume_without_checkpoint(dataset: Path, tmp_path: Path, kit):
     assert code == 2 and kit.error_line(stderr).endswith("run: --resume true but no checkpoint to resume from")
 
 
+@pytest.mark.parametrize("kind", ["other network sizes", "another bundle"])
+def test_resume_from_a_checkpoint_that_does_not_fit(kind: str, dataset: Path, tmp_path: Path, kit):
+    out = tmp_path / "run"
+    if kind == "other network sizes":
+        assert kit.run("train", "--dataset_dir", dataset, "--output_dir", out, *kit.tiny_args(max_iterations=1, ckpt_interval=1))[0] == 0
+        reason = "size mismatch for model.0.conv.unit0.conv.weight"
+    else:  # an AD-GAN-like checkpoint: other networks, no trainer state
+        out.mkdir()
+        torch.save({"generator": kit.tiny_segmenter().state_dict()}, out / "checkpoint_iteration=1.pt")
+        reason = "Key 'trainer' from x is not found in y: dict_keys(['generator'])"
+    code, stderr = kit.run("train", "--dataset_dir", dataset, "--output_dir", out, *kit.tiny_args(max_iterations=2, ckpt_interval=1),
+                           "--widths=[8,16,32]", "--resume", "true")
+    line = kit.error_line(stderr)
+    assert code == 2 and "checkpoint_iteration=1.pt: cannot resume: the checkpoint does not fit this configuration (" in line, line
+    assert reason in line and "another bundle or with other network sizes?" in line, line
+
+
 def test_false_means_false_on_the_command_line(dataset: Path, tmp_path: Path, kit):
     """fire keeps ``false`` as the string "false", which Python treats as true: ``--resume false`` resumed."""
     code, stderr = kit.run("train", "--dataset_dir", dataset, "--output_dir", tmp_path / "run", *kit.tiny_args(max_iterations=1),
