@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from monai_uda.data.pseudo_labels import PseudoLabelAugment, filter_detections, instance_targets
@@ -50,6 +51,28 @@ def _follow(follower: nn.Module, leader: nn.Module, momentum: float) -> None:
         p_f.lerp_(p_l, 1.0 - momentum)
     for b_f, b_l in zip(follower.buffers(), leader.buffers()):
         b_f.copy_(b_l)
+
+
+def _average_gradients_across_ranks(optimizer: torch.optim.Optimizer) -> None:
+    """Data-parallel training without DDP wrappers: average the optimised gradients over the ranks.
+
+    The DARCNN steps call the detector's parts (encoders, RPN, heads) separately, which a
+    ``DistributedDataParallel`` wrapper cannot follow; with a process group
+    (``multi_gpu_train.yaml``) the gradient of every trainable parameter the optimiser holds is
+    all-reduced and divided by the world size (a rank without a gradient contributes zeros),
+    which is what DDP would do. Runs without a process group skip this.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    world_size = dist.get_world_size()
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if not p.requires_grad:  # frozen (e.g. ResNet stages beyond trainable_layers): no gradient anywhere
+                continue
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad.div_(world_size)
 
 
 class DARCNNStage1(AdaptationMethod):
@@ -161,6 +184,7 @@ class DARCNNStage1(AdaptationMethod):
         for p in net.sim_projection.parameters():  # the projection maximises L_sim
             if p.grad is not None:
                 p.grad.neg_()
+        _average_gradients_across_ranks(optimizer)
         optimizer.step()
         if self.target_head_momentum < 1.0:
             momentum = min(self.target_head_momentum, 1.0 - 1.0 / (engine.state.iteration + 1))
@@ -223,6 +247,18 @@ class DARCNNStage2(AdaptationMethod):
         trained = [detector.shared_encoder, detector.private_encoders["target"], detector.rpn, detector.heads["target"]]
         self.optimizers["detector"] = torch.optim.Adam([p for m in trained for p in m.parameters()], lr=lr)
 
+    def networks(self) -> dict[str, nn.Module]:
+        """Only the detector: the teacher is a frozen copy of its stage-1 target branch, not a result.
+
+        ``model.pt`` (:class:`~monai_uda.engines.FinalModelSaver`) thus holds ``"detector"``
+        alone; resumable checkpoints keep the teacher, see :meth:`checkpoint_objects`.
+        """
+        return {"detector": super().networks()["detector"]}
+
+    def checkpoint_objects(self) -> dict[str, Any]:
+        """The detector, the teacher (with its ``synced`` flag) and the optimiser."""
+        return {**super().checkpoint_objects(), "teacher": self.teacher}
+
     @torch.no_grad()
     def pseudo_labels(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """The teacher's instances above z on the augmented ``(B, C, H, W)`` target images."""
@@ -244,6 +280,7 @@ class DARCNNStage2(AdaptationMethod):
             losses = self.detector(list(batch["target_image"]), [{k: v for k, v in t.items() if k != "scores"} for t in targets], "target")
             total = sum(losses.values())
         total.backward()
+        _average_gradients_across_ranks(optimizer)
         optimizer.step()
         out: dict[str, torch.Tensor | float] = {f"pseudo_{k.removeprefix('loss_')}": v.detach() for k, v in losses.items()}
         out.update(total=total.detach(), pseudo_instances=float(sum(len(t["boxes"]) for t in targets)))

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from monai_uda.methods.darcnn import DARCNNStage1, DARCNNStage2, alpha_ramp, build_for_benchmark
+from monai_uda.methods.darcnn import DARCNNStage1, DARCNNStage2, _average_gradients_across_ranks, alpha_ramp, build_for_benchmark
 from monai_uda.networks.domain_separation import DomainSeparationMaskRCNN
 
 TINY = {
@@ -129,3 +129,27 @@ def test_build_for_benchmark_presets():
     assert method.detector.heads["target"].detections_per_img == 50
     with pytest.raises(ValueError, match="preset"):
         build_for_benchmark("gpu-cluster")
+
+
+def test_stage2_model_file_holds_the_detector_checkpoints_hold_the_teacher():
+    net = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **TINY)
+    method = DARCNNStage2(net)
+    assert set(method.networks()) == {"detector"}  # what FinalModelSaver writes to model.pt
+    assert set(method.checkpoint_objects()) == {"detector", "teacher", "optimizer_detector"}
+
+
+def test_gradients_are_averaged_over_ranks_only_in_a_process_group(tmp_path):
+    used, unused = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+    frozen = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
+    used.grad = torch.full((3,), 2.0)
+    optimizer = torch.optim.SGD([used, unused, frozen], lr=1.0)
+    _average_gradients_across_ranks(optimizer)  # no process group: a no-op
+    assert unused.grad is None and torch.equal(used.grad, torch.full((3,), 2.0))
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        _average_gradients_across_ranks(optimizer)
+    finally:
+        torch.distributed.destroy_process_group()
+    assert torch.equal(used.grad, torch.full((3,), 2.0))  # the mean over one rank
+    assert torch.equal(unused.grad, torch.zeros(2))  # a parameter without gradient joins the all-reduce as zeros
+    assert frozen.grad is None

@@ -1,0 +1,169 @@
+"""Every DARCNN config runs through ``monai.bundle`` on the tiny built-in samples.
+
+The detector is a real ResNet-50-FPN domain separation Mask R-CNN, made cheap by 64x64
+patches, frozen ResNet stages, few proposals and two iterations per stage.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, run, verify_metadata
+
+from monai_uda.data.datalist import export_split
+from monai_uda.data.io import read_array
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "bundles" / "darcnn" / "configs"
+SCHEMA = REPO.parent / "shared" / "monai_schema" / "meta_schema_20240725.json"
+
+#: network settings shared by training and inference (they must match to load the weights)
+NETWORK = {
+    "patch": [64, 64],
+    "projection_dim": 16,
+    "mmd_grid": 4,
+    "detector_kwargs": {"rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 20},
+}
+TINY_TRAIN = {
+    **NETWORK,
+    "trainable_layers": 0,
+    "detections_per_image": 10,
+    "detector_kwargs": {
+        **NETWORK["detector_kwargs"],
+        "rpn_pre_nms_top_n_train": 100,
+        "rpn_post_nms_top_n_train": 20,
+        "box_batch_size_per_image": 16,
+    },
+}
+TINY_INFERENCE = {**NETWORK, "detections_per_tile": 5, "tile_overlap": 16}
+SOURCE_BRANCH = ("private_encoders.source.", "heads.source.", "sim_projection.")
+
+
+def _cfg(*names: str) -> list[str]:
+    return [str(CONFIGS / n) for n in names]
+
+
+@pytest.fixture(scope="module")
+def trained(sample_2d, tmp_path_factory) -> Path:
+    """The README's training command, verbatim plus tiny overrides: both stages, 2 iterations each."""
+    out = tmp_path_factory.mktemp("darcnn") / "train"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.yaml"),
+           "--dataset_dir", str(sample_2d), "--output_dir", str(out), "--max_iterations", "2"]
+    for key, value in TINY_TRAIN.items():
+        cmd += [f"--{key}", json.dumps(value)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_training_runs_both_stages_on_one_network(trained):
+    final = torch.load(trained / "model.pt", weights_only=True)
+    stage1 = torch.load(trained / "stage1" / "model.pt", weights_only=True)
+    assert set(final) == set(stage1) == {"detector"}  # the stage-2 teacher stays out of model.pt
+    final, stage1 = final["detector"], stage1["detector"]
+    assert set(final) == set(stage1)
+    # stage 2 continued from the stage-1 network: the frozen source branch is bit-identical ...
+    source_keys = [k for k in final if k.startswith(SOURCE_BRANCH)]
+    assert source_keys and all(torch.equal(final[k], stage1[k]) for k in source_keys)
+    # ... while the target branch and the shared parts trained on
+    for key in ("heads.target.box_predictor.cls_score.weight", "rpn.head.cls_logits.weight", "shared_encoder.fpn.layer_blocks.0.0.weight"):
+        assert not torch.equal(final[key], stage1[key]), key
+    assert not list(trained.glob("stage*/*checkpoint*.pt"))  # ckpt_interval (500) never reached
+
+
+def test_inference_and_evaluate_2d(trained, sample_2d, tmp_path):
+    images, labels = export_split(sample_2d / "datalist.json", "test", tmp_path / "test")
+    pred = tmp_path / "pred"
+    run("inference", config_file=_cfg("inference.yaml"), meta_file=str(CONFIGS / "metadata.json"), input_dir=str(images),
+        output_dir=str(pred), ckpt_path=str(trained / "model.pt"), **TINY_INFERENCE)
+    stems = [Path(p.name).stem for p in images.iterdir()]
+    for stem in stems:
+        assert {f"{stem}_mask.png", f"{stem}_instances.tif", f"{stem}_overlay.png"} <= {p.name for p in pred.iterdir()}
+        mask, _ = read_array(pred / f"{stem}_mask.png")
+        instances, _ = read_array(pred / f"{stem}_instances.tif")
+        image, _ = read_array(images / f"{stem}.png")
+        assert mask.shape == instances.shape == image.shape[:2]
+        assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+        np.testing.assert_array_equal(mask > 0, instances > 0)
+
+    metrics = tmp_path / "metrics.json"
+    run("evaluate", config_file=_cfg("evaluate.yaml"), meta_file=str(CONFIGS / "metadata.json"),
+        pred_dir=str(pred), gt_dir=str(labels), out=str(metrics))
+    result = json.loads(metrics.read_text())
+    assert set(result["mean"]) == {"aji", "aji_plus", "pq", "sq", "dq", "object_f1", "dice", "precision", "recall", "iou"}
+    assert all(0.0 <= v <= 1.0 for v in result["mean"].values())
+
+
+def test_inference_3d_volume_slice_wise(trained, sample_3d, tmp_path):
+    """A 3D volume through the slice-wise detector (grey volume repeated to the model's 3 channels)."""
+    images, _ = export_split(sample_3d / "datalist.json", "test", tmp_path / "test")
+    pred = tmp_path / "pred"
+    run("inference", config_file=_cfg("inference.yaml"), meta_file=str(CONFIGS / "metadata.json"), input_dir=str(images),
+        output_dir=str(pred), ckpt_path=str(trained / "model.pt"), spatial_dims=3, **TINY_INFERENCE)
+    volume = next(images.iterdir())
+    stem = volume.name.split(".")[0]
+    instances, _ = read_array(pred / f"{stem}_instances.nii.gz")
+    mask, _ = read_array(pred / f"{stem}_mask.nii.gz")
+    source, _ = read_array(volume)
+    assert instances.shape == mask.shape == source.shape
+    np.testing.assert_array_equal(mask > 0, instances > 0)
+
+
+def test_3d_training_items_are_2d_slices(sample_3d, tmp_path):
+    parser = ConfigParser()
+    parser.read_config(_cfg("train.yaml", "train_3d.yaml"))
+    parser.update({"dataset_dir": str(sample_3d), "output_dir": str(tmp_path), "patch": [48, 40]})
+    dataset = parser.get_parsed_content("train_dataset")
+    assert parser.get_parsed_content("spatial_dims") == 3 and parser.get_parsed_content("run_dir") == "./runs/darcnn_3d"
+    item = dataset[0]
+    assert item["source_image"].shape == item["target_image"].shape == (1, 48, 40)
+    assert item["source_label"].shape == (1, 48, 40) and item["source_label"].dtype == torch.int32
+
+
+def _touch_checkpoint(folder: Path, iteration: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"checkpoint_iteration={iteration}.pt"
+    torch.save({"trainer": {"iteration": iteration}}, path)  # a complete archive: latest_checkpoint checks it
+    return path
+
+
+def _resume_parser(output_dir: Path, sample_2d: Path, resume: bool) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(_cfg("train.yaml"))
+    parser.update({"output_dir": str(output_dir), "dataset_dir": str(sample_2d), "resume": resume, **TINY_TRAIN})
+    return parser
+
+
+def test_resume_picks_the_stage(sample_2d, tmp_path):
+    out = tmp_path / "run"
+    stage1_ckpt = _touch_checkpoint(out / "stage1", 4)
+    _touch_checkpoint(out / "stage1", 2)
+    parser = _resume_parser(out, sample_2d, resume=False)
+    assert not parser.get_parsed_content("resume_stage1") and not parser.get_parsed_content("resume_stage2")
+
+    parser = _resume_parser(out, sample_2d, resume=True)  # no stage-2 checkpoint yet: continue stage 1
+    assert parser.get_parsed_content("resume_stage1") and not parser.get_parsed_content("resume_stage2")
+    assert parser.get_parsed_content("stage1_handlers#0#load_path") == str(stage1_ckpt)
+
+    stage2_ckpt = _touch_checkpoint(out / "stage2", 3)
+    parser = _resume_parser(out, sample_2d, resume=True)  # stage 2 has begun: stage 1 is not run again
+    assert parser.get_parsed_content("resume_stage2") and not parser.get_parsed_content("resume_stage1")
+    assert parser.get_parsed_content("stage2_handlers#0#load_path") == str(stage2_ckpt)
+    assert parser.get_parsed_content("run_stage1") == [None, None]
+    assert not (out / "stage1" / "model.pt").exists()
+
+
+def test_multi_gpu_config_parses_and_metadata_verifies():
+    parser = ConfigParser()
+    parser.read_config(_cfg("train.yaml", "multi_gpu_train.yaml"))
+    assert parser["device"].startswith("$") and parser["training"] == "@run"
+    assert parser["stage2_handlers"][1]["_disabled_"] == "$not @is_main"
+    if not SCHEMA.is_file():
+        pytest.skip("bundle schema not found beside the checkout")
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))  # raises on any schema error
