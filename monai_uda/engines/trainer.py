@@ -119,6 +119,9 @@ def make_train_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=False,
+        # starting an iterator draws a worker base seed; from the global generator that draw would make a
+        # resumed run's checkpointed RNG state differ from the uninterrupted run's (one extra draw per resume)
+        generator=torch.Generator().manual_seed(0),
     )
 
 
