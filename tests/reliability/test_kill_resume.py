@@ -84,6 +84,7 @@ def test_kill9_then_resume_gives_the_uninterrupted_weights(dataset: Path, tmp_pa
             assert torch.equal(resumed_model[net][key], value), f"{net}.{key}"
     resumed_ckpt, full_ckpt = (torch.load(latest_checkpoint(d), weights_only=True) for d in (killed, full))
     assert resumed_ckpt["trainer"]["iteration"] == full_ckpt["trainer"]["iteration"] == MAX_ITERATIONS
+    assert torch.equal(resumed_ckpt["rng"]["cpu"], full_ckpt["rng"]["cpu"])  # a later resume continues identically too
     for name in ("optimizer_segmenter", "optimizer_discriminator", "optimizer_reconstructor"):
         for param, state in full_ckpt[name]["state"].items():
             assert torch.equal(resumed_ckpt[name]["state"][param]["exp_avg"], state["exp_avg"]), name
