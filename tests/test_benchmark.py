@@ -1,0 +1,93 @@
+"""``monai-uda benchmark`` on the built-in 2D sample as a user datalist recipe, with tiny networks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+
+import numpy as np
+import pytest
+from ignite.engine import Engine
+
+from monai_uda import benchmark, benchmark_recipes
+from monai_uda.benchmark_recipes import ROWS, Row
+from monai_uda.data.io import read_array
+from monai_uda.engines.budget import TimeBudget
+from monai_uda.errors import UDAInputError
+
+TINY = {"widths": [4, 8, 16], "disc_widths": [4, 4, 4, 4], "source_patch": [64, 64], "target_patch": [64, 64], "batch_size": 2}
+
+
+def test_time_budget_stops_an_engine_and_reports_it():
+    engine = Engine(lambda e, batch: time.sleep(0.02))
+    TimeBudget(0.1).attach(engine)
+    state = engine.run(range(1000), max_epochs=1)
+    assert state.budget_exhausted and 3 <= state.iteration < 100
+
+    unlimited = Engine(lambda e, batch: None)
+    TimeBudget(None).attach(unlimited)
+    assert unlimited.run(range(7), max_epochs=1).iteration == 7 and not unlimited.state.budget_exhausted
+
+
+def test_write_results_table_csv_and_failed_row(tmp_path):
+    ok = {"setting": "s", "row": "source_only", "bundle": "cellseg_uda", "status": "ok", "aji": 0.51234, "aji_plus": 0.5,
+          "pq": 0.4, "object_f1": 0.6, "dice": 0.75, "train_seconds": 300.2, "iterations": 120,
+          "infer_megapixels_per_s": 1.5, "peak_rss_mb": 900.0, "budget_minutes": 5.0, "signature": "x"}
+    failed = {"setting": "s", "row": "cellseg_uda", "bundle": "cellseg_uda", "status": "failed", "budget_minutes": 5.0}
+    benchmark.write_results(tmp_path, [ok, failed], ["# Benchmark: s"])
+    with (tmp_path / "results.csv").open() as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames) == benchmark.COLUMNS
+        records = list(reader)
+    assert [r["status"] for r in records] == ["ok", "failed"] and records[0]["aji"] == "0.51234"
+    md = (tmp_path / "results.md").read_text()
+    assert "| source_only | 0.512 | 0.500 | 0.400 | 0.600 | 0.750 | 300.2 | 120 | 1.500 | 900 |" in md
+    assert "| cellseg_uda | failed | - |" in md
+    assert read_array(tmp_path / "results.png")[0].ndim == 3
+    assert benchmark.read_results(tmp_path)["cellseg_uda"]["status"] == "failed"
+
+
+def test_help_runs_nothing_and_bad_arguments_are_one_line_errors(tmp_path, capsys, sample_2d):
+    assert benchmark.main(help=True) == ""
+    text = capsys.readouterr().out
+    assert "dsb2018_fluo->monuseg" in text and "cellseg_ssda_50" in text and "--budget-minutes" in text
+    datalist = str(sample_2d / "datalist.json")
+    with pytest.raises(UDAInputError, match="unknown row 'nope'"):
+        benchmark.run_benchmark("mini", "nope", 1, tmp_path, datalist=datalist)
+    with pytest.raises(UDAInputError, match="does not apply"):  # the sample's target images are unlabelled
+        benchmark.run_benchmark("mini", "cellseg_ssda_10", 1, tmp_path, datalist=datalist)
+    with pytest.raises(UDAInputError, match="unknown setting"):
+        benchmark.run_benchmark("no_such_setting", None, 1, tmp_path)
+    with pytest.raises(UDAInputError, match="must be positive"):
+        benchmark.run_benchmark("mini", "source_only", 0, tmp_path, datalist=datalist)
+    assert not (tmp_path / "results.csv").exists()
+
+
+def test_rows_results_kept_after_failure_and_skipped_on_rerun(tmp_path, sample_2d, monkeypatch):
+    # a row whose process fails: an invalid CellSegUDA mode
+    monkeypatch.setitem(ROWS, "broken", Row("broken", "cellseg_uda", "fails on purpose", {"mode": "no_such_mode"}))
+    monkeypatch.setattr(benchmark_recipes, "CELLSEG_UNSUPERVISED", benchmark_recipes.CELLSEG_UNSUPERVISED + ("broken",))
+    out, datalist = tmp_path / "bench", str(sample_2d / "datalist.json")
+    # 3 s budget and no iteration cap: the time budget must stop training
+    summary = benchmark.run_benchmark("mini", "source_only,broken", 0.05, out, datalist=datalist, overrides=TINY)
+    assert summary["ran"] == ["source_only"] and summary["failed"] == ["broken"]
+    with (out / "results.csv").open() as fh:
+        records = {r["row"]: r for r in csv.DictReader(fh)}
+    assert records["source_only"]["status"] == "ok" and records["broken"]["status"] == "failed"
+    done = records["source_only"]
+    assert 1 <= int(done["iterations"]) < 1500  # stopped by the budget, not by the preset's max_iterations
+    assert all(0.0 <= float(done[k]) <= 1.0 for k in ("aji", "aji_plus", "pq", "object_f1", "dice"))
+    assert float(done["train_seconds"]) >= 3.0 and float(done["peak_rss_mb"]) > 50 and float(done["infer_megapixels_per_s"]) > 0
+    metrics = json.loads((out / "runs" / "source_only" / "metrics.json").read_text())["mean"]
+    assert np.isclose(metrics["aji"], float(done["aji"]), atol=1e-4)
+    for name in ("results.md", "results.png", "overlays/source_only.png", "overlays/ground_truth.png"):
+        assert (out / name).is_file(), name
+    assert "mode must be one of" in (out / "logs" / "broken.log").read_text()
+    assert "| broken | failed |" in (out / "results.md").read_text()
+
+    model = out / "runs" / "source_only" / "train" / "model.pt"
+    stamp = model.stat().st_mtime_ns
+    again = benchmark.run_benchmark("mini", "source_only", 0.05, out, datalist=datalist, overrides=TINY)
+    assert again["skipped"] == ["source_only"] and not again["ran"] and model.stat().st_mtime_ns == stamp
+    assert {r["row"] for r in again["results"]} == {"source_only", "broken"}  # earlier records kept
