@@ -301,7 +301,7 @@ def make_sample_dataset(out_dir: str | Path, spatial_dims: int = 2, seed: int = 
     """
     if spatial_dims not in (2, 3):
         raise UDAInputError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
-    folder = Path(out_dir)
+    folder = Path(os.path.abspath(out_dir))  # item paths are written relative to it, whatever the cwd
     build = _dataset_2d if spatial_dims == 2 else _dataset_3d
     datalist, notes = build(folder, int(seed), origin)
     used = "stardist" if origin == "stardist" or (origin is None and samples_origin() == "stardist") else "phantom"
