@@ -22,6 +22,13 @@ Stage 2, :class:`PDAMStage` -- the panoptic domain-adaptive Mask R-CNN
 The ablations of the paper's Table 4 are switches: "w/o NI" (no inpainting, data stage),
 "w/o TR" (``reweight=False``), "w/o SEM" (detector without semantic branch) and the
 CyCADA-with-Mask-R-CNN baseline (image + instance adaptation only); see :data:`PDAM_VARIANTS`.
+
+Multi-GPU (``multi_gpu_train.yaml``): neither stage is DDP-wrapped. CycleGAN runs each
+generator twice per iteration with the discriminators frozen in between and synthesizes with
+the bare generator; PDAM's step calls the detector's parts (``run_domain``, the
+discriminators' logits), not its ``forward``, which a ``DistributedDataParallel`` wrapper
+cannot follow. Both stages instead average every optimised gradient over the ranks before
+each optimiser step (:func:`_average_gradients_across_ranks`), which is what DDP would do.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from monai_uda.data.pseudo_labels import instance_targets
@@ -123,6 +131,24 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def _average_gradients_across_ranks(optimizer: torch.optim.Optimizer) -> None:
+    """Data-parallel training without DDP wrappers: average the optimised gradients over the ranks.
+
+    With a process group (``multi_gpu_train.yaml``) every gradient of ``optimizer`` is
+    all-reduced and divided by the world size (missing gradients count as zeros), as DDP
+    would do; runs without a process group skip this.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    world_size = dist.get_world_size()
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad.div_(world_size)
+
+
 class CycleGANStage(AdaptationMethod):
     """CyC-PDAM stage 1: CycleGAN between the source (e.g. fluorescence) and target styles.
 
@@ -202,6 +228,7 @@ class CycleGANStage(AdaptationMethod):
                 identity = F.l1_loss(self.generator_s2t(real_t), real_t) + F.l1_loss(self.generator_t2s(real_s), real_s)
                 loss_g = loss_g + self.loss_weights["identity"] * self.loss_weights["cycle"] * identity
         loss_g.backward()
+        _average_gradients_across_ranks(opt_g)
         opt_g.step()
 
         self.set_requires_grad(discriminators, True)
@@ -211,6 +238,7 @@ class CycleGANStage(AdaptationMethod):
             loss_d_t = discriminator_loss(self.discriminator_t(real_t), self.discriminator_t(self.pools["target"].query(fake_t)), self.gan_mode)
             loss_d_s = discriminator_loss(self.discriminator_s(real_s), self.discriminator_s(self.pools["source"].query(fake_s)), self.gan_mode)
         (loss_d_t + loss_d_s).backward()
+        _average_gradients_across_ranks(opt_d)
         opt_d.step()
         return {
             "generator_adv": adv.detach(),
@@ -317,6 +345,7 @@ class PDAMStage(AdaptationMethod):
             adversarial = loss_img + loss_sem_adv + loss_ins
             total = detection + self.loss_weights["adversarial"] * adversarial  # eq 4
         total.backward()
+        _average_gradients_across_ranks(optimizer)
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], self.grad_clip)
         optimizer.step()

@@ -1,22 +1,26 @@
-"""The CyC-PDAM configs run through ``monai.bundle`` on the tiny built-in 2D sample."""
+"""The CyC-PDAM configs run through ``monai.bundle`` on the tiny built-in 2D sample.
+
+One tiny training run (a module fixture) is shared by the inference/evaluation and resume tests.
+"""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, run
+from monai.bundle import ConfigParser, run, verify_metadata
 
 from monai_uda.data.datalist import export_split, load_datalist
 from monai_uda.data.io import read_array, read_label
+from monai_uda.methods.cyc_pdam import BENCHMARK_PRESETS
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "cyc_pdam" / "configs"
+META = str(CONFIGS / "metadata.json")
 SCHEMA = REPO.parent / "shared" / "monai_schema" / "meta_schema_20240725.json"
 
 TINY = {
@@ -27,6 +31,7 @@ TINY = {
     "backbone": "resnet50",
     "instance_proposals": 8,
     "detector_kwargs": {"rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50, "box_batch_size_per_image": 32},
+    "ckpt_interval": 1,
 }
 TINY_INFERENCE = {
     "backbone": "resnet50",
@@ -42,30 +47,41 @@ def _cfg(*names: str) -> list[str]:
     return [str(CONFIGS / n) for n in names]
 
 
-def test_pipeline_trains_end_to_end_then_inference_and_evaluate(sample_2d, tmp_path):
-    """CycleGAN -> synthesis + inpainting -> PDAM from the command line, then inference and evaluation."""
-    out = tmp_path / "train"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.yaml"),
-           "--dataset_dir", str(sample_2d), "--output_dir", str(out), "--max_iterations", "1"]
-    for key, value in TINY.items():
-        cmd += [f"--{key}", json.dumps(value)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    cyclegan = torch.load(out / "cyclegan" / "model.pt", weights_only=True)
+def _train(dataset_dir: Path, output_dir: Path, **overrides) -> None:
+    run("training", config_file=_cfg("train.yaml"), meta_file=META, dataset_dir=str(dataset_dir), output_dir=str(output_dir), **TINY, **overrides)
+
+
+def _checkpoints(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob("*checkpoint*.pt")}
+
+
+@pytest.fixture(scope="module")
+def trained(sample_2d, tmp_path_factory) -> Path:
+    """CycleGAN -> synthesis + inpainting -> PDAM, one iteration each, a checkpoint after it."""
+    out = tmp_path_factory.mktemp("cyc_pdam") / "train"
+    _train(sample_2d, out, max_iterations=1)
+    return out
+
+
+def test_pipeline_writes_both_stages_and_the_synthesized_dataset(trained, sample_2d):
+    cyclegan = torch.load(trained / "cyclegan" / "model.pt", weights_only=True)
     assert set(cyclegan) == {"generator_s2t", "generator_t2s", "discriminator_t", "discriminator_s"}
-    synthesized = load_datalist(out / "synthesized")
+    synthesized = load_datalist(trained / "synthesized")
     source = load_datalist(sample_2d)["source"]
     assert len(synthesized["source"]) == len(source)
     assert np.array_equal(read_label(synthesized["source"][0]["label"]), read_label(source[0]["label"]))
     image, _ = read_array(synthesized["source"][0]["image"])
     assert image.dtype == np.uint8 and image.shape[-1] == 3  # target-style RGB
-    pdam = torch.load(out / "pdam" / "model.pt", weights_only=True)
+    pdam = torch.load(trained / "pdam" / "model.pt", weights_only=True)
     assert set(pdam) == {"detector"} and any(k.startswith("entropy_discriminator.") for k in pdam["detector"])
+    assert len(_checkpoints(trained / "cyclegan")) == 1 and len(_checkpoints(trained / "pdam")) == 1
 
+
+def test_inference_and_evaluate(trained, sample_2d, tmp_path):
     images, labels = export_split(sample_2d / "datalist.json", "test", tmp_path / "test")
     pred = tmp_path / "pred"
-    run("inference", config_file=_cfg("inference.yaml"), meta_file=str(CONFIGS / "metadata.json"), input_dir=str(images),
-        output_dir=str(pred), ckpt_path=str(out / "pdam" / "model.pt"), **TINY_INFERENCE)
+    run("inference", config_file=_cfg("inference.yaml"), meta_file=META, input_dir=str(images),
+        output_dir=str(pred), ckpt_path=str(trained / "pdam" / "model.pt"), **TINY_INFERENCE)
     stems = [p.name.split(".")[0] for p in images.iterdir()]
     assert stems and all((pred / f"{s}_instances.tif").is_file() for s in stems)
     instances, _ = read_array(pred / f"{stems[0]}_instances.tif")
@@ -73,11 +89,66 @@ def test_pipeline_trains_end_to_end_then_inference_and_evaluate(sample_2d, tmp_p
     assert np.array_equal(mask > 0, instances > 0)
 
     metrics = tmp_path / "metrics.json"
-    run("evaluate", config_file=_cfg("evaluate.yaml"), meta_file=str(CONFIGS / "metadata.json"),
-        pred_dir=str(pred), gt_dir=str(labels), out=str(metrics))
+    run("evaluate", config_file=_cfg("evaluate.yaml"), meta_file=META, pred_dir=str(pred), gt_dir=str(labels), out=str(metrics))
     result = json.loads(metrics.read_text())["mean"]
     assert {"aji", "aji_plus", "pq", "object_f1", "dice"} <= set(result)
     assert all(0.0 <= result[k] <= 1.0 for k in ("aji", "aji_plus", "pq", "object_f1", "dice"))
+
+
+def test_resume_skips_the_finished_cyclegan_and_continues_pdam(trained, sample_2d, tmp_path):
+    out = tmp_path / "train"
+    shutil.copytree(trained, out)
+    (out / "pdam" / "model.pt").unlink()  # interrupted after the PDAM checkpoint of iteration 1
+    finished = {p: p.stat().st_mtime_ns for p in (out / "cyclegan" / "model.pt", out / "synthesized" / "datalist.json")}
+    cyclegan_checkpoints, pdam_checkpoints = _checkpoints(out / "cyclegan"), _checkpoints(out / "pdam")
+
+    _train(sample_2d, out, max_iterations=2, resume=True)
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # stage 1 and synthesis not redone
+    assert _checkpoints(out / "cyclegan") == cyclegan_checkpoints
+    after = _checkpoints(out / "pdam")
+    assert {k: after[k] for k in pdam_checkpoints} == pdam_checkpoints  # iteration 1 not run again
+    (newest,) = set(after) - set(pdam_checkpoints)
+    assert torch.load(out / "pdam" / newest, weights_only=True)["trainer"]["iteration"] == 2
+    assert (out / "pdam" / "model.pt").is_file()
+
+
+def test_resume_plan_of_an_unfinished_cyclegan(trained, sample_2d, tmp_path):
+    out = tmp_path / "train"
+    shutil.copytree(trained, out, ignore=shutil.ignore_patterns("pdam"))
+    (out / "cyclegan" / "model.pt").unlink()
+    parser = ConfigParser()
+    parser.read_config(_cfg("train.yaml"))
+    parser.update({"dataset_dir": str(sample_2d), "output_dir": str(out), "resume": True, "max_iterations": 2, **TINY})
+    assert parser.get_parsed_content("resume_cyclegan") and not parser.get_parsed_content("resume_pdam")
+    assert not parser.get_parsed_content("synthesis_done")  # translated again by the continued CycleGAN
+    loader = parser.get_parsed_content("cyclegan_handlers#0")
+    assert Path(loader.load_path).name in _checkpoints(out / "cyclegan")
+
+
+def test_multi_gpu_config_disables_rank_local_outputs_and_waits_for_synthesis():
+    parser = ConfigParser()
+    parser.read_config(_cfg("train.yaml", "multi_gpu_train.yaml"))
+    for stage in ("cyclegan_handlers", "pdam_handlers"):
+        handlers = parser[stage]
+        rank0_only = [h["_target_"] for h in handlers if h.get("_disabled_") == "$not @is_main"]
+        assert rank0_only == ["CheckpointSaver", "StatsHandler", "TensorBoardStatsHandler", "ignite.handlers.ProgressBar"]
+        assert handlers[0]["_target_"] == "CheckpointLoader"  # every rank resumes
+    assert parser["run"] == ["@run_cyclegan", "@run_synthesis", "$torch.distributed.barrier()", "@run_pdam"]
+    assert parser["write_synthesis"] == "$@is_main and not @synthesis_done"
+
+
+def test_cpu_preset_matches_the_benchmark_preset_and_caps_each_stage():
+    parser = ConfigParser()
+    parser.read_config(_cfg("train.yaml", "train_cpu.yaml"))
+    preset = BENCHMARK_PRESETS["cpu"]
+    detector = dict(preset["detector"])
+    assert parser["patch"] == [preset["size"]] * 2 == [detector.pop("min_size"), detector.pop("max_size")]
+    assert (parser["backbone"], parser["norm"], parser["instance_proposals"]) == (detector.pop("backbone"), detector.pop("norm"), detector.pop("instance_proposals"))
+    assert parser["detector_kwargs"] == detector
+    assert (parser.get_parsed_content("cyclegan_iterations"), parser.get_parsed_content("pdam_iterations")) == (1000, 500)
+    parser.update({"max_iterations": 3})
+    parser.parse(reset=True)
+    assert (parser.get_parsed_content("cyclegan_iterations"), parser.get_parsed_content("pdam_iterations")) == (3, 3)
 
 
 @pytest.mark.parametrize("variant", ["wo_sem", "cycada"])
@@ -93,6 +164,4 @@ def test_ablation_variants_configure_the_detector(variant):
 def test_metadata_verifies():
     if not SCHEMA.is_file():
         pytest.skip("bundle schema not found beside the checkout")
-    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"),
-                           "--filepath", str(SCHEMA)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and "verified with no error" in proc.stdout + proc.stderr
+    verify_metadata(meta_file=META, filepath=str(SCHEMA))  # raises on a schema violation
