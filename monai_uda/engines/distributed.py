@@ -4,8 +4,8 @@
         "['bundles/<name>/configs/train.yaml','bundles/<name>/configs/multi_gpu_train.yaml']"
 
 nccl on GPU, gloo on CPU. Every trained network (segmenters, generators, discriminators,
-detectors) becomes a :class:`~torch.nn.parallel.DistributedDataParallel` module; the
-optimisers keep working because DDP shares the parameters. Data are split by
+detectors) is data-parallel: weights broadcast from rank 0, gradients averaged over the ranks
+before every optimiser step (:func:`wrap_ddp`). Data are split by
 :class:`~monai_uda.engines.trainer.ResumableSampler` (rank/world size from the process group),
 checkpoints and the final model are written by rank 0 only.
 """
@@ -16,6 +16,7 @@ import os
 
 import torch
 import torch.distributed as dist
+from ignite import distributed as idist
 from torch.nn.parallel import DistributedDataParallel
 
 from monai_uda.engines.method import AdaptationMethod
@@ -28,6 +29,10 @@ def init_distributed(backend: str | None = None) -> int:
     if not dist.is_initialized():
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         dist.init_process_group(backend=backend)
+    # Ignite sets up its own view of the group lazily, with a collective ``new_group``, the first
+    # time a handler asks for the rank. Handlers that exist on rank 0 only (``CheckpointSaver``)
+    # would then wait forever for the other ranks: set it up now, on every rank.
+    idist.sync()
     return dist.get_rank()
 
 
@@ -45,12 +50,43 @@ def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+def _average_gradients(optimizer: torch.optim.Optimizer, *args: object, **kwargs: object) -> None:
+    """Optimiser pre-step hook: replace each gradient by its mean over the ranks (one coalesced all-reduce)."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads or not dist.is_initialized():
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat.div_(dist.get_world_size())
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 def wrap_ddp(method: AdaptationMethod, device: torch.device | str, find_unused_parameters: bool = True) -> AdaptationMethod:
-    """Move ``method`` to ``device`` and wrap each of its networks in DDP (in place)."""
+    """Make ``method`` data-parallel over the process group (in place) and move it to ``device``.
+
+    Every network's parameters and buffers are broadcast from rank 0, and every optimiser of the
+    method averages its gradients over the ranks right before it steps: what
+    :class:`~torch.nn.parallel.DistributedDataParallel` does, but independent of how often a
+    step calls each network before ``backward`` (CellSegUDA runs the segmenter on source and
+    target, the discriminator on both, with frozen weights in between), which DDP wrappers do
+    not allow (their gradient hooks expect one forward per backward). Ranks therefore keep
+    identical weights. Methods without optimisers are wrapped in DDP (``find_unused_parameters``).
+    """
     device = torch.device(device)
     method.to(device)
-    ids = [device.index] if device.type == "cuda" else None
-    for name, module in method.networks().items():
-        if any(p.requires_grad for p in module.parameters()):
-            setattr(method, name, DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused_parameters))
+    if not dist.is_initialized():
+        return method
+    if not method.optimizers:
+        ids = [device.index] if device.type == "cuda" else None
+        for name, module in method.networks().items():
+            if any(p.requires_grad for p in module.parameters()):
+                setattr(method, name, DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused_parameters))
+        return method
+    for tensor in [*method.parameters(), *method.buffers()]:
+        dist.broadcast(tensor.data, src=0)
+    for optimizer in method.optimizers.values():
+        optimizer.register_step_pre_hook(_average_gradients)
     return method
