@@ -80,7 +80,8 @@ def test_pipeline_writes_both_stages_and_the_synthesized_dataset(trained, sample
 def test_inference_and_evaluate(trained, sample_2d, tmp_path):
     images, labels = export_split(sample_2d / "datalist.json", "test", tmp_path / "test")
     pred = tmp_path / "pred"
-    run("inference", config_file=_cfg("inference.yaml"), meta_file=META, input_dir=str(images),
+    # the documented CPU-preset merge (same network settings as training); the tiny run's own sizes override it
+    run("inference", config_file=_cfg("inference.yaml", "train_cpu.yaml"), meta_file=META, input_dir=str(images),
         output_dir=str(pred), ckpt_path=str(trained / "pdam" / "model.pt"), **TINY_INFERENCE)
     stems = [p.name.split(".")[0] for p in images.iterdir()]
     assert stems and all((pred / f"{s}_instances.tif").is_file() for s in stems)
