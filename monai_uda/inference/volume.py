@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ import torch
 from monai_uda.data.io import read_array, stem_of
 from monai_uda.errors import UDAInputError
 from monai_uda.inference.tiles import StreamingInstanceLabeller, StreamingSegmenter, window_starts
+from monai_uda.inference.wsi import percentile_from_histogram
 from monai_uda.transforms.intensity import PERCENTILES
 
 __all__ = ["VolumeReader", "MemmapVolumeWriter", "VolumeSegmenter"]
@@ -107,8 +109,6 @@ class VolumeReader:
     def intensity_range(self, slab_rows: int = 16) -> tuple[float, float]:
         """1st and 99.8th percentiles over all voxels and channels: exact (histogram) for 8/16-bit
         integers, else from an evenly strided sample of at most ``MAX_PERCENTILE_SAMPLES`` voxels."""
-        from monai_uda.inference.wsi import percentile_from_histogram
-
         integer = self.dtype.kind in "ub" and self.dtype.itemsize <= 2
         if integer:
             hist = np.zeros(1 << (8 * self.dtype.itemsize), dtype=np.int64)
@@ -233,7 +233,16 @@ class VolumeSegmenter(StreamingSegmenter):
         record.update(n_instances=n_instances, seconds=time.perf_counter() - start_time, network_seconds=self.network_seconds)
         return record
 
-    def _write_outputs(self, reader: VolumeReader, windows: list, scale: Any, paths: dict[str, Path], geometry: dict, axes: tuple) -> int:
+    def _write_outputs(
+        self,
+        reader: VolumeReader,
+        windows: list[tuple[int, ...]],
+        scale: Callable[[np.ndarray], torch.Tensor],
+        paths: dict[str, Path],
+        geometry: dict[str, Any],
+        axes: tuple[str, ...],
+    ) -> int:
+        """Stream instances and mask into memory-mapped outputs and the nuclei CSV; returns the number of nuclei."""
         roi = tuple(int(r) for r in self.inferer.roi_size)
         labeller = StreamingInstanceLabeller(self._to_instances, axes, group_width=self.group_width)
         instances = MemmapVolumeWriter(paths["instances"], reader.shape, np.dtype(np.uint32), **geometry)
