@@ -57,7 +57,7 @@ def make_slide(path: Path, size: int, tissue: float, tile: int = 256, seed: int 
     import tifffile
 
     with tifffile.TiffWriter(path, bigtiff=size * size * 3 > 2**31) as writer:
-        writer.write(_tiles(size, tissue, tile, seed), shape=(size, size, 3), dtype=np.uint8, tile=(tile, tile), compression="zlib")
+        writer.write(_tiles(size, tissue, tile, seed), shape=(size, size, 3), dtype=np.uint8, tile=(tile, tile), compression="zlib", maxworkers=1)
     return path
 
 

@@ -199,14 +199,18 @@ def _tile_rows(slabs: Iterator[tuple[int, np.ndarray]], width: int, tile: int, d
 
 
 def write_tiled_tiff(path: Path, tiles: Iterator[np.ndarray], shape: tuple[int, int], dtype: np.dtype, tile: int = 256) -> Path:
-    """Write raster-ordered ``tile x tile`` tiles as a zlib-compressed tiled TIFF, atomically."""
+    """Write raster-ordered ``tile x tile`` tiles as a zlib-compressed tiled TIFF, atomically.
+
+    Tiles are encoded one at a time (``maxworkers=1``): tifffile's thread pool would first pull
+    up to 512 MB of tiles from the generator, which is the whole point of streaming lost.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tif", dir=path.parent)
     os.close(fd)
     try:
         bigtiff = shape[0] * shape[1] * np.dtype(dtype).itemsize > 2**31
         with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as writer:
-            writer.write(tiles, shape=shape, dtype=dtype, tile=(tile, tile), compression="zlib")
+            writer.write(tiles, shape=shape, dtype=dtype, tile=(tile, tile), compression="zlib", maxworkers=1)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
