@@ -24,6 +24,7 @@ does not grow with the length of axis 0 and grows only linearly with the other a
 from __future__ import annotations
 
 import csv
+import itertools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -84,32 +85,34 @@ class StreamingBlender:
         self.count = np.zeros((self.roi_size[0], *self.image_size[1:]), dtype=np.float32)
         self.origin = 0
 
-    def add(self, start: Sequence[int], output: np.ndarray | torch.Tensor) -> list[Slab]:
+    def add(self, start: Sequence[int], output: np.ndarray | torch.Tensor) -> Iterator[Slab]:
         """Add one window output ``(C, *roi_size)`` at ``start``; returns the slabs it finished (float32 arrays)."""
-        finished = self._advance(int(start[0])) if start[0] > self.origin else []
+        finished = self._advance(int(start[0])) if start[0] > self.origin else iter(())
         rest = tuple(slice(s, s + r) for s, r in zip(start[1:], self.roi_size[1:]))
         output = output.detach().float().cpu().numpy() if isinstance(output, torch.Tensor) else np.asarray(output, np.float32)
         self.acc[(slice(None), slice(None), *rest)] += output * self.weight
         self.count[(slice(None), *rest)] += self.weight
         return finished
 
-    def _advance(self, new_origin: int) -> list[Slab]:
+    def _advance(self, new_origin: int) -> Iterator[Slab]:
         """Hand out rows ``[origin, new_origin)``: the buffer's, then uncovered (NaN) slabs for skipped window rows."""
         rows = new_origin - self.origin
         head = min(rows, self.roi_size[0])
         with np.errstate(invalid="ignore", divide="ignore"):
             slabs = [(self.origin, self.acc[:, :head] / self.count[:head])]  # 0 / 0 = NaN where no window was added
-        for gap in range(self.origin + head, new_origin, self.roi_size[0]):
-            slabs.append((gap, np.full((self.acc.shape[0], min(self.roi_size[0], new_origin - gap), *self.image_size[1:]), np.nan, np.float32)))
+        gaps = range(self.origin + head, new_origin, self.roi_size[0])
+        shape = (self.acc.shape[0], *self.image_size[1:])
+        # uncovered slabs are made one at a time as they are consumed (a blank stretch may be most of the image)
+        gap_slabs = ((g, np.full((shape[0], min(self.roi_size[0], new_origin - g), *shape[1:]), np.nan, np.float32)) for g in gaps)
         keep = self.roi_size[0] - head
         self.acc[:, :keep] = self.acc[:, head:].copy()
         self.acc[:, keep:] = 0.0
         self.count[:keep] = self.count[head:].copy()
         self.count[keep:] = 0.0
         self.origin = new_origin
-        return slabs
+        return itertools.chain(slabs, gap_slabs)
 
-    def finish(self) -> list[Slab]:
+    def finish(self) -> Iterator[Slab]:
         """The last slabs, up to the end of axis 0."""
         return self._advance(self.image_size[0])
 
@@ -323,11 +326,14 @@ class StreamingSegmenter(FolderSegmenter):
         roi = tuple(self.inferer.roi_size)
         blender: StreamingBlender | None = None
 
-        def label(slabs: list[Slab], last: bool = False) -> Iterator[Slab]:
-            for i, (_, raw) in enumerate(slabs):
-                out, records = labeller.push(self._classes(raw), last=last and i == len(slabs) - 1)
+        def label(slabs: Iterator[Slab], last: bool = False) -> Iterator[Slab]:
+            current = next(slabs, None)
+            while current is not None:
+                following = next(slabs, None)
+                out, records = labeller.push(self._classes(current[1]), last=last and following is None)
                 table.writerows(records)
                 yield from out
+                current = following
 
         batch_size = int(self.inferer.sw_batch_size)
         for b in range(0, len(windows), batch_size):
