@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from monai_uda.engines.method import AdaptationMethod
 
-__all__ = ["init_distributed", "distributed_device", "wrap_ddp", "is_main_process"]
+__all__ = ["average_gradients", "init_distributed", "distributed_device", "wrap_ddp", "is_main_process"]
 
 
 def init_distributed(backend: str | None = None) -> int:
@@ -50,18 +50,29 @@ def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def _average_gradients(optimizer: torch.optim.Optimizer, *args: object, **kwargs: object) -> None:
-    """Optimiser pre-step hook: replace each gradient by its mean over the ranks (one coalesced all-reduce)."""
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    if not grads or not dist.is_initialized():
+def average_gradients(optimizer: torch.optim.Optimizer, *args: object, **kwargs: object) -> None:
+    """Replace each gradient of ``optimizer`` by its mean over the ranks (one coalesced all-reduce).
+
+    What DDP does, for methods whose steps call networks (or their parts) more than once per
+    ``backward``. A trainable parameter without a gradient on this rank contributes zeros, so
+    every rank reduces the same tensors. Without a process group it does
+    nothing. Usable directly or as an optimiser step pre-hook (extra arguments are ignored).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
         return
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+    if not params:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
     dist.all_reduce(flat)
     flat.div_(dist.get_world_size())
     offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+    for p in params:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
 
 
 def wrap_ddp(method: AdaptationMethod, device: torch.device | str, find_unused_parameters: bool = True) -> AdaptationMethod:
@@ -88,5 +99,5 @@ def wrap_ddp(method: AdaptationMethod, device: torch.device | str, find_unused_p
     for tensor in [*method.parameters(), *method.buffers()]:
         dist.broadcast(tensor.data, src=0)
     for optimizer in method.optimizers.values():
-        optimizer.register_step_pre_hook(_average_gradients)
+        optimizer.register_step_pre_hook(average_gradients)
     return method

@@ -35,6 +35,7 @@ from monai.losses import PatchAdversarialLoss
 from torch import nn
 from torch.func import functional_call
 
+from monai_uda.engines.distributed import average_gradients
 from monai_uda.engines.method import AdaptationMethod
 from monai_uda.networks.adain import AdaINGenerator
 from monai_uda.networks.patchgan import PatchDiscriminator
@@ -202,21 +203,6 @@ class ADGAN(AdaptationMethod):
         )
         return x, domain
 
-    def _average_gradients_across_ranks(self) -> None:
-        """Data-parallel training without DDP wrappers (the step calls encoder and decoder separately).
-
-        With a process group (``multi_gpu_train.yaml``), every gradient is averaged over the
-        ranks, which is what DDP would do; runs without a process group skip this.
-        """
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        world_size = dist.get_world_size()
-        for p in self.parameters():
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad)
-            p.grad.div_(world_size)
-
     # ------------------------------------------------------------------ contract
     def step(self, engine: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | float]:
         """One AD-GAN iteration: generator (E, G) and discriminator updates from one forward pass."""
@@ -259,7 +245,8 @@ class ADGAN(AdaptationMethod):
         opt_d.zero_grad(set_to_none=True)
         loss_g.backward(inputs=[p for p in self.generator.parameters() if p.requires_grad], retain_graph=True)
         loss_d.backward(inputs=[p for p in self.discriminator.parameters() if p.requires_grad])
-        self._average_gradients_across_ranks()
+        average_gradients(opt_g)
+        average_gradients(opt_d)
         opt_g.step()
         opt_d.step()
         lr = opt_g.param_groups[0]["lr"]

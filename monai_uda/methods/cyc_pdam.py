@@ -28,7 +28,7 @@ generator twice per iteration with the discriminators frozen in between and synt
 the bare generator; PDAM's step calls the detector's parts (``run_domain``, the
 discriminators' logits), not its ``forward``, which a ``DistributedDataParallel`` wrapper
 cannot follow. Both stages instead average every optimised gradient over the ranks before
-each optimiser step (:func:`_average_gradients_across_ranks`), which is what DDP would do.
+each optimiser step (:func:`~monai_uda.engines.distributed.average_gradients`), which is what DDP would do.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from monai_uda.data.pseudo_labels import instance_targets
+from monai_uda.engines.distributed import average_gradients
 from monai_uda.engines.method import AdaptationMethod
 from monai_uda.errors import UDAInputError
 from monai_uda.losses.adversarial import discriminator_loss, gan_loss
@@ -131,24 +132,6 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def _average_gradients_across_ranks(optimizer: torch.optim.Optimizer) -> None:
-    """Data-parallel training without DDP wrappers: average the optimised gradients over the ranks.
-
-    With a process group (``multi_gpu_train.yaml``) every gradient of ``optimizer`` is
-    all-reduced and divided by the world size (missing gradients count as zeros), as DDP
-    would do; runs without a process group skip this.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    world_size = dist.get_world_size()
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad)
-            p.grad.div_(world_size)
-
-
 class CycleGANStage(AdaptationMethod):
     """CyC-PDAM stage 1: CycleGAN between the source (e.g. fluorescence) and target styles.
 
@@ -228,7 +211,7 @@ class CycleGANStage(AdaptationMethod):
                 identity = F.l1_loss(self.generator_s2t(real_t), real_t) + F.l1_loss(self.generator_t2s(real_s), real_s)
                 loss_g = loss_g + self.loss_weights["identity"] * self.loss_weights["cycle"] * identity
         loss_g.backward()
-        _average_gradients_across_ranks(opt_g)
+        average_gradients(opt_g)
         opt_g.step()
 
         self.set_requires_grad(discriminators, True)
@@ -238,7 +221,7 @@ class CycleGANStage(AdaptationMethod):
             loss_d_t = discriminator_loss(self.discriminator_t(real_t), self.discriminator_t(self.pools["target"].query(fake_t)), self.gan_mode)
             loss_d_s = discriminator_loss(self.discriminator_s(real_s), self.discriminator_s(self.pools["source"].query(fake_s)), self.gan_mode)
         (loss_d_t + loss_d_s).backward()
-        _average_gradients_across_ranks(opt_d)
+        average_gradients(opt_d)
         opt_d.step()
         return {
             "generator_adv": adv.detach(),
@@ -345,7 +328,7 @@ class PDAMStage(AdaptationMethod):
             adversarial = loss_img + loss_sem_adv + loss_ins
             total = detection + self.loss_weights["adversarial"] * adversarial  # eq 4
         total.backward()
-        _average_gradients_across_ranks(optimizer)
+        average_gradients(optimizer)
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], self.grad_clip)
         optimizer.step()

@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from monai_uda.data.pseudo_labels import PseudoLabelAugment, filter_detections, instance_targets
+from monai_uda.engines.distributed import average_gradients
 from monai_uda.engines.method import AdaptationMethod
 from monai_uda.losses.domain import DEFAULT_BANDWIDTHS, background_consistency_loss, mmd_loss, orthogonality_loss
 from monai_uda.networks.domain_separation import DomainSeparationMaskRCNN
@@ -61,28 +62,6 @@ def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Adam:
     operations: about 5x faster optimiser steps on CPU, same update rule.
     """
     return torch.optim.Adam(params, lr=lr, fused=True)
-
-
-def _average_gradients_across_ranks(optimizer: torch.optim.Optimizer) -> None:
-    """Data-parallel training without DDP wrappers: average the optimised gradients over the ranks.
-
-    The DARCNN steps call the detector's parts (encoders, RPN, heads) separately, which a
-    ``DistributedDataParallel`` wrapper cannot follow; with a process group
-    (``multi_gpu_train.yaml``) the gradient of every trainable parameter the optimiser holds is
-    all-reduced and divided by the world size (a rank without a gradient contributes zeros),
-    which is what DDP would do. Runs without a process group skip this.
-    """
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    world_size = dist.get_world_size()
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if not p.requires_grad:  # frozen (e.g. ResNet stages beyond trainable_layers): no gradient anywhere
-                continue
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad)
-            p.grad.div_(world_size)
 
 
 class DARCNNStage1(AdaptationMethod):
@@ -195,7 +174,7 @@ class DARCNNStage1(AdaptationMethod):
         for p in net.sim_projection.parameters():  # the projection maximises L_sim
             if p.grad is not None:
                 p.grad.neg_()
-        _average_gradients_across_ranks(optimizer)
+        average_gradients(optimizer)
         optimizer.step()
         if self.target_head_momentum < 1.0:
             momentum = min(self.target_head_momentum, 1.0 - 1.0 / (engine.state.iteration + 1))
@@ -291,7 +270,7 @@ class DARCNNStage2(AdaptationMethod):
             losses = self.detector(list(batch["target_image"]), [{k: v for k, v in t.items() if k != "scores"} for t in targets], "target")
             total = sum(losses.values())
         total.backward()
-        _average_gradients_across_ranks(optimizer)
+        average_gradients(optimizer)
         optimizer.step()
         out: dict[str, torch.Tensor | float] = {f"pseudo_{k.removeprefix('loss_')}": v.detach() for k, v in losses.items()}
         out.update(total=total.detach(), pseudo_instances=float(sum(len(t["boxes"]) for t in targets)))

@@ -5,7 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from monai_uda.methods.darcnn import DARCNNStage1, DARCNNStage2, _average_gradients_across_ranks, alpha_ramp, build_for_benchmark
+from monai_uda.engines.distributed import average_gradients
+from monai_uda.methods.darcnn import DARCNNStage1, DARCNNStage2, alpha_ramp, build_for_benchmark
 from monai_uda.networks.domain_separation import DomainSeparationMaskRCNN
 
 TINY = {
@@ -143,11 +144,11 @@ def test_gradients_are_averaged_over_ranks_only_in_a_process_group(tmp_path):
     frozen = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
     used.grad = torch.full((3,), 2.0)
     optimizer = torch.optim.SGD([used, unused, frozen], lr=1.0)
-    _average_gradients_across_ranks(optimizer)  # no process group: a no-op
+    average_gradients(optimizer)  # no process group: a no-op
     assert unused.grad is None and torch.equal(used.grad, torch.full((3,), 2.0))
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
     try:
-        _average_gradients_across_ranks(optimizer)
+        average_gradients(optimizer)
     finally:
         torch.distributed.destroy_process_group()
     assert torch.equal(used.grad, torch.full((3,), 2.0))  # the mean over one rank
