@@ -1,18 +1,23 @@
-"""Inference: sliding-window segmentation of image folders, whole slides and whole volumes; instance post-processing."""
+"""Inference: sliding-window segmentation of image folders, whole slides and whole volumes; instance post-processing;
+AD-GAN mask -> image synthesis."""
 
 from __future__ import annotations
 
 from monai_uda.inference.overlay import overlay_instances, save_overlay
 from monai_uda.inference.postprocess import binary_to_instances, relabel_sequential, remove_small, ternary_to_instances
-from monai_uda.inference.segment import FolderSegmenter, to_probabilities
+from monai_uda.inference.segment import FolderSegmenter, check_outputs, to_probabilities
+from monai_uda.inference.synthesis import FolderSynthesizer, label_to_mask_domain
 from monai_uda.inference.volume import VolumeSegmenter
 from monai_uda.inference.wsi import SlideSegmenter
 
 __all__ = [
     "FolderSegmenter",
+    "FolderSynthesizer",
     "SlideSegmenter",
     "VolumeSegmenter",
     "binary_to_instances",
+    "check_outputs",
+    "label_to_mask_domain",
     "overlay_instances",
     "relabel_sequential",
     "remove_small",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from monai_uda.inference.overlay import save_overlay
 from monai_uda.inference.postprocess import binary_to_instances, ternary_to_instances
 from monai_uda.transforms import inference_transforms, unwrap_input_errors
 
-__all__ = ["FolderSegmenter", "to_probabilities"]
+__all__ = ["FolderSegmenter", "check_outputs", "to_probabilities"]
 
 ACTIVATIONS = ("sigmoid", "softmax", "tanh", "none")
 POSTPROCESSES = ("binary", "ternary")
@@ -50,6 +50,34 @@ def to_probabilities(output: torch.Tensor, activation: str) -> torch.Tensor:
     if activation == "none":
         return output
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def check_outputs(output_dir: str | Path, outputs: Iterable[Path], inputs: Iterable[Path], kind: str = "image") -> None:
+    """Refuse to run when an output would overwrite an input or ``output_dir`` is not writable.
+
+    Shared by the folder inferers (:class:`FolderSegmenter`,
+    :class:`~monai_uda.inference.synthesis.FolderSynthesizer`); creates ``output_dir``.
+
+    Args:
+        output_dir: the output folder.
+        outputs: every path that will be written.
+        inputs: every input file.
+        kind: what the inputs are, for the message (``"image"``, ``"mask"``).
+
+    Raises:
+        UDAInputError: an output path is an input, or the folder cannot be created or written.
+    """
+    output_dir = Path(output_dir)
+    input_set = {Path(p).resolve() for p in inputs}
+    for out in outputs:
+        if Path(out).resolve() in input_set:
+            raise UDAInputError(f"output {Path(out).name} would overwrite an input {kind}; choose another output_dir", out)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as exc:
+        raise UDAInputError(f"output folder is not writable ({exc.strerror or exc})", output_dir) from exc
 
 
 class FolderSegmenter:
@@ -159,17 +187,7 @@ class FolderSegmenter:
 
     def _check_outputs(self, inputs: list[Path]) -> None:
         """Refuse to run when an output would overwrite an input or the output folder is not writable."""
-        input_set = {p.resolve() for p in inputs}
-        for image_path in inputs:
-            for out in self._output_paths(image_path).values():
-                if out.resolve() in input_set:
-                    raise UDAInputError(f"output {out.name} would overwrite an input image; choose another output_dir", out)
-        try:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=self.output_dir):
-                pass
-        except OSError as exc:
-            raise UDAInputError(f"output folder is not writable ({exc.strerror or exc})", self.output_dir) from exc
+        check_outputs(self.output_dir, [out for p in inputs for out in self._output_paths(p).values()], inputs)
 
     def _preprocess(self, path: Path) -> MetaTensor:
         """Read ``path`` with the shared inference transforms: ``(C, *spatial)`` network input with its meta data."""

@@ -1,4 +1,4 @@
-"""Every AD-GAN config runs through ``monai.bundle`` on the tiny built-in sample (2D and 3D)."""
+"""Every AD-GAN config (training, segmentation, synthesis, evaluation) runs through ``monai.bundle`` on the tiny built-in sample (2D and 3D)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import torch
 from monai.bundle import run
 
-from monai_uda.data.io import read_array
-from monai_uda.data.datalist import export_split
+from monai_uda.data.datalist import export_split, get_split, load_datalist
+from monai_uda.data.io import read_array, read_label
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "ad_gan" / "configs"
@@ -55,6 +55,22 @@ def test_training_command_line_then_inference_and_evaluate(sample_2d, tmp_path):
     result = json.loads(metrics.read_text())
     assert {"aji", "pq", "object_f1", "dice", "precision", "recall"} <= set(result["mean"])
 
+    # the same tiny checkpoint synthesises a paired set from the test labels (mask -> image), the documented command
+    synth = tmp_path / "synth"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
+           str(_cfg("inference.yaml", "inference_synthesis.yaml")), "--ckpt_path", str(out / "model.pt"),
+           "--output_dir", str(synth), "--mask_dir", str(labels), "--domain_label", "0.7", "--patch", "[32, 32]"]
+    for key, value in TINY_NET.items():
+        cmd += [f"--{key}", json.dumps(value)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    items = get_split(load_datalist(synth), "source", require_labels=True)
+    assert len(items) == len(list(labels.iterdir())) and all(Path(i["image"]).is_file() for i in items)
+    for item in items:
+        image, label = read_array(item["image"])[0], read_label(item["label"])
+        assert image.dtype == np.uint8 and image.shape == label.shape  # grey generator (channels 1)
+        assert label.max() > 0
+
 
 def test_ad_gan_ins_ternary_and_ablation_train_and_infer(sample_2d, tmp_path):
     run("training", config_file=_cfg("train.yaml"), meta_file=META, dataset_dir=str(sample_2d), output_dir=str(tmp_path / "t"),
@@ -73,6 +89,15 @@ def test_3d_train_and_inference(sample_3d, tmp_path):
         output_dir=str(tmp_path / "pred"), ckpt_path=str(tmp_path / "train" / "model.pt"), patch=[16, 32, 32], **TINY_NET)
     outputs = sorted(p.name for p in (tmp_path / "pred").iterdir())
     assert any(n.endswith("_instances.nii.gz") for n in outputs) and any(n.endswith("_mask.nii.gz") for n in outputs)
+
+    synth = tmp_path / "synth"
+    run("inference", config_file=_cfg("inference.yaml", "train_3d.yaml", "inference_synthesis.yaml"), meta_file=META,
+        output_dir=str(synth), ckpt_path=str(tmp_path / "train" / "model.pt"), patch=[16, 32, 32], num_masks=1,
+        axis_range=TINY_3D["axis_range"], count_range=TINY_3D["count_range"], **TINY_NET)
+    items = get_split(load_datalist(synth), "source", require_labels=True)
+    assert [Path(i["image"]).name for i in items] == ["synthetic_0000_image.nii.gz"]
+    image, label = read_array(items[0]["image"])[0], read_label(items[0]["label"])
+    assert image.dtype == np.float32 and image.shape == label.shape == (16, 32, 32) and label.max() >= 2
 
 
 def test_metadata_verifies():
