@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from scipy import ndimage
-from skimage.measure import regionprops
 
 from monai_uda.errors import UDAInputError
 from monai_uda.inference.postprocess import binary_to_instances, ternary_to_instances
@@ -179,7 +178,7 @@ class StreamingInstanceLabeller:
 
     def _label(self, last: bool) -> tuple[list[Slab], list[dict[str, Any]]]:
         rows = self.classes.shape[0]
-        labels, _ = ndimage.label((self.classes > 0) & ~self.done, structure=np.ones((3,) * self.classes.ndim))
+        labels, n_labels = ndimage.label((self.classes > 0) & ~self.done, structure=np.ones((3,) * self.classes.ndim))
         open_top, complete = rows, []
         force = rows > self.max_open_rows
         for k, box in enumerate(ndimage.find_objects(labels), start=1):
@@ -190,31 +189,60 @@ class StreamingInstanceLabeller:
             else:
                 complete.append((k, box))
         records: list[dict[str, Any]] = []
-        for group in self._groups(complete):
-            records += self._label_group(labels, group, last)
+        selected = np.zeros(n_labels + 1, dtype=bool)  # lookup table: label -> member of the current group
+        for group, columns in self._groups(complete):
+            records += self._label_group(labels, group, last, selected, columns)
         slab = (self.origin, self.instances[:open_top])
         self.classes, self.done, self.instances = self.classes[open_top:], self.done[open_top:], self.instances[open_top:]
         self.origin += open_top
         return ([slab] if open_top else []), records
 
-    def _groups(self, complete: list[tuple[int, tuple[slice, ...]]]) -> list[list[tuple[int, tuple[slice, ...]]]]:
-        """Components grouped by where their bounding box starts along axis 1."""
+    def _groups(self, complete: list[tuple[int, tuple[slice, ...]]]) -> list[tuple[list[tuple[int, tuple[slice, ...]]], slice | None]]:
+        """Components grouped by where their bounding box starts along axis 1, as ``(group, columns)``.
+
+        A component wider than ``group_width`` along axis 1 (no nucleus is) is cut, like one open
+        longer than ``max_open_rows``: it is post-processed alone, in pieces of ``group_width``
+        columns (``columns``), so that no crop spans the width of the image.
+        """
         if self.classes.ndim < 2:
-            return [complete] if complete else []
-        groups: list[list[tuple[int, tuple[slice, ...]]]] = []
+            return [(complete, None)] if complete else []
+        groups: list[tuple[list[tuple[int, tuple[slice, ...]]], slice | None]] = []
+        wide = []
         for item in sorted(complete, key=lambda c: c[1][1].start):
-            if groups and item[1][1].start < groups[-1][0][1][1].start + self.group_width:
-                groups[-1].append(item)
+            if item[1][1].stop - item[1][1].start > self.group_width:
+                wide.append(item)
+            elif groups and item[1][1].start < groups[-1][0][0][1][1].start + self.group_width:
+                groups[-1][0].append(item)
             else:
-                groups.append([item])
+                groups.append(([item], None))
+        for k, box in wide:
+            for x0 in range(box[1].start, box[1].stop, self.group_width):
+                columns = slice(x0, min(x0 + self.group_width, box[1].stop))
+                groups.append(([(k, (box[0], columns, *box[2:]))], columns))
         return groups
 
-    def _label_group(self, labels: np.ndarray, group: list[tuple[int, tuple[slice, ...]]], last: bool) -> list[dict[str, Any]]:
+    def _label_group(
+        self,
+        labels: np.ndarray,
+        group: list[tuple[int, tuple[slice, ...]]],
+        last: bool,
+        selected: np.ndarray,
+        columns: slice | None = None,
+    ) -> list[dict[str, Any]]:
         """Post-process one group of complete components in a crop with ``pad`` background around it.
 
         Along axis 0 the margin may reach rows already handed out (above) or not yet received
         (below): the group is background there, so the crop is padded with zeros, as the
         in-memory image would be, except at the image's own top (row 0) and bottom (``last``).
+        With ``columns`` (a piece of a cut component) only the component's pixels in those
+        columns along axis 1 belong to the group.
+
+        Args:
+            labels: connected components of the buffer.
+            group: ``(label, bounding box)`` of the members.
+            last: the buffer ends at the image's end.
+            selected: all-``False`` lookup table over the labels (left all ``False``).
+            columns: restrict the members to these columns along axis 1.
         """
         crop = tuple(
             slice(max(min(b[axis].start for _, b in group) - self.pad, 0), min(max(b[axis].stop for _, b in group) + self.pad, size))
@@ -222,27 +250,50 @@ class StreamingInstanceLabeller:
         )
         top = min(self.pad - (min(b[0].start for _, b in group) - crop[0].start), self.origin)
         bottom = 0 if last else self.pad - (crop[0].stop - max(b[0].stop for _, b in group))
-        member = np.isin(labels[crop], [k for k, _ in group])
+        ks = [k for k, _ in group]
+        selected[ks] = True
+        member = selected[labels[crop]]
+        selected[ks] = False
+        if columns is not None:
+            outside = np.ones(member.shape[1], dtype=bool)
+            outside[columns.start - crop[1].start : columns.stop - crop[1].start] = False
+            member[:, outside] = False
         classes = np.pad(np.where(member, self.classes[crop], 0).astype(np.uint8), [(top, bottom)] + [(0, 0)] * (labels.ndim - 1))
         instances = np.asarray(self.to_instances(classes))[top : top + member.shape[0]]
         self.done[crop] |= member
         found = instances > 0
         offset = self.next_id - 1
-        self.instances[crop][found] = instances[found].astype(np.uint32) + offset
+        ids = instances[found].astype(np.int64)
+        self.instances[crop][found] = ids.astype(np.uint32) + offset
         corner = [s.start for s in crop]
         corner[0] += self.origin
-        records = []
-        for region in regionprops(instances.astype(np.int64)):
-            record: dict[str, Any] = {"id": int(region.label) + offset}
-            for axis, name in enumerate(self.axis_names):
-                record[f"centroid_{name}"] = round(float(region.centroid[axis]) + corner[axis], 2)
-            record["area"] = int(region.area)
-            ndim = len(self.axis_names)
-            for axis, name in enumerate(self.axis_names):
-                record[f"bbox_{name}0"] = int(region.bbox[axis]) + corner[axis]
-                record[f"bbox_{name}1"] = int(region.bbox[axis + ndim]) + corner[axis]
-            records.append(record)
+        records = self._records(instances, found, ids, offset, corner)
         self.next_id += int(instances.max(initial=0))
+        return records
+
+    def _records(self, instances: np.ndarray, found: np.ndarray, ids: np.ndarray, offset: int, corner: list[int]) -> list[dict[str, Any]]:
+        """Per-instance records of a crop (those of ``skimage.measure.regionprops``: centroid = mean of the
+        pixel coordinates, area = pixel count, bbox end exclusive), vectorised over the instances."""
+        if not ids.size:
+            return []
+        n = int(ids.max())
+        area = np.bincount(ids, minlength=n + 1)
+        coords = np.nonzero(found)
+        centroids = [np.bincount(ids, weights=c, minlength=n + 1) / np.maximum(area, 1) for c in coords]
+        boxes = ndimage.find_objects(instances.astype(np.int64, copy=False), max_label=n)
+        records = []
+        for label in np.flatnonzero(area).tolist():
+            if label == 0:
+                continue
+            box = boxes[label - 1]
+            record: dict[str, Any] = {"id": label + offset}
+            for axis, name in enumerate(self.axis_names):
+                record[f"centroid_{name}"] = round(float(centroids[axis][label]) + corner[axis], 2)
+            record["area"] = int(area[label])
+            for axis, name in enumerate(self.axis_names):
+                record[f"bbox_{name}0"] = box[axis].start + corner[axis]
+                record[f"bbox_{name}1"] = box[axis].stop + corner[axis]
+            records.append(record)
         return records
 
 
