@@ -123,13 +123,16 @@ class StreamingInstanceLabeller:
     row received: later slabs cannot extend it. Complete components are cut out in groups
     (bounding boxes starting within ``group_width`` along axis 1), background elsewhere, and
     handed to ``to_instances``; their instances get ids following those already given. Rows
-    above the first open component are final and handed out.
+    above the first open component are final and handed out. A component wider than
+    ``group_width`` along axis 1 (a fold, pen mark or glass edge, not a nucleus) is cut into
+    pieces ``group_width`` wide, each post-processed alone, so crops never span the image.
 
     Args:
         to_instances: class-map crop (``uint8``, 0 = background) -> instance ids ``1..N``
             (0 = background), e.g. ``lambda c: binary_to_instances(c > 0)``.
         axis_names: names of the spatial axes for the per-nucleus records.
-        group_width: width along axis 1 of the groups post-processed together (bounds memory).
+        group_width: width along axis 1 of the groups post-processed together and of the pieces
+            of wider components (bounds memory).
         max_open_rows: a component still open after this many rows is cut (labelled as it is);
             only masks with implausibly large objects reach it.
         pad: background margin around each group crop (>= 1 so distances see the border).
@@ -150,8 +153,7 @@ class StreamingInstanceLabeller:
         self.pad = pad
         self.origin = 0
         self.next_id = 1
-        self.classes: np.ndarray | None = None
-        self.done: np.ndarray | None = None
+        self.classes: np.ndarray | None = None  # open rows; pixels of labelled components are set to 0
         self.instances: np.ndarray | None = None
 
     def push(self, classes: np.ndarray, last: bool = False) -> tuple[list[Slab], list[dict[str, Any]]]:
@@ -167,18 +169,16 @@ class StreamingInstanceLabeller:
         """
         classes = np.asarray(classes, dtype=np.uint8)
         if self.classes is None:
-            self.classes = classes
-            self.done = np.zeros(classes.shape, dtype=bool)
+            self.classes = classes.copy()
             self.instances = np.zeros(classes.shape, dtype=np.uint32)
         else:
             self.classes = np.concatenate([self.classes, classes])
-            self.done = np.concatenate([self.done, np.zeros(classes.shape, dtype=bool)])
             self.instances = np.concatenate([self.instances, np.zeros(classes.shape, dtype=np.uint32)])
         return self._label(last)
 
     def _label(self, last: bool) -> tuple[list[Slab], list[dict[str, Any]]]:
         rows = self.classes.shape[0]
-        labels, n_labels = ndimage.label((self.classes > 0) & ~self.done, structure=np.ones((3,) * self.classes.ndim))
+        labels, n_labels = ndimage.label(self.classes > 0, structure=np.ones((3,) * self.classes.ndim))
         open_top, complete = rows, []
         force = rows > self.max_open_rows
         for k, box in enumerate(ndimage.find_objects(labels), start=1):
@@ -193,7 +193,7 @@ class StreamingInstanceLabeller:
         for group, columns in self._groups(complete):
             records += self._label_group(labels, group, last, selected, columns)
         slab = (self.origin, self.instances[:open_top])
-        self.classes, self.done, self.instances = self.classes[open_top:], self.done[open_top:], self.instances[open_top:]
+        self.classes, self.instances = self.classes[open_top:], self.instances[open_top:]
         self.origin += open_top
         return ([slab] if open_top else []), records
 
@@ -260,7 +260,7 @@ class StreamingInstanceLabeller:
             member[:, outside] = False
         classes = np.pad(np.where(member, self.classes[crop], 0).astype(np.uint8), [(top, bottom)] + [(0, 0)] * (labels.ndim - 1))
         instances = np.asarray(self.to_instances(classes))[top : top + member.shape[0]]
-        self.done[crop] |= member
+        self.classes[crop][member] = 0  # labelled: no longer a component of the buffer
         found = instances > 0
         offset = self.next_id - 1
         ids = instances[found].astype(np.int64)

@@ -162,3 +162,39 @@ def test_bundle_inference_wsi_override(tmp_path, bundle):
     assert tifffile.imread(tmp_path / "out" / "s_instances.tif").shape == (256, 192)
     assert tifffile.imread(tmp_path / "out" / "s_mask.tif").dtype == np.uint8
     assert (tmp_path / "out" / "s_nuclei.csv").read_text().startswith("id,centroid_y,centroid_x,area,")
+
+
+def test_component_wider_than_group_width_is_cut_and_table_matches_instances(tmp_path):
+    """A dark bar wider than ``group_width`` (no nucleus is) is post-processed in ``group_width`` pieces
+    (bounded crops); discs stay whole, and every CSV row is ``regionprops`` of the written instance map."""
+    from skimage.measure import regionprops
+
+    centres = [(60, 60), (200, 300), (420, 100), (430, 450)]
+    image = _slide((512, 512), centres, radius=12)
+    image[300:330, 40:470] = NUCLEUS  # 430 px wide
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "s.tif", image, tile=(128, 128))
+    seg = SlideSegmenter(_darkness_net(), str(tmp_path / "in"), str(tmp_path / "out"), channels=3, roi_size=(64, 64),
+                         sw_batch_size=3, overlap=0.25, min_size=10, tile=256, tissue=False, group_width=128)
+    record = seg.run()[0]
+    instances = tifffile.imread(record["instances"])
+    bar = np.zeros(instances.shape, dtype=bool)
+    bar[300:330, 40:470] = True
+    np.testing.assert_array_equal(instances[bar] > 0, True)  # the whole bar is labelled ...
+    pieces = [instances[bar & (np.arange(512) >= x0) & (np.arange(512) < min(x0 + 128, 470))] for x0 in range(40, 470, 128)]
+    for i, piece in enumerate(pieces):  # ... in 4 pieces of <= 128 columns, no id shared across a cut
+        for other in pieces[i + 1 :]:
+            assert not set(np.unique(piece)) & set(np.unique(other))
+    for centre in centres:
+        expected = np.zeros(instances.shape, dtype=bool)
+        expected[disk(centre, 12, shape=instances.shape)] = True
+        np.testing.assert_array_equal(instances == instances[centre], expected)
+    with open(record["table"], newline="") as handle:
+        rows = {int(r["id"]): r for r in csv.DictReader(handle)}
+    regions = regionprops(instances.astype(np.int64))
+    assert sorted(rows) == [r.label for r in regions] == list(range(1, record["n_instances"] + 1))
+    for region in regions:
+        row = rows[region.label]
+        assert (float(row["centroid_y"]), float(row["centroid_x"])) == tuple(round(c, 2) for c in region.centroid)
+        assert int(row["area"]) == region.area
+        assert tuple(int(row[k]) for k in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")) == region.bbox
