@@ -17,6 +17,7 @@ import errno
 import sys
 from typing import Any
 
+from monai_uda import word_to_bool
 from monai_uda.errors import UDAInputError
 
 __all__ = ["Commands", "main", "user_error"]
@@ -65,8 +66,7 @@ class Commands:
 def _booleans(options: dict[str, Any]) -> dict[str, Any]:
     """``--resume true`` / ``--strict false`` as booleans: fire keeps lower-case words as strings,
     and the string ``"false"`` is true in Python (``--resume false`` would resume)."""
-    words = {"true": True, "false": False}
-    return {k: words.get(v.lower(), v) if isinstance(v, str) else v for k, v in options.items()}
+    return {k: word_to_bool(v) for k, v in options.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,6 +79,11 @@ def test_resume_override_continues_from_newest_checkpoint(sample_2d, tmp_path):
     run("training", max_iterations=3, resume=True, **common)
     ckpt = torch.load(max(tmp_path.glob("*checkpoint*.pt"), key=lambda p: p.stat().st_mtime), weights_only=True)
     assert ckpt["trainer"]["iteration"] == 3
+    # the word "false", as fire hands it over from `python -m monai.bundle run ... --resume false`,
+    # starts afresh (a resumed run would already be past max_iterations=1 and stay at 3)
+    run("training", max_iterations=1, resume="false", **common)
+    ckpt = torch.load(max(tmp_path.glob("*checkpoint*.pt"), key=lambda p: p.stat().st_mtime), weights_only=True)
+    assert ckpt["trainer"]["iteration"] == 1
 
 
 def test_3d_train_and_inference_keep_spacing(sample_3d, tmp_path):
