@@ -48,6 +48,7 @@ from monai_uda.benchmark_recipes import (
     shared_data_dir,
     signature,
 )
+from monai_uda import word_to_bool
 from monai_uda.errors import UDAInputError
 
 __all__ = ["COLUMNS", "main", "run_benchmark", "run_row", "write_results"]
@@ -285,10 +286,6 @@ def _parse_rows(rows: str | Sequence[str] | None, setting: Setting) -> list[str]
     return names
 
 
-def _as_bool(value: Any) -> Any:
-    return {"true": True, "false": False}.get(value.lower(), value) if isinstance(value, str) else value
-
-
 def run_benchmark(
     setting: str,
     rows: str | Sequence[str] | None = None,
@@ -350,7 +347,7 @@ def run_benchmark(
         row = ROWS[name]
         cpu = CPU_OVERRIDES.get(row.bundle, {}) if preset == "cpu" and chosen.spatial_dims == 2 else {}
         row_overrides = {"seed": 0, **cpu.get("overrides", {}), **chosen.bundle_overrides.get(row.bundle, {}), **row.overrides,
-                         **{k: _as_bool(v) for k, v in dict(overrides or {}).items()}}
+                         **{k: word_to_bool(v) for k, v in dict(overrides or {}).items()}}
         if max_iterations is not None:
             row_overrides["max_iterations"] = int(max_iterations)
         spec = {

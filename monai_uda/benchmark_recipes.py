@@ -87,6 +87,13 @@ ROWS: dict[str, Row] = {
                 ("cyc_pdam_cycada", "CyCADA-style baseline: image-level adaptation only", {"variant": "cycada"}),
             )
         ),
+        Row("darcnn_stage1", "darcnn", "DARCNN stage 1 alone: domain separation Mask R-CNN (L_sim, L_diff, L_target)",
+            {"training": "@run_stage1", "stage1_budget_share": 1.0}, model_file="stage1/model.pt",
+            budget_config="time_budget_darcnn.yaml"),
+        Row("darcnn_wo_aug", "darcnn", "DARCNN, stage 2 pseudo-labels without augmentation", {"pseudo_augment": False},
+            budget_config="time_budget_darcnn.yaml"),
+        Row("darcnn", "darcnn", "DARCNN (Hsu et al., CVPR 2021): stage 1 + augmented pseudo-labels (stage 2)", {},
+            budget_config="time_budget_darcnn.yaml"),
     )
 }
 """Every known row; a row is offered only when its bundle exists in ``bundles/``."""
@@ -95,6 +102,7 @@ CELLSEG_UNSUPERVISED = ("source_only", "cellseg_uda_no_recons", "cellseg_uda")
 CELLSEG_ROWS = ("source_only", "target_only", "cellseg_uda", "cellseg_uda_no_recons", "cellseg_ssda_10", "cellseg_ssda_50")
 AD_GAN_ROWS = ("ad_gan", "ad_gan_ins", "ad_gan_wo_rec", "ad_gan_wo_ctr", "ad_gan_wo_cyc", "ad_gan_no_encoder_adain")
 CYC_PDAM_ROWS = ("cyc_pdam", "cyc_pdam_wo_tr", "cyc_pdam_wo_sem", "cyc_pdam_wo_ni", "cyc_pdam_cycada")
+DARCNN_ROWS = ("darcnn_stage1", "darcnn_wo_aug", "darcnn")
 
 CPU_OVERRIDES: dict[str, dict[str, Any]] = {
     "cellseg_uda": {"preset_file": "cpu"},
@@ -111,11 +119,12 @@ CPU_OVERRIDES: dict[str, dict[str, Any]] = {
                                 "rpn_post_nms_top_n_test": 50, "box_batch_size_per_image": 64},
         }
     },
+    "darcnn": {"preset_file": "cpu"},
 }
 """Per bundle, what ``--preset cpu`` (the default) applies in 2D settings: the bundle's
 ``train_<preset_file>.yaml`` and/or overrides (AD-GAN: the ``cpu`` configuration of
 ``scripts/bench_train_step.py``; CyC-PDAM: its ``cpu`` detector of ``BENCHMARK_PRESETS`` and a
-32-wide, 6-block CycleGAN). 3D settings use the bundles' ``train_3d.yaml`` as it is."""
+32-wide, 6-block CycleGAN; DARCNN: its ``train_cpu.yaml``). 3D settings use the bundles' ``train_3d.yaml`` as it is."""
 
 
 @dataclass(frozen=True)
@@ -251,12 +260,13 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "dsb2018_fluo->monuseg",
             "DSB2018 fluorescence (labelled) -> MoNuSeg H&E train tiles (unlabelled); evaluation on the 14 MoNuSeg test tiles",
-            CELLSEG_ROWS + AD_GAN_ROWS[:2] + CYC_PDAM_ROWS,
+            CELLSEG_ROWS + AD_GAN_ROWS[:2] + CYC_PDAM_ROWS + DARCNN_ROWS,
             _prepare_dsb_monuseg,
             bundle_overrides={
                 "cellseg_uda": {"channels": 3, "source_invert": True},
                 "ad_gan": {"channels": 1, "target_invert": True},
                 "cyc_pdam": {"channels": 3, "source_invert": True},
+                "darcnn": {"channels": 3, "source_invert": True},
             },
         ),
         Setting(
@@ -296,7 +306,7 @@ def datalist_setting(name: str, datalist: str | Path, spatial_dims: int = 2) -> 
     labelled = all("label" in item for item in target)
     rows = CELLSEG_ROWS if labelled else CELLSEG_UNSUPERVISED
     if spatial_dims == 2:
-        rows = rows + AD_GAN_ROWS[:2]
+        rows = rows + AD_GAN_ROWS[:2] + DARCNN_ROWS
 
     def prepare(cache: Path, data_root: Path) -> Prepared:
         from monai_uda.data.datalist import export_split

@@ -91,3 +91,27 @@ def test_rows_results_kept_after_failure_and_skipped_on_rerun(tmp_path, sample_2
     again = benchmark.run_benchmark("mini", "source_only", 0.05, out, datalist=datalist, overrides=TINY)
     assert again["skipped"] == ["source_only"] and not again["ran"] and model.stat().st_mtime_ns == stamp
     assert {r["row"] for r in again["results"]} == {"source_only", "broken"}  # earlier records kept
+
+
+#: a tiny DARCNN (64 px patches, frozen ResNet, few proposals); training and inference alike
+DARCNN_TINY = {
+    "patch": [64, 64], "projection_dim": 16, "mmd_grid": 4, "trainable_layers": 0, "detections_per_image": 10,
+    "detections_per_tile": 5, "tile_overlap": 16,
+    "detector_kwargs": {"rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 20, "rpn_pre_nms_top_n_test": 100,
+                        "rpn_post_nms_top_n_test": 20, "box_batch_size_per_image": 16},
+}
+
+
+def test_darcnn_rows_stage1_alone_and_both_stages(tmp_path, sample_2d):
+    out = tmp_path / "bench"
+    summary = benchmark.run_benchmark("mini", "darcnn_stage1,darcnn", 10, out, datalist=str(sample_2d / "datalist.json"),
+                                      max_iterations=2, overrides=DARCNN_TINY)
+    assert summary["ran"] == ["darcnn_stage1", "darcnn"] and not summary["failed"]
+    with (out / "results.csv").open() as fh:
+        records = {r["row"]: r for r in csv.DictReader(fh)}
+    assert int(records["darcnn_stage1"]["iterations"]) == 2  # stage 1 only
+    assert int(records["darcnn"]["iterations"]) == 4  # 2 per stage
+    stage1_only = out / "runs" / "darcnn_stage1" / "train"
+    assert (stage1_only / "stage1" / "model.pt").is_file() and not (stage1_only / "stage2").exists()
+    assert (out / "runs" / "darcnn" / "train" / "model.pt").is_file()
+    assert all(0.0 <= float(records[r][k]) <= 1.0 for r in records for k in ("aji", "pq", "object_f1", "dice"))
