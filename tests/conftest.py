@@ -46,3 +46,23 @@ def sample_3d(tmp_path_factory) -> Path:
     from monai_uda.data.samples import make_sample_dataset
 
     return Path(make_sample_dataset(tmp_path_factory.mktemp("sample_3d"), spatial_dims=3)).parent
+
+
+@pytest.fixture(scope="session")
+def tiny_rcnn() -> dict:
+    """Mask R-CNN settings of the tiny DARCNN detectors (64 px images, few proposals)."""
+    return {
+        "min_size": 64, "max_size": 64, "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 50,
+        "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 50, "box_batch_size_per_image": 32,
+        "box_detections_per_img": 10, "box_score_thresh": 0.0,
+    }
+
+
+@pytest.fixture(scope="session")
+def small_pdam() -> dict:
+    """Mask R-CNN settings of the small PDAM detectors (64 px images, few proposals)."""
+    return {
+        "min_size": 64, "max_size": 64, "rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50,
+        "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 20, "box_batch_size_per_image": 32,
+        "instance_proposals": 8,
+    }

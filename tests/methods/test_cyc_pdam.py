@@ -18,16 +18,6 @@ from monai_uda.methods.cyc_pdam import (
 )
 from monai_uda.networks.pdam import PDAMDetector
 
-SMALL = {
-    "min_size": 64,
-    "max_size": 64,
-    "rpn_pre_nms_top_n_train": 100,
-    "rpn_post_nms_top_n_train": 50,
-    "rpn_pre_nms_top_n_test": 50,
-    "rpn_post_nms_top_n_test": 20,
-    "box_batch_size_per_image": 32,
-    "instance_proposals": 8,
-}
 
 
 def _engine(iteration: int, max_iterations: int) -> SimpleNamespace:
@@ -80,9 +70,9 @@ def test_learning_rate_schedules():
     assert cyclegan_lr(100, 100, 1e-4) == 0.0
 
 
-def test_one_pdam_step_updates_detector_and_all_three_discriminators():
+def test_one_pdam_step_updates_detector_and_all_three_discriminators(small_pdam):
     torch.manual_seed(0)
-    method = PDAMStage(PDAMDetector(**SMALL), warmup_iterations=0)
+    method = PDAMStage(PDAMDetector(**small_pdam), warmup_iterations=0)
     net = method.detector
     parts = {
         "backbone": net.detector.backbone,
@@ -103,10 +93,10 @@ def test_one_pdam_step_updates_detector_and_all_three_discriminators():
     assert method.inference_network() is net
 
 
-def test_cycada_variant_without_semantic_branch_or_reweighting():
+def test_cycada_variant_without_semantic_branch_or_reweighting(small_pdam):
     torch.manual_seed(0)
     variant = PDAM_VARIANTS["cycada"]
-    method = PDAMStage(PDAMDetector(**SMALL, **variant["detector"]), warmup_iterations=0, **variant["method"])
+    method = PDAMStage(PDAMDetector(**small_pdam, **variant["detector"]), warmup_iterations=0, **variant["method"])
     assert method.detector.semantic_head is None
     out = method.step(_engine(1, 10), _batch())
     assert out["weight_image"] == 1.0 and out["weight_instance"] == 1.0 and float(out["semseg"]) == 0.0

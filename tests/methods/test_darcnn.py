@@ -9,17 +9,6 @@ from monai_uda.engines.distributed import average_gradients
 from monai_uda.methods.darcnn import DARCNNStage1, DARCNNStage2, alpha_ramp, build_for_benchmark
 from monai_uda.networks.domain_separation import DomainSeparationMaskRCNN
 
-TINY = {
-    "min_size": 64,
-    "max_size": 64,
-    "rpn_pre_nms_top_n_train": 200,
-    "rpn_post_nms_top_n_train": 50,
-    "rpn_pre_nms_top_n_test": 200,
-    "rpn_post_nms_top_n_test": 50,
-    "box_batch_size_per_image": 32,
-    "box_detections_per_img": 10,
-    "box_score_thresh": 0.0,
-}
 
 
 def _engine(iteration: int = 1) -> SimpleNamespace:
@@ -50,9 +39,9 @@ def test_alpha_ramp():
     assert alpha_ramp(2, 4, 0.2, 1.0) == pytest.approx(0.6)
 
 
-def test_stage1_step_updates_all_but_the_target_head():
+def test_stage1_step_updates_all_but_the_target_head(tiny_rcnn):
     torch.manual_seed(0)
-    net = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **TINY)
+    net = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **tiny_rcnn)
     method = DARCNNStage1(net, score_threshold=0.0, target_head_momentum=1.0, alpha_warmup_iterations=4).train()
     parts = {
         "shared": net.shared_encoder,
@@ -77,9 +66,9 @@ def test_stage1_step_updates_all_but_the_target_head():
     assert not _changed(net.heads["target"], head_t)  # momentum 1: M^t keeps its initialisation
 
 
-def test_stage1_target_head_follows_source_head():
+def test_stage1_target_head_follows_source_head(tiny_rcnn):
     torch.manual_seed(1)
-    net = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **TINY)
+    net = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **tiny_rcnn)
     method = DARCNNStage1(net, score_threshold=2.0, target_head_momentum=0.0).train()  # no confident proposals
     losses = method.step(_engine(1), _batch())
     assert losses["target"].item() == 0.0 and losses["confident_proposals"] == 0.0
@@ -88,9 +77,9 @@ def test_stage1_target_head_follows_source_head():
     assert all(torch.equal(source[k], v) for k, v in target.items())  # momentum 0: a copy of M^s
 
 
-def test_stage2_step_trains_target_branch_only_with_frozen_teacher():
+def test_stage2_step_trains_target_branch_only_with_frozen_teacher(tiny_rcnn):
     torch.manual_seed(0)
-    net = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **TINY)
+    net = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **tiny_rcnn)
     method = DARCNNStage2(net, score_threshold=0.0).train()
     frozen = {"private_source": net.private_encoders["source"], "head_source": net.heads["source"], "projection": net.sim_projection}
     trained = {
@@ -113,9 +102,9 @@ def test_stage2_step_trains_target_branch_only_with_frozen_teacher():
     assert all(not p.requires_grad for p in method.teacher.parameters())
 
 
-def test_stage2_without_confident_pseudo_labels_trains_on_negatives():
+def test_stage2_without_confident_pseudo_labels_trains_on_negatives(tiny_rcnn):
     torch.manual_seed(0)
-    net = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **TINY)
+    net = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **tiny_rcnn)
     method = DARCNNStage2(net, score_threshold=1.0, blur_sigma=None, contrast=None, brightness=None).train()
     losses = method.step(_engine(1), _batch())
     assert losses["pseudo_instances"] == 0.0
@@ -132,8 +121,8 @@ def test_build_for_benchmark_presets():
         build_for_benchmark("gpu-cluster")
 
 
-def test_stage2_model_file_holds_the_detector_checkpoints_hold_the_teacher():
-    net = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **TINY)
+def test_stage2_model_file_holds_the_detector_checkpoints_hold_the_teacher(tiny_rcnn):
+    net = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **tiny_rcnn)
     method = DARCNNStage2(net)
     assert set(method.networks()) == {"detector"}  # what FinalModelSaver writes to model.pt
     assert set(method.checkpoint_objects()) == {"detector", "teacher", "optimizer_detector"}

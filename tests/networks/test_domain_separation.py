@@ -6,23 +6,12 @@ import torch
 from monai_uda.data.pseudo_labels import instance_targets
 from monai_uda.networks.domain_separation import DomainSeparationMaskRCNN
 
-TINY = {
-    "min_size": 64,
-    "max_size": 64,
-    "rpn_pre_nms_top_n_train": 200,
-    "rpn_post_nms_top_n_train": 50,
-    "rpn_pre_nms_top_n_test": 200,
-    "rpn_post_nms_top_n_test": 50,
-    "box_batch_size_per_image": 32,
-    "box_detections_per_img": 10,
-    "box_score_thresh": 0.0,
-}
 
 
 @pytest.fixture(scope="module")
-def net() -> DomainSeparationMaskRCNN:
+def net(tiny_rcnn) -> DomainSeparationMaskRCNN:
     torch.manual_seed(0)
-    return DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **TINY)
+    return DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **tiny_rcnn)
 
 
 def _label() -> torch.Tensor:
@@ -85,10 +74,10 @@ def test_detect_with_features_keeps_gradient_to_encoders(net):
     net.zero_grad(set_to_none=True)
 
 
-def test_branch_copy_holds_only_that_branch(net):
+def test_branch_copy_holds_only_that_branch(tiny_rcnn, net):
     teacher = net.branch_copy("target")
     assert teacher.domains == ("target",)
     assert set(teacher.private_encoders) == {"target"} and set(teacher.heads) == {"target"}
     assert all(k in net.state_dict() for k in teacher.state_dict())
     with pytest.raises(ValueError):
-        DomainSeparationMaskRCNN(domains=("other",), **TINY)
+        DomainSeparationMaskRCNN(domains=("other",), **tiny_rcnn)

@@ -15,16 +15,6 @@ from monai_uda.networks.pdam import (
     entropy_map,
 )
 
-SMALL = {
-    "min_size": 64,
-    "max_size": 64,
-    "rpn_pre_nms_top_n_train": 100,
-    "rpn_post_nms_top_n_train": 50,
-    "rpn_pre_nms_top_n_test": 50,
-    "rpn_post_nms_top_n_test": 20,
-    "box_batch_size_per_image": 32,
-    "instance_proposals": 8,
-}
 
 
 def _fpn(batch: int = 2, size: int = 64) -> OrderedDict[str, torch.Tensor]:
@@ -59,9 +49,9 @@ def test_entropy_map_values():
     assert certain.max() < 1e-10
 
 
-def test_source_and_target_passes():
+def test_source_and_target_passes(small_pdam):
     torch.manual_seed(0)
-    net = PDAMDetector(**SMALL).train()
+    net = PDAMDetector(**small_pdam).train()
     image = torch.rand(3, 64, 64)
     source = net.run_domain([image], [instance_targets(_label())])
     assert {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"} == set(source.losses)
@@ -80,9 +70,9 @@ def test_source_and_target_passes():
     assert set(detections[0]) == {"boxes", "labels", "scores", "masks"}
 
 
-def test_gradient_reversal_in_front_of_the_discriminators():
+def test_gradient_reversal_in_front_of_the_discriminators(small_pdam):
     torch.manual_seed(0)
-    net = PDAMDetector(semantic=False, instance_level=False, **SMALL).train()
+    net = PDAMDetector(semantic=False, instance_level=False, **small_pdam).train()
     image = torch.rand(3, 64, 64)
     grads = {}
     for alpha in (1.0, 0.5, 0.0):
