@@ -124,18 +124,20 @@ class StreamingInstanceLabeller:
     (bounding boxes starting within ``group_width`` along axis 1), background elsewhere, and
     handed to ``to_instances``; their instances get ids following those already given. Rows
     above the first open component are final and handed out. A component wider than
-    ``group_width`` along axis 1 (a fold, pen mark or glass edge, not a nucleus) is cut into
-    pieces ``group_width`` wide, each post-processed alone, so crops never span the image.
+    ``max_width`` along axis 1 (a fold, pen mark or glass edge, not a nucleus) is cut into
+    pieces ``max_width`` wide, each post-processed alone, so crops never span the image.
 
     Args:
         to_instances: class-map crop (``uint8``, 0 = background) -> instance ids ``1..N``
             (0 = background), e.g. ``lambda c: binary_to_instances(c > 0)``.
         axis_names: names of the spatial axes for the per-nucleus records.
-        group_width: width along axis 1 of the groups post-processed together and of the pieces
-            of wider components (bounds memory).
+        group_width: width along axis 1 of the groups post-processed together (bounds memory:
+            crops are at most ``group_width + max_width`` wide).
         max_open_rows: a component still open after this many rows is cut (labelled as it is);
             only masks with implausibly large objects reach it.
         pad: background margin around each group crop (>= 1 so distances see the border).
+        max_width: a component wider than this along axis 1 is cut into pieces this wide
+            (``group_width`` if smaller); only masks with implausibly large objects reach it.
     """
 
     def __init__(
@@ -145,12 +147,14 @@ class StreamingInstanceLabeller:
         group_width: int = 2048,
         max_open_rows: int = 1024,
         pad: int = 4,
+        max_width: int = 1024,
     ) -> None:
         self.to_instances = to_instances
         self.axis_names = tuple(axis_names)
         self.group_width = group_width
         self.max_open_rows = max_open_rows
         self.pad = pad
+        self.max_width = min(max_width, group_width)
         self.origin = 0
         self.next_id = 1
         self.classes: np.ndarray | None = None  # open rows; pixels of labelled components are set to 0
@@ -200,8 +204,8 @@ class StreamingInstanceLabeller:
     def _groups(self, complete: list[tuple[int, tuple[slice, ...]]]) -> list[tuple[list[tuple[int, tuple[slice, ...]]], slice | None]]:
         """Components grouped by where their bounding box starts along axis 1, as ``(group, columns)``.
 
-        A component wider than ``group_width`` along axis 1 (no nucleus is) is cut, like one open
-        longer than ``max_open_rows``: it is post-processed alone, in pieces of ``group_width``
+        A component wider than ``max_width`` along axis 1 (no nucleus is) is cut, like one open
+        longer than ``max_open_rows``: it is post-processed alone, in pieces of ``max_width``
         columns (``columns``), so that no crop spans the width of the image.
         """
         if self.classes.ndim < 2:
@@ -209,15 +213,15 @@ class StreamingInstanceLabeller:
         groups: list[tuple[list[tuple[int, tuple[slice, ...]]], slice | None]] = []
         wide = []
         for item in sorted(complete, key=lambda c: c[1][1].start):
-            if item[1][1].stop - item[1][1].start > self.group_width:
+            if item[1][1].stop - item[1][1].start > self.max_width:
                 wide.append(item)
             elif groups and item[1][1].start < groups[-1][0][0][1][1].start + self.group_width:
                 groups[-1][0].append(item)
             else:
                 groups.append(([item], None))
         for k, box in wide:
-            for x0 in range(box[1].start, box[1].stop, self.group_width):
-                columns = slice(x0, min(x0 + self.group_width, box[1].stop))
+            for x0 in range(box[1].start, box[1].stop, self.max_width):
+                columns = slice(x0, min(x0 + self.max_width, box[1].stop))
                 groups.append(([(k, (box[0], columns, *box[2:]))], columns))
         return groups
 

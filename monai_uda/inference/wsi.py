@@ -233,6 +233,9 @@ class SlideSegmenter(StreamingSegmenter):
         tile: tile side of the output TIFFs.
         group_width: width of the groups post-processed together (see
             :class:`~monai_uda.inference.tiles.StreamingInstanceLabeller`).
+        max_width: components wider than this (not nuclei: folds, pen marks, glass edges) are
+            post-processed in pieces this wide (see
+            :class:`~monai_uda.inference.tiles.StreamingInstanceLabeller`).
         kwargs: further :class:`FolderSegmenter` arguments (e.g. ``padding_mode``).
     """
 
@@ -244,7 +247,8 @@ class SlideSegmenter(StreamingSegmenter):
         tissue: bool = True,
         thumbnail_size: int = 1024,
         tile: int = 256,
-        group_width: int = 2048,
+        group_width: int = 1024,
+        max_width: int = 1024,
         **kwargs: Any,
     ) -> None:
         kwargs.update(spatial_dims=2, mask_ext=".tif", instance_ext=".tif", overlay=False)
@@ -252,6 +256,7 @@ class SlideSegmenter(StreamingSegmenter):
         self.tissue = tissue
         self.thumbnail_size = thumbnail_size
         self.tile = tile
+        self.max_width = max_width
 
     def _output_paths(self, image_path: Path) -> dict[str, Path]:
         paths = super()._output_paths(image_path)
@@ -301,7 +306,7 @@ class SlideSegmenter(StreamingSegmenter):
     ) -> int:
         """Stream instances (with the CSV), then derive the mask from them; returns the number of nuclei."""
         names = ["id", "centroid_y", "centroid_x", "area", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]
-        labeller = StreamingInstanceLabeller(self._to_instances, ("y", "x"), group_width=self.group_width)
+        labeller = StreamingInstanceLabeller(self._to_instances, ("y", "x"), group_width=self.group_width, max_width=self.max_width)
         fd, tmp_table = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=paths["table"].parent)
         try:
             with os.fdopen(fd, "w", newline="") as handle:
