@@ -148,12 +148,14 @@ class FolderSynthesizer:
         self.spatial_dims = spatial_dims
         self.ternary = ternary
         self.edge_fraction = edge_fraction
-        shape = tuple(int(s) for s in (mask_shape if mask_shape is not None else roi))
-        if len(shape) != spatial_dims:
-            raise UDAInputError(f"mask_shape {shape} does not have {spatial_dims} values (spatial_dims={spatial_dims})")
-        self.synthetic = SyntheticMaskDataset(
-            shape, int(num_masks), preset, axis_range, count_range, eccentricity_range, ternary, edge_fraction, seed=seed
-        )  # fmt: skip
+        self.synthetic: SyntheticMaskDataset | None = None
+        if self.mask_dir is None:
+            shape = tuple(int(s) for s in (mask_shape if mask_shape is not None else roi))
+            if len(shape) != spatial_dims:
+                raise UDAInputError(f"mask_shape {shape} does not have {spatial_dims} values (spatial_dims={spatial_dims})")
+            self.synthetic = SyntheticMaskDataset(
+                shape, int(num_masks), preset, axis_range, count_range, eccentricity_range, ternary, edge_fraction, seed=seed
+            )  # fmt: skip
         self.device = torch.device(device)
         self.network = DomainTranslator(generator, to_domain=self.domain_label, from_domain="mask").to(self.device).eval()
         self.inferer = SlidingWindowInferer(
@@ -189,7 +191,7 @@ class FolderSynthesizer:
 
     def _masks(self, inputs: list[Path]) -> Iterator[tuple[str, np.ndarray, np.ndarray, dict[str, Any]]]:
         """``(stem, instances, mask-domain image, write meta)`` per mask file or synthetic mask."""
-        if self.mask_dir is not None:
+        if self.synthetic is None:
             for path in inputs:
                 label, meta = self._read_mask(path)
                 yield (stem_of(path), *label_to_mask_domain(label, self.ternary, self.edge_fraction), meta)
@@ -226,7 +228,7 @@ class FolderSynthesizer:
                 type, an output clashing with an input, or an unwritable output folder.
         """
         inputs: list[Path] = []
-        if self.mask_dir is not None:
+        if self.synthetic is None:
             inputs = list_images(self.mask_dir)
             if not inputs:
                 raise UDAInputError("no masks found", self.mask_dir)

@@ -1,4 +1,4 @@
-"""Every AD-GAN config (training, segmentation, synthesis, evaluation) runs through ``monai.bundle`` on the tiny built-in sample (2D and 3D)."""
+"""Every AD-GAN config (train, segment, synthesise, evaluate) runs through ``monai.bundle`` on the tiny sample (2D and 3D)."""
 
 from __future__ import annotations
 
