@@ -165,8 +165,8 @@ def test_bundle_inference_wsi_override(tmp_path, bundle):
 
 
 def test_component_wider_than_group_width_is_cut_and_table_matches_instances(tmp_path):
-    """A dark bar wider than ``group_width`` (no nucleus is) is post-processed in ``group_width`` pieces
-    (bounded crops); discs stay whole, and every CSV row is ``regionprops`` of the written instance map."""
+    """A dark bar wider than ``max_width`` (no nucleus is; capped here by ``group_width=128``) is post-processed
+    in 128-column pieces (bounded crops); discs stay whole, and every CSV row is ``regionprops`` of the written instances."""
     from skimage.measure import regionprops
 
     centres = [(60, 60), (200, 300), (420, 100), (430, 450)]
