@@ -28,7 +28,7 @@ from monai_uda.inference.overlay import save_overlay
 from monai_uda.inference.postprocess import binary_to_instances, ternary_to_instances
 from monai_uda.transforms import inference_transforms, unwrap_input_errors
 
-__all__ = ["FolderSegmenter", "check_outputs", "to_probabilities"]
+__all__ = ["FolderSegmenter", "check_outputs", "to_probabilities", "window_size"]
 
 ACTIVATIONS = ("sigmoid", "softmax", "tanh", "none")
 POSTPROCESSES = ("binary", "ternary")
@@ -50,6 +50,20 @@ def to_probabilities(output: torch.Tensor, activation: str) -> torch.Tensor:
     if activation == "none":
         return output
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def window_size(roi_size: Sequence[int] | int, spatial_dims: int) -> tuple[int, ...]:
+    """The sliding-window size as one int per spatial dim, checked against ``spatial_dims`` (2 or 3).
+
+    Raises:
+        UDAInputError: ``spatial_dims`` is not 2 or 3, or ``roi_size`` has another length.
+    """
+    if spatial_dims not in (2, 3):
+        raise UDAInputError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    roi = tuple(int(r) for r in (roi_size if isinstance(roi_size, Sequence) else [roi_size] * spatial_dims))
+    if len(roi) != spatial_dims:
+        raise UDAInputError(f"roi_size {roi} does not have {spatial_dims} values (spatial_dims={spatial_dims})")
+    return roi
 
 
 def check_outputs(output_dir: str | Path, outputs: Iterable[Path], inputs: Iterable[Path], kind: str = "image") -> None:
@@ -146,11 +160,7 @@ class FolderSegmenter:
         amp: bool = False,
         padding_mode: str = "constant",
     ) -> None:
-        if spatial_dims not in (2, 3):
-            raise UDAInputError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        roi = tuple(int(r) for r in (roi_size if isinstance(roi_size, Sequence) else [roi_size] * spatial_dims))
-        if len(roi) != spatial_dims:
-            raise UDAInputError(f"roi_size {roi} does not have {spatial_dims} values (spatial_dims={spatial_dims})")
+        roi = window_size(roi_size, spatial_dims)
         if output_activation not in ACTIVATIONS:
             raise UDAInputError(f"output_activation must be one of {ACTIVATIONS}, got {output_activation!r}")
         if postprocess not in POSTPROCESSES:

@@ -29,7 +29,7 @@ from monai_uda.data.datalist import write_datalist
 from monai_uda.data.io import list_images, read_array, read_label, stem_of, write_array
 from monai_uda.data.synthetic import SyntheticMaskDataset, mask_to_domain_image
 from monai_uda.errors import UDAInputError
-from monai_uda.inference.segment import check_outputs
+from monai_uda.inference.segment import check_outputs, window_size
 from monai_uda.methods.ad_gan import DomainTranslator
 from monai_uda.networks.adain import AdaINGenerator
 
@@ -135,11 +135,7 @@ class FolderSynthesizer:
         amp: bool = False,
         padding_mode: str = "constant",
     ) -> None:
-        if spatial_dims not in (2, 3):
-            raise UDAInputError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        roi = tuple(int(r) for r in (roi_size if isinstance(roi_size, Sequence) else [roi_size] * spatial_dims))
-        if len(roi) != spatial_dims:
-            raise UDAInputError(f"roi_size {roi} does not have {spatial_dims} values (spatial_dims={spatial_dims})")
+        roi = window_size(roi_size, spatial_dims)
         self.domain_label = _domain_label(domain_label)
         self.mask_dir = None if mask_dir is None else Path(mask_dir)
         if self.mask_dir is None and int(num_masks) < 1:
