@@ -26,6 +26,7 @@ from monai_uda.errors import UDAInputError
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "read_label_with_meta",
     "stem_of",
     "list_images",
     "read_array",
@@ -198,6 +199,11 @@ def read_label(path: str | Path, spatial_dims: int | None = None) -> np.ndarray:
     Raises:
         UDAInputError: non-integer or negative labels, multi-channel masks, wrong dimensionality.
     """
+    return read_label_with_meta(path, spatial_dims)[0]
+
+
+def read_label_with_meta(path: str | Path, spatial_dims: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`read_label` and the file's ``meta`` of :func:`read_array` (spacing, NIfTI affine), from one read."""
     path = Path(path)
     array, meta = read_array(path)
     array = np.asarray(array)
@@ -218,7 +224,7 @@ def read_label(path: str | Path, spatial_dims: int | None = None) -> np.ndarray:
         raise UDAInputError(f"label map has negative ids (min {int(array.min())})", path)
     if spatial_dims is not None and array.ndim != spatial_dims:
         raise UDAInputError(f"expected a {spatial_dims}D label map, got {array.ndim}D (shape {array.shape})", path)
-    return array
+    return array, meta
 
 
 def write_array(path: str | Path, array: np.ndarray, meta: dict[str, Any] | None = None) -> Path:

@@ -28,7 +28,7 @@ from monai_uda.inference.overlay import save_overlay
 from monai_uda.inference.postprocess import binary_to_instances, ternary_to_instances
 from monai_uda.transforms import inference_transforms, unwrap_input_errors
 
-__all__ = ["FolderSegmenter", "check_outputs", "to_probabilities", "window_size"]
+__all__ = ["FolderSegmenter", "check_outputs", "to_probabilities", "volume_geometry", "window_size"]
 
 ACTIVATIONS = ("sigmoid", "softmax", "tanh", "none")
 POSTPROCESSES = ("binary", "ternary")
@@ -64,6 +64,16 @@ def window_size(roi_size: Sequence[int] | int, spatial_dims: int) -> tuple[int, 
     if len(roi) != spatial_dims:
         raise UDAInputError(f"roi_size {roi} does not have {spatial_dims} values (spatial_dims={spatial_dims})")
     return roi
+
+
+def volume_geometry(affine: np.ndarray | None, spacing: Sequence[float] | None) -> dict[str, Any]:
+    """:func:`~monai_uda.data.io.write_array` meta for a 3D output: the input's NIfTI ``affine`` when
+    there is one, else its ``spacing`` (a TIFF z-step ``z`` gives ``(z, 1, 1)``), else nothing."""
+    if affine is not None:
+        return {"affine": np.asarray(affine)}
+    if spacing and len(spacing) == 1:
+        spacing = (spacing[0], 1.0, 1.0)
+    return {"spacing": tuple(spacing)} if spacing and len(spacing) == 3 else {}
 
 
 def check_outputs(output_dir: str | Path, outputs: Iterable[Path], inputs: Iterable[Path], kind: str = "image") -> None:
@@ -225,13 +235,9 @@ class FolderSegmenter:
         return binary_to_instances(foreground, threshold=self.threshold, min_size=self.min_size)
 
     def _write_meta(self, image: MetaTensor) -> dict[str, Any]:
-        """Geometry of the 3D outputs: a NIfTI input's affine, else its spacing (a TIFF z-step ``z`` gives ``(z, 1, 1)``)."""
-        if image.meta.get("format") in (".nii", ".nii.gz"):
-            return {"affine": image.affine.numpy()}
-        spacing = image.meta.get("spacing")
-        if spacing and len(spacing) == 1:
-            spacing = (spacing[0], 1.0, 1.0)
-        return {"spacing": tuple(spacing)} if spacing and len(spacing) == self.spatial_dims else {}
+        """Geometry of the 3D outputs (:func:`volume_geometry` of the input)."""
+        affine = image.affine.numpy() if image.meta.get("format") in (".nii", ".nii.gz") else None
+        return volume_geometry(affine, image.meta.get("spacing"))
 
     def segment_file(self, path: str | Path) -> dict[str, Any]:
         """Segment one image and write its outputs; returns the record described in :meth:`run`."""

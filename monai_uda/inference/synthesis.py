@@ -26,10 +26,10 @@ from skimage.segmentation import relabel_sequential
 from tqdm import tqdm
 
 from monai_uda.data.datalist import write_datalist
-from monai_uda.data.io import list_images, read_array, read_label, stem_of, write_array
+from monai_uda.data.io import list_images, read_label_with_meta, stem_of, write_array
 from monai_uda.data.synthetic import SyntheticMaskDataset, mask_to_domain_image
 from monai_uda.errors import UDAInputError
-from monai_uda.inference.segment import check_outputs, window_size
+from monai_uda.inference.segment import check_outputs, volume_geometry, window_size
 from monai_uda.methods.ad_gan import DomainTranslator
 from monai_uda.networks.adain import AdaINGenerator
 
@@ -169,20 +169,13 @@ class FolderSynthesizer:
 
     def _read_mask(self, path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         """A label map of ``path`` checked against ``spatial_dims``, with the 3D geometry to write back."""
-        label = read_label(path)
+        label, file_meta = read_label_with_meta(path)
         if label.ndim != self.spatial_dims:
             hint = "; merge train_3d.yaml for volumes" if label.ndim == 3 else ""
             raise UDAInputError(
                 f"expected a {self.spatial_dims}D mask, got {label.ndim}D (shape {label.shape}){hint}", path
             )  # fmt: skip
-        meta: dict[str, Any] = {}
-        if self.spatial_dims == 3:
-            _, file_meta = read_array(path)
-            if file_meta.get("affine") is not None:
-                meta["affine"] = np.asarray(file_meta["affine"])
-            elif file_meta.get("spacing") and len(file_meta["spacing"]) in (1, 3):
-                spacing = tuple(file_meta["spacing"])
-                meta["spacing"] = (spacing[0], 1.0, 1.0) if len(spacing) == 1 else spacing
+        meta = volume_geometry(file_meta.get("affine"), file_meta.get("spacing")) if self.spatial_dims == 3 else {}
         return label, meta
 
     def _masks(self, inputs: list[Path]) -> Iterator[tuple[str, np.ndarray, np.ndarray, dict[str, Any]]]:
