@@ -15,7 +15,10 @@ Output in ``--out``: ``results.csv``, ``results.md``, ``results.png`` (bar chart
 ``overlays/<row>.png`` (every method on the same evaluation image, plus ``ground_truth.png``),
 rewritten atomically after every row; ``runs/<row>/`` (checkpoints, predictions,
 ``metrics.json``), ``logs/<row>.log`` and the prepared data in ``data/``. A rerun skips rows
-already finished with the same configuration; failed rows are recorded and retried.
+already finished with the same configuration; failed rows are recorded and retried; several
+benchmark processes (e.g. one per core) may write to one ``--out``. Ablation
+rows that differ from a finished row only in a later stage continue from its first stage
+(:class:`~monai_uda.benchmark_recipes.SharedStage`; its time is counted in theirs).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from monai_uda.benchmark_recipes import (
     ROWS,
     SETTINGS,
     Prepared,
+    Row,
     Setting,
     datalist_setting,
     describe,
@@ -62,7 +66,8 @@ COLUMNS = (
 
 TABLE = (
     ("aji", "AJI"), ("aji_plus", "AJI+"), ("pq", "PQ"), ("object_f1", "object F1"), ("dice", "Dice"),
-    ("train_seconds", "train s"), ("iterations", "iterations"), ("infer_megapixels_per_s", "inference MP/s"),
+    ("train_seconds", "train s"), ("iterations", "iterations"), ("budget_minutes", "budget min"),
+    ("infer_megapixels_per_s", "inference MP/s"),
     ("peak_rss_mb", "peak RSS MB"),
 )
 CHART_METRICS = TABLE[:5]
@@ -71,14 +76,15 @@ CHART_METRICS = TABLE[:5]
 # ------------------------------------------------------------------ one row, in its own process
 
 
-def _iterations(workflow: Any) -> int:
-    """Training iterations done by every ``*trainer`` of a finished training workflow."""
-    total = 0
+def _stages(workflow: Any) -> dict[str, dict[str, float]]:
+    """Iterations and wall seconds of every ``*trainer`` of a finished training workflow (0 if it did not run)."""
+    stages = {}
     for key in workflow.parser.get():
         if isinstance(key, str) and key.endswith("trainer"):
             state = getattr(workflow.parser.get_parsed_content(key), "state", None)
-            total += int(getattr(state, "iteration", 0) or 0)
-    return total
+            times = getattr(state, "times", None) or {}
+            stages[key] = {"iterations": int(getattr(state, "iteration", 0) or 0), "seconds": float(times.get("COMPLETED") or 0.0)}
+    return stages
 
 
 def _run_workflow(files: list[str], run_id: str, overrides: Mapping[str, Any]) -> Any:
@@ -132,7 +138,7 @@ def run_row(spec: Mapping[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     workflow = _run_workflow(files, "training", {**overrides, "dataset_dir": spec["dataset_dir"], "output_dir": str(train_dir),
                                                  "budget_seconds": spec["budget_seconds"]})
-    train_seconds, iterations = time.perf_counter() - start, _iterations(workflow)
+    train_seconds, stages = time.perf_counter() - start, _stages(workflow)
     del workflow
 
     start = time.perf_counter()
@@ -149,7 +155,8 @@ def run_row(spec: Mapping[str, Any]) -> dict[str, Any]:
     scale = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0  # ru_maxrss: bytes on macOS, KiB on Linux
     return {
         **{key: round(float(value), 4) for key, value in metrics.items()},
-        "train_seconds": round(train_seconds, 1), "iterations": iterations, "infer_seconds": round(infer_seconds, 1),
+        "train_seconds": round(train_seconds, 1), "iterations": sum(int(stage["iterations"]) for stage in stages.values()),
+        "stages": stages, "stage_signature": spec.get("stage_signature", ""), "infer_seconds": round(infer_seconds, 1),
         "infer_megapixels_per_s": round(megapixels / infer_seconds, 3) if infer_seconds > 0 else 0.0,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, 1), "n_eval_images": len(images),
     }
@@ -268,6 +275,48 @@ def _ground_truth_overlay(prepared: Prepared, out: Path) -> None:
     _overlay(image, label, out / "overlays" / "ground_truth.png")
 
 
+def _link(source: str | Path, target: str | Path) -> None:
+    """Hard link (the stage's files are never written again), a copy across file systems."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _take_shared_stage(row: Row, stage_signature: str, out: Path, train_dir: Path) -> dict[str, Any] | None:
+    """Hard-link the finished first stage of ``row.shared.row`` into ``train_dir`` (see :class:`SharedStage`).
+
+    Returns:
+        ``{"seconds": ..., "iterations": ...}`` the stage cost the donor, or ``None`` (the row
+        trains every stage itself) when the donor has not finished in ``out`` with the same
+        data, budget and common overrides.
+    """
+    stage = row.shared
+    if stage is None:
+        return None
+    donor_dir = out / "runs" / stage.row
+    result = donor_dir / "result.json"
+    donor = json.loads(result.read_text(encoding="utf-8")) if result.is_file() else {}
+    sources = [donor_dir / "train" / path for path in stage.paths]
+    if donor.get("stage_signature") != stage_signature or not all(path.exists() for path in sources):
+        print(f"[benchmark] {row.name}: no finished {stage.row} row with the same settings; training every stage", flush=True)
+        return None
+    for source, path in zip(sources, stage.paths):
+        target = train_dir / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, copy_function=_link)
+        else:
+            _link(source, target)
+    stages = donor["stages"]
+    seconds = sum(stages[key]["seconds"] for key in stage.trainers)
+    if stage.with_untimed_work:
+        seconds = float(donor["train_seconds"]) - sum(v["seconds"] for k, v in stages.items() if k not in stage.trainers)
+    print(f"[benchmark] {row.name}: continues from the finished {', '.join(stage.paths)} of row {stage.row} "
+          f"({seconds:.0f} s, counted in its train seconds)", flush=True)
+    return {"seconds": seconds, "iterations": sum(int(stages[key]["iterations"]) for key in stage.trainers)}
+
+
 def _parse_rows(rows: str | Sequence[str] | None, setting: Setting) -> list[str]:
     from monai_uda.bundle_runner import bundle_names
 
@@ -336,7 +385,8 @@ def run_benchmark(
     records = read_results(out)
     header = [
         f"# Benchmark: {chosen.name}", "", chosen.description, "", *[f"- {note}" for note in prepared.notes],
-        f"- budget: {float(budget_minutes):g} min of training per row (wall clock; stopped by `monai_uda.engines.budget.TimeBudget`), "
+        f"- budget: {float(budget_minutes):g} min of training per row in the latest run, each row's own in `budget min` "
+        "(wall clock; stopped by `monai_uda.engines.budget.TimeBudget`), "
         f"preset {preset or 'paper'}, seed {dict(overrides or {}).get('seed', 0)}, same data and splits for every row",
         f"- machine: {os.cpu_count()} CPU cores, {sys.platform}; inference MP/s = evaluation megapixels / wall time of the "
         "inference run (model loading, sliding window, post-processing, writing)",
@@ -357,6 +407,9 @@ def run_benchmark(
             "overlay_stem": prepared.overlay_stem, "model_file": row.model_file, "budget_config": row.budget_config,
         }
         sig = signature({k: v for k, v in spec.items() if k != "budget_config"})  # budget_config is fixed by the bundle
+        # what a shared first stage depends on: everything but the row's own switches
+        spec["stage_signature"] = signature({**spec, "row": row.bundle, "model_file": "",
+                                             "overrides": {k: v for k, v in row_overrides.items() if k not in row.overrides}})
         if records.get(name, {}).get("status") == "ok" and records[name].get("signature") == sig:
             print(f"[benchmark] {name}: finished before with the same configuration, skipped", flush=True)
             summary["skipped"].append(name)
@@ -364,6 +417,9 @@ def run_benchmark(
         row_dir = out / "runs" / name
         shutil.rmtree(row_dir, ignore_errors=True)
         row_dir.mkdir(parents=True)
+        shared = _take_shared_stage(row, spec["stage_signature"], out, row_dir / "train")
+        if shared is not None:
+            spec["overrides"] = {**row_overrides, "resume": True}  # the bundle skips the finished stage
         spec.update(row_dir=str(row_dir), overlay_path=str(out / "overlays" / f"{name}.png"), result_path=str(row_dir / "result.json"))
         (row_dir / "spec.json").write_text(json.dumps(spec, indent=2), encoding="utf-8")
         log = out / "logs" / f"{name}.log"
@@ -382,13 +438,17 @@ def run_benchmark(
                                   "budget_minutes": float(budget_minutes), "signature": sig}
         if status == "ok":
             record.update(json.loads((row_dir / "result.json").read_text(encoding="utf-8")))
+            if shared is not None:  # the row's cost includes the stage it took over
+                record["train_seconds"] = round(float(record["train_seconds"]) + shared["seconds"], 1)
+                record["iterations"] = int(record["iterations"]) + shared["iterations"]
             summary["ran"].append(name)
             print(f"[benchmark] {name}: " + ", ".join(f"{title} {_cell(record, key)}" for key, title in TABLE), flush=True)
         else:
             tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
             print(f"[benchmark] {name}: {status}: {tail[0]} (full log: {log})", flush=True)
             summary["failed"].append(name)
-        records[name] = record
+        # re-read first: another benchmark process may have finished rows in the same --out meanwhile
+        records = {**read_results(out), name: record}
         write_results(out, list(records.values()), header)
     if not (out / "results.csv").is_file() or summary["skipped"]:
         write_results(out, list(records.values()), header)

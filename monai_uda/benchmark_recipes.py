@@ -27,9 +27,35 @@ __all__ = [
     "Prepared",
     "Row",
     "Setting",
+    "SharedStage",
     "datalist_setting",
     "shared_data_dir",
 ]
+
+
+@dataclass(frozen=True)
+class SharedStage:
+    """A first training stage that a row takes from another row of the same benchmark run.
+
+    Ablation rows that differ only in a later stage (CyC-PDAM's detector variants after one
+    CycleGAN, DARCNN's stage 2 after one stage 1) reuse the finished stage instead of training
+    it again: its outputs are hard-linked into the row's training folder, which then runs with
+    ``resume: true`` (the bundles skip a stage whose ``model.pt`` exists). The row's
+    ``train_seconds`` and ``iterations`` include the shared stage's, so the table still shows
+    what the whole pipeline cost. Without a finished donor row the row trains every stage itself.
+
+    Attributes:
+        row: the donor row.
+        paths: files/folders under the donor's training output folder that make up the stage.
+        trainers: config keys of the trainers that ran the stage (their iterations and seconds count).
+        with_untimed_work: the donor's training time outside its trainers (config parsing, the
+            CycleGAN synthesis between the stages) belongs to the stage and counts too.
+    """
+
+    row: str
+    paths: tuple[str, ...]
+    trainers: tuple[str, ...]
+    with_untimed_work: bool = True
 
 
 @dataclass(frozen=True)
@@ -46,6 +72,7 @@ class Row:
         model_file: the trained model, relative to the training output folder.
         budget_config: file of ``bundles/_benchmark/`` that adds the time budget to the bundle's
             trainer(s) (``time_budget.yaml`` appends to ``train_handlers``).
+        shared: the first stage this row takes from another row, if that row has finished.
     """
 
     name: str
@@ -55,8 +82,11 @@ class Row:
     target_labels: bool = False
     model_file: str = "model.pt"
     budget_config: str = "time_budget.yaml"
+    shared: SharedStage | None = None
 
 
+_CYCLEGAN = SharedStage("cyc_pdam", ("cyclegan", "synthesized"), ("cyclegan_trainer",))
+_DARCNN_STAGE1 = SharedStage("darcnn_stage1", ("stage1",), ("stage1_trainer",))
 _CELLSEG = "CellSegUDA (Haq & Huang, MIDL 2020)"
 _ADGAN = "AD-GAN (Yao et al.): masks only, no labels"
 ROWS: dict[str, Row] = {
@@ -78,22 +108,24 @@ ROWS: dict[str, Row] = {
         Row("ad_gan_no_encoder_adain", "ad_gan", "AD-GAN ablation: AdaIN in the decoder only",
             {"ternary": False, "encoder_adain": False}),
         *(
-            Row(name, "cyc_pdam", description, overrides, model_file="pdam/model.pt", budget_config="time_budget_cyc_pdam.yaml")
-            for name, description, overrides in (
-                ("cyc_pdam", "CyC-PDAM (Liu et al., CVPR 2020): CycleGAN + nuclei inpainting + PDAM Mask R-CNN", {"variant": "pdam"}),
-                ("cyc_pdam_wo_tr", "CyC-PDAM ablation: without task re-weighting", {"variant": "wo_tr"}),
-                ("cyc_pdam_wo_sem", "CyC-PDAM ablation: without the semantic-level discriminator", {"variant": "wo_sem"}),
-                ("cyc_pdam_wo_ni", "CyC-PDAM ablation: without nuclei inpainting", {"variant": "pdam", "inpaint": False}),
-                ("cyc_pdam_cycada", "CyCADA-style baseline: image-level adaptation only", {"variant": "cycada"}),
+            Row(name, "cyc_pdam", description, overrides, model_file="pdam/model.pt", budget_config="time_budget_cyc_pdam.yaml",
+                shared=shared)
+            for name, description, overrides, shared in (
+                ("cyc_pdam", "CyC-PDAM (Liu et al., CVPR 2020): CycleGAN + nuclei inpainting + PDAM Mask R-CNN", {"variant": "pdam"},
+                 None),
+                ("cyc_pdam_wo_tr", "CyC-PDAM ablation: without task re-weighting", {"variant": "wo_tr"}, _CYCLEGAN),
+                ("cyc_pdam_wo_sem", "CyC-PDAM ablation: without the semantic-level discriminator", {"variant": "wo_sem"}, _CYCLEGAN),
+                ("cyc_pdam_wo_ni", "CyC-PDAM ablation: without nuclei inpainting", {"variant": "pdam", "inpaint": False},
+                 SharedStage("cyc_pdam", ("cyclegan",), ("cyclegan_trainer",), with_untimed_work=False)),
+                ("cyc_pdam_cycada", "CyCADA-style baseline: image-level adaptation only", {"variant": "cycada"}, _CYCLEGAN),
             )
         ),
         Row("darcnn_stage1", "darcnn", "DARCNN stage 1 alone: domain separation Mask R-CNN (L_sim, L_diff, L_target)",
-            {"training": "@run_stage1", "stage1_budget_share": 1.0}, model_file="stage1/model.pt",
-            budget_config="time_budget_darcnn.yaml"),
+            {"training": "@run_stage1"}, model_file="stage1/model.pt", budget_config="time_budget_darcnn.yaml"),
         Row("darcnn_wo_aug", "darcnn", "DARCNN, stage 2 pseudo-labels without augmentation", {"pseudo_augment": False},
-            budget_config="time_budget_darcnn.yaml"),
+            budget_config="time_budget_darcnn.yaml", shared=_DARCNN_STAGE1),
         Row("darcnn", "darcnn", "DARCNN (Hsu et al., CVPR 2021): stage 1 + augmented pseudo-labels (stage 2)", {},
-            budget_config="time_budget_darcnn.yaml"),
+            budget_config="time_budget_darcnn.yaml", shared=_DARCNN_STAGE1),
     )
 }
 """Every known row; a row is offered only when its bundle exists in ``bundles/``."""
@@ -124,7 +156,8 @@ CPU_OVERRIDES: dict[str, dict[str, Any]] = {
 """Per bundle, what ``--preset cpu`` (the default) applies in 2D settings: the bundle's
 ``train_<preset_file>.yaml`` and/or overrides (AD-GAN: the ``cpu`` configuration of
 ``scripts/bench_train_step.py``; CyC-PDAM: its ``cpu`` detector of ``BENCHMARK_PRESETS`` and a
-32-wide, 6-block CycleGAN; DARCNN: its ``train_cpu.yaml``). 3D settings use the bundles' ``train_3d.yaml`` as it is."""
+32-wide, 6-block CycleGAN; DARCNN: its ``train_cpu.yaml``). 3D settings use the bundles' ``train_3d.yaml`` with
+the setting's own ``bundle_overrides``."""
 
 
 @dataclass(frozen=True)
@@ -279,9 +312,16 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "sample_3d",
             "built-in 3D nuclei volumes -> the same volumes in another appearance (3D pipeline check)",
-            CELLSEG_UNSUPERVISED,
+            CELLSEG_UNSUPERVISED + AD_GAN_ROWS[:2],
             _prepare_sample_3d,
             spatial_dims=3,
+            # AD-GAN at the CPU size of scripts/ad_gan_3d_result.sh: ellipsoids like the sample's nuclei
+            # (major semi-axis 6-11 voxels, 5-12 per patch); the target volumes have dark nuclei: inverted
+            bundle_overrides={"ad_gan": {
+                "gen_widths": [16, 32, 64], "disc_widths": [16, 32, 64], "num_res_blocks": 2, "mlp_channels": 64,
+                "patch": [16, 32, 32], "batch_size": 2, "axis_range": [6, 11], "count_range": [5, 12],
+                "eccentricity_range": [0.5, 0.9], "target_invert": True,
+            }},
         ),
     )
 }

@@ -42,7 +42,7 @@ def test_write_results_table_csv_and_failed_row(tmp_path):
         records = list(reader)
     assert [r["status"] for r in records] == ["ok", "failed"] and records[0]["aji"] == "0.51234"
     md = (tmp_path / "results.md").read_text()
-    assert "| source_only | 0.512 | 0.500 | 0.400 | 0.600 | 0.750 | 300.2 | 120 | 1.500 | 900 |" in md
+    assert "| source_only | 0.512 | 0.500 | 0.400 | 0.600 | 0.750 | 300.2 | 120 | 5 | 1.500 | 900 |" in md
     assert "| cellseg_uda | failed | - |" in md
     assert read_array(tmp_path / "results.png")[0].ndim == 3
     assert benchmark.read_results(tmp_path)["cellseg_uda"]["status"] == "failed"
@@ -102,7 +102,7 @@ DARCNN_TINY = {
 }
 
 
-def test_darcnn_rows_stage1_alone_and_both_stages(tmp_path, sample_2d):
+def test_darcnn_rows_stage1_alone_and_both_stages(tmp_path, sample_2d, capsys):
     out = tmp_path / "bench"
     summary = benchmark.run_benchmark("mini", "darcnn_stage1,darcnn", 10, out, datalist=str(sample_2d / "datalist.json"),
                                       max_iterations=2, overrides=DARCNN_TINY)
@@ -110,8 +110,17 @@ def test_darcnn_rows_stage1_alone_and_both_stages(tmp_path, sample_2d):
     with (out / "results.csv").open() as fh:
         records = {r["row"]: r for r in csv.DictReader(fh)}
     assert int(records["darcnn_stage1"]["iterations"]) == 2  # stage 1 only
-    assert int(records["darcnn"]["iterations"]) == 4  # 2 per stage
+    assert int(records["darcnn"]["iterations"]) == 4  # 2 per stage, stage 1 taken over from darcnn_stage1
     stage1_only = out / "runs" / "darcnn_stage1" / "train"
     assert (stage1_only / "stage1" / "model.pt").is_file() and not (stage1_only / "stage2").exists()
-    assert (out / "runs" / "darcnn" / "train" / "model.pt").is_file()
+    both = out / "runs" / "darcnn" / "train"
+    assert (both / "model.pt").is_file()
+    # the two-stage row continued from the very stage-1 model of the stage-1 row (a hard link) ...
+    assert (both / "stage1" / "model.pt").samefile(stage1_only / "stage1" / "model.pt")
+    donor = json.loads((out / "runs" / "darcnn_stage1" / "result.json").read_text())
+    own = json.loads((out / "runs" / "darcnn" / "result.json").read_text())
+    assert own["stages"]["stage1_trainer"]["iterations"] == 0 and own["stages"]["stage2_trainer"]["iterations"] == 2
+    # ... and its train seconds include that stage's
+    assert float(records["darcnn"]["train_seconds"]) == pytest.approx(own["train_seconds"] + donor["train_seconds"], abs=0.2)
+    assert "darcnn: continues from the finished stage1 of row darcnn_stage1" in capsys.readouterr().out
     assert all(0.0 <= float(records[r][k]) <= 1.0 for r in records for k in ("aji", "pq", "object_f1", "dice"))

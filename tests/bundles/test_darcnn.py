@@ -159,6 +159,23 @@ def test_resume_picks_the_stage(sample_2d, tmp_path):
     assert not (out / "stage1" / "model.pt").exists()
 
 
+def test_resume_skips_a_finished_stage1_and_starts_stage2_from_its_model(sample_2d, tmp_path):
+    out = tmp_path / "run"
+    _touch_checkpoint(out / "stage1", 2)
+    parser = _resume_parser(out, sample_2d, resume=True)
+    network = parser.get_parsed_content("network_def")
+    finished = {k: torch.full_like(v, 0.25) if v.is_floating_point() else v for k, v in network.state_dict().items()}
+    torch.save({"detector": finished}, out / "stage1" / "model.pt")  # stage 1 ended: its final model exists
+
+    parser = _resume_parser(out, sample_2d, resume=True)
+    assert parser.get_parsed_content("stage1_finished") and not parser.get_parsed_content("resume_stage1")
+    assert parser.get_parsed_content("run_stage1") == [None, None]
+    loaded = parser.get_parsed_content("load_stage1")
+    assert loaded is parser.get_parsed_content("network_def")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in finished.items())
+    assert not _resume_parser(out, sample_2d, resume=False).get_parsed_content("stage1_finished")  # a fresh run retrains
+
+
 def test_multi_gpu_config_parses_and_metadata_verifies():
     parser = ConfigParser()
     parser.read_config(_cfg("train.yaml", "multi_gpu_train.yaml"))
