@@ -2,6 +2,7 @@
 
     monai-uda demo [--output_dir DIR]
     monai-uda prepare dsb SRC OUT | prepare monuseg SRC OUT | prepare folder --images DIR [--labels DIR] OUT
+    monai-uda prepare coco instances.json OUT [--images DIR] [--category_ids 1,2] [--split source]
     monai-uda train [--bundle cellseg_uda] [--spatial_dims 3] [--preset cpu] [--dataset_dir DIR] [--output_dir DIR] [--max_iterations N] [--resume true]
     monai-uda infer [--bundle cellseg_uda] --input_dir DIR --output_dir DIR --ckpt_path FILE
     monai-uda evaluate --pred DIR --gt DIR --out FILE.json
@@ -33,7 +34,7 @@ class Commands:
         return str(run_demo(output_dir, max_iterations=max_iterations, device=device))
 
     def prepare(self, fmt: str, src: str | None = None, out: str | None = None, **kwargs: Any) -> str:
-        """Convert a public dataset layout (dsb, monuseg, folder) to images/, labels/ and datalist.json."""
+        """Convert a public dataset layout (dsb, monuseg, folder, coco) to images/, labels/ and datalist.json."""
         from monai_uda.data.prepare import prepare
 
         return str(prepare(fmt, src, out, **_booleans(kwargs)))

@@ -22,7 +22,7 @@ from typing import Any
 
 from monai_uda.errors import UDAInputError
 
-__all__ = ["DATALIST_KEYS", "DATALIST_NAME", "PATH_KEYS", "Datalist", "export_split", "load_datalist", "get_split", "write_datalist"]
+__all__ = ["DATALIST_KEYS", "DATALIST_NAME", "PATH_KEYS", "Datalist", "export_split", "load_datalist", "get_split", "read_json", "write_datalist"]
 
 DATALIST_KEYS = ("source", "target", "validation", "test")
 """Top-level keys a datalist may have, in the order they are written."""
@@ -44,6 +44,20 @@ class Datalist(dict):
     def __init__(self, data: Mapping[str, list[dict[str, Any]]], path: str | Path | None = None) -> None:
         super().__init__(data)
         self.path = None if path is None else Path(path)
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Parse a JSON file; errors are one line naming it (``what`` says what it holds).
+
+    Raises:
+        UDAInputError: ``invalid JSON (line L, column C: reason)`` or ``cannot read <what> (...)``.
+    """
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UDAInputError(f"invalid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", path) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UDAInputError(f"cannot read {what} ({exc})", path) from exc
 
 
 def _datalist_file(path: str | Path) -> Path:
@@ -87,12 +101,7 @@ def load_datalist(path: str | Path) -> Datalist:
     """
     file = _datalist_file(path)
     root = file.parent.resolve()
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UDAInputError(f"invalid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", file) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UDAInputError(f"cannot read datalist ({exc})", file) from exc
+    raw = read_json(file, "datalist")
     if not isinstance(raw, dict):
         raise UDAInputError(f"expected a JSON object with keys {', '.join(DATALIST_KEYS)}", file)
     unknown = sorted(set(raw) - set(DATALIST_KEYS))

@@ -8,15 +8,14 @@ progress bar, prints warnings and a summary on stderr, and returns the datalist 
 * :func:`prepare_monuseg`: MoNuSeg 2018 (train tiles as unlabelled target, test tiles with
   Aperio ImageScope XML polygons rasterised by :func:`rasterize_aperio_xml`);
 * :func:`prepare_folder`: any ``images/`` folder with an optional ``labels/`` folder;
+* :func:`~monai_uda.data.coco.prepare_coco` (in :mod:`monai_uda.data.coco`): a COCO instances
+  JSON (polygons, uncompressed and compressed RLE) with its images;
 * :func:`prepare`: the dispatcher behind ``monai-uda prepare <format> ...``.
 """
 
 from __future__ import annotations
 
 import inspect
-import os
-import shutil
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,67 +25,23 @@ import numpy as np
 from skimage.draw import polygon
 from tqdm import tqdm
 
+from monai_uda.data.coco import prepare_coco
 from monai_uda.data.datalist import DATALIST_KEYS, write_datalist
 from monai_uda.data.io import list_images, read_array, read_image, read_label, stem_of, write_array
+from monai_uda.data.prepare_utils import (
+    UINT16_MAX,
+    as_uint16,
+    output_folder,
+    paint_instances,
+    place_file,
+    preview,
+    say,
+    shape_text,
+    source_folder,
+)
 from monai_uda.errors import UDAInputError
 
 __all__ = ["PREPARE_FORMATS", "prepare", "prepare_dsb", "prepare_folder", "prepare_monuseg", "rasterize_aperio_xml"]
-
-_UINT16_MAX = int(np.iinfo(np.uint16).max)
-
-
-def _say(message: str) -> None:
-    """Print a line on stderr without breaking an active progress bar."""
-    tqdm.write(message, file=sys.stderr)
-
-
-def _shape_text(shape: Sequence[int]) -> str:
-    return "x".join(str(int(s)) for s in shape)
-
-
-def _preview(names: Sequence[str], limit: int = 5) -> str:
-    """``'a', 'b', ... (+N more)`` for error messages about many files."""
-    shown = ", ".join(repr(n) for n in names[:limit])
-    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
-
-
-def _as_uint16(label: np.ndarray, path: str | Path) -> np.ndarray:
-    """Instance map as uint16, refusing ids that do not fit."""
-    if label.size and int(label.max()) > _UINT16_MAX:
-        raise UDAInputError(f"instance ids up to {int(label.max())} do not fit uint16 (max {_UINT16_MAX})", path)
-    return label.astype(np.uint16, copy=False)
-
-
-def _place(src: Path, dst: Path, link: bool = False) -> None:
-    """Copy (or hard-link, falling back to a copy) ``src`` to ``dst`` atomically."""
-    tmp = dst.with_name(f".tmp-{dst.name}")
-    try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp.unlink(missing_ok=True)
-        if link:
-            try:
-                os.link(src, tmp)
-            except OSError:  # other file system, or hard links not permitted: copy
-                shutil.copyfile(src, tmp)
-        else:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UDAInputError(f"cannot write output ({exc.strerror or exc})", dst) from exc
-
-
-def _output_folder(path: str | Path) -> Path:
-    """Absolute output folder, so item paths stay valid whatever the working directory."""
-    return Path(os.path.abspath(path))
-
-
-def _source_folder(path: str | Path, what: str) -> Path:
-    path = Path(path)
-    if not path.is_dir():
-        raise UDAInputError(f"{what} folder does not exist", path)
-    return path
-
 
 # --------------------------------------------------------------------------- DSB 2018
 
@@ -111,14 +66,14 @@ def _dsb_instances(mask_files: Sequence[Path], shape: tuple[int, ...]) -> tuple[
     Mask ``k`` (1-based, sorted file order) becomes id ``k``. A pixel claimed by several masks
     keeps the lowest id (the first mask in sorted order wins), so the result is deterministic.
     """
-    if len(mask_files) > _UINT16_MAX:
+    if len(mask_files) > UINT16_MAX:
         raise UDAInputError(f"{len(mask_files)} masks do not fit a uint16 instance map", mask_files[0].parent)
     label = np.zeros(shape, dtype=np.uint16)
     empty = []
     for instance_id, mask_file in enumerate(mask_files, start=1):
         mask = read_label(mask_file)
         if mask.shape != shape:
-            raise UDAInputError(f"mask/image size mismatch: image {_shape_text(shape)}, label {_shape_text(mask.shape)}", mask_file)
+            raise UDAInputError(f"mask/image size mismatch: image {shape_text(shape)}, label {shape_text(mask.shape)}", mask_file)
         free = (mask > 0) & (label == 0)
         if not free.any():
             empty.append(mask_file)
@@ -155,7 +110,7 @@ def prepare_dsb(src: str | Path, out: str | Path, validation_fraction: float = 0
         UDAInputError: bad fraction, no samples, a sample without exactly one image or without
             a ``masks`` folder, unreadable files, or a mask of another size than its image.
     """
-    src, out = _source_folder(src, "DSB"), _output_folder(out)
+    src, out = source_folder(src, "DSB"), output_folder(out)
     if not 0 <= validation_fraction < 1:
         raise UDAInputError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     samples = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -171,7 +126,7 @@ def prepare_dsb(src: str | Path, out: str | Path, validation_fraction: float = 0
         image = _dsb_image(images[0])
         label, empty = _dsb_instances(list_images(sample / "masks"), image.shape[:2])
         for mask_file in empty:
-            _say(f"warning: {mask_file}: mask has no pixels (empty, or covered by lower-numbered masks)")
+            say(f"warning: {mask_file}: mask has no pixels (empty, or covered by lower-numbered masks)")
         n_empty += len(empty)
         n_nuclei += len(np.unique(label)) - 1
         ext = ".png" if image.dtype == np.uint8 else ".tif"
@@ -187,7 +142,7 @@ def prepare_dsb(src: str | Path, out: str | Path, validation_fraction: float = 0
         "source": [item for i, item in enumerate(items) if i not in validation_ids],
         "validation": [item for i, item in enumerate(items) if i in validation_ids],
     }
-    _say(f"dsb: {len(items)} images ({len(items) - n_val} source, {n_val} validation), {n_nuclei} nuclei, {n_empty} empty mask(s)")
+    say(f"dsb: {len(items)} images ({len(items) - n_val} source, {n_val} validation), {n_nuclei} nuclei, {n_empty} empty mask(s)")
     return write_datalist(out, datalist)
 
 
@@ -264,15 +219,10 @@ def rasterize_aperio_xml(xml_path: str | Path, shape: Sequence[int], strict: boo
             continue
         rows, cols = polygon(coords[:, 0], coords[:, 1], shape=shape)
         if rows.size == 0:
-            report(region_id, f"zero area after clipping to the {_shape_text(shape)} image")
+            report(region_id, f"zero area after clipping to the {shape_text(shape)} image")
             continue
         regions.append((region_id, rows, cols))
-    if len(regions) > _UINT16_MAX:
-        raise UDAInputError(f"{len(regions)} regions do not fit a uint16 instance map", xml_path)
-    label = np.zeros(shape, dtype=np.uint16)
-    winners_last = sorted(range(len(regions)), key=lambda i: (regions[i][1].size, i), reverse=True)
-    for i in winners_last:  # largest (and, among equals, latest) first: later writes win
-        label[regions[i][1], regions[i][2]] = i + 1
+    label = paint_instances(shape, [(rows, cols) for _, rows, cols in regions], xml_path)
     pixel_counts = np.bincount(label.ravel(), minlength=len(regions) + 1)
     for i in np.flatnonzero(pixel_counts[1:] == 0):
         report(regions[i][0], "completely covered by smaller overlapping regions")
@@ -299,7 +249,7 @@ def prepare_monuseg(src: str | Path, out: str | Path, strict: bool = False) -> P
         UDAInputError: neither part present, a test image without XML, unreadable images,
             malformed XML, a stem in both parts, or (``strict``) a malformed region.
     """
-    src, out = _source_folder(src, "MoNuSeg"), _output_folder(out)
+    src, out = source_folder(src, "MoNuSeg"), output_folder(out)
     tif = (".tif", ".tiff")
     train_dir, test_dir = src / "train" / "images", src / "test" / "images"
     train = list_images(train_dir, tif) if train_dir.is_dir() else []
@@ -308,14 +258,14 @@ def prepare_monuseg(src: str | Path, out: str | Path, strict: bool = False) -> P
         raise UDAInputError("no MoNuSeg images (expected train/images/*.tif and/or test/images/*.tif)", src)
     shared = sorted({stem_of(p) for p in train} & {stem_of(p) for p in test})
     if shared:
-        raise UDAInputError(f"image stem(s) in both train and test: {_preview(shared)}", src)
+        raise UDAInputError(f"image stem(s) in both train and test: {preview(shared)}", src)
     datalist: dict[str, list[dict[str, str]]] = {"target": [], "test": []}
     n_nuclei, n_problems = 0, 0
     train_set = set(train)
     for path in tqdm(train + test, desc="monuseg", unit="image"):
         _, meta = read_image(path, spatial_dims=2)
         image_out = out / "images" / path.name
-        _place(path, image_out)
+        place_file(path, image_out)
         if path in train_set:
             datalist["target"].append({"image": str(image_out)})
             continue
@@ -324,12 +274,12 @@ def prepare_monuseg(src: str | Path, out: str | Path, strict: bool = False) -> P
             raise UDAInputError(f"no annotation file {xml_path.name} for this test image", path)
         label, problems = rasterize_aperio_xml(xml_path, meta["spatial_shape"], strict=strict)
         for problem in problems:
-            _say(f"warning: {problem}")
+            say(f"warning: {problem}")
         n_problems += len(problems)
         n_nuclei += len(np.unique(label)) - 1
         label_out = write_array(out / "labels" / f"{stem_of(path)}.tif", label)
         datalist["test"].append({"image": str(image_out), "label": str(label_out)})
-    _say(f"monuseg: {len(train)} target images, {len(test)} test images, {n_nuclei} nuclei, {n_problems} annotation problem(s)")
+    say(f"monuseg: {len(train)} target images, {len(test)} test images, {n_nuclei} nuclei, {n_problems} annotation problem(s)")
     return write_datalist(out, datalist)
 
 
@@ -373,43 +323,48 @@ def prepare_folder(images: str | Path, labels: str | Path | None, out: str | Pat
     """
     if split not in DATALIST_KEYS:
         raise UDAInputError(f"unknown split {split!r} (choices: {', '.join(DATALIST_KEYS)})")
-    images, out = _source_folder(images, "images"), _output_folder(out)
+    images, out = source_folder(images, "images"), output_folder(out)
     image_files = _by_stem(images)
     label_files: dict[str, Path] = {}
     if labels is not None:
-        labels = _source_folder(labels, "labels")
+        labels = source_folder(labels, "labels")
         label_files = _by_stem(labels)
         no_label = sorted(set(image_files) - set(label_files))
         if no_label:
-            raise UDAInputError(f"no label for image stem(s) {_preview(no_label)}", labels)
+            raise UDAInputError(f"no label for image stem(s) {preview(no_label)}", labels)
         no_image = sorted(set(label_files) - set(image_files))
         if no_image:
-            raise UDAInputError(f"no image for label stem(s) {_preview(no_image)}", images)
+            raise UDAInputError(f"no image for label stem(s) {preview(no_image)}", images)
     if (out / "images").resolve() == images.resolve():
         raise UDAInputError("output images/ folder is the input images folder; choose another output folder", out)
     items = []
     for stem in tqdm(sorted(image_files), desc="folder", unit="image"):
         _, meta = read_image(image_files[stem])
         image_out = out / "images" / image_files[stem].name
-        _place(image_files[stem], image_out, link=link)
+        place_file(image_files[stem], image_out, link=link)
         item = {"image": str(image_out)}
         if labels is not None:
             label = read_label(label_files[stem])
             if label.shape != tuple(meta["spatial_shape"]):
                 raise UDAInputError(
-                    f"mask/image size mismatch: image {_shape_text(meta['spatial_shape'])}, label {_shape_text(label.shape)}",
+                    f"mask/image size mismatch: image {shape_text(meta['spatial_shape'])}, label {shape_text(label.shape)}",
                     label_files[stem],
                 )
-            label = _as_uint16(label, label_files[stem])
+            label = as_uint16(label, label_files[stem])
             item["label"] = str(write_array(out / "labels" / f"{stem}.tif", label))
         items.append(item)
-    _say(f"folder: {len(items)} {'labelled ' if labels is not None else ''}images -> {split!r}")
+    say(f"folder: {len(items)} {'labelled ' if labels is not None else ''}images -> {split!r}")
     return write_datalist(out, {split: items})
 
 
 # --------------------------------------------------------------------------- dispatcher
 
-PREPARE_FORMATS: dict[str, Callable[..., Path]] = {"dsb": prepare_dsb, "monuseg": prepare_monuseg, "folder": prepare_folder}
+PREPARE_FORMATS: dict[str, Callable[..., Path]] = {
+    "dsb": prepare_dsb,
+    "monuseg": prepare_monuseg,
+    "folder": prepare_folder,
+    "coco": prepare_coco,
+}
 """Converters by format name, as used by ``monai-uda prepare <format>``."""
 
 
@@ -418,7 +373,8 @@ def prepare(fmt: str, src: str | Path | None = None, out: str | Path | None = No
 
     Forms: ``prepare("dsb", SRC, OUT)``, ``prepare("monuseg", SRC, OUT, strict=True)``,
     ``prepare("folder", OUT, images=DIR, labels=DIR)`` (the CLI's
-    ``prepare folder --images DIR --labels DIR OUT``) or ``prepare("folder", IMAGES, OUT)``.
+    ``prepare folder --images DIR --labels DIR OUT``), ``prepare("folder", IMAGES, OUT)`` or
+    ``prepare("coco", "instances.json", OUT, images=DIR)``.
     Option names may use ``-`` for ``_``.
 
     Returns:
@@ -442,7 +398,7 @@ def prepare(fmt: str, src: str | Path | None = None, out: str | Path | None = No
             raise UDAInputError("missing images folder (--images DIR)")
         options.setdefault("labels", None)
     elif src is None:
-        raise UDAInputError(f"missing source folder: monai-uda prepare {fmt} SRC OUT")
+        raise UDAInputError(f"missing source: monai-uda prepare {fmt} SRC OUT")
     else:
         options["src"] = src
     if out is None:

@@ -184,6 +184,10 @@ class CycleGANStage(AdaptationMethod):
         self.optimizers["generators"] = torch.optim.Adam(generators, lr=lr, betas=(0.5, 0.999))
         self.optimizers["discriminators"] = torch.optim.Adam(discriminators, lr=lr, betas=(0.5, 0.999))
 
+    def checkpoint_objects(self) -> dict[str, Any]:
+        """Networks, optimisers and both image pools (``pool_source``, ``pool_target``)."""
+        return {**super().checkpoint_objects(), **{f"pool_{domain}": pool for domain, pool in self.pools.items()}}
+
     def _source_in(self, image: torch.Tensor) -> torch.Tensor:
         """[0, 1] source image (optionally inverted) -> generator range [-1, 1]."""
         return (1.0 - image if self.invert_source else image) * 2.0 - 1.0

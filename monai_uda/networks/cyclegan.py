@@ -12,6 +12,7 @@ The discriminators are :class:`monai_uda.networks.patchgan.PatchDiscriminator` (
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import torch
 from monai.networks.layers.factories import Act, Conv, Dropout, Norm
@@ -116,6 +117,8 @@ class ImagePool:
 
     With probability 0.5 a new image replaces a random stored one, which is returned instead
     (once the pool is full); otherwise the new image is returned. ``pool_size=0`` disables it.
+    :meth:`state_dict` holds the stored images and the random generator's state, so a resumed
+    run draws the same images as an uninterrupted one.
 
     Args:
         pool_size: images kept (CycleGAN: 50).
@@ -144,3 +147,14 @@ class ImagePool:
             else:
                 out.append(image)
         return torch.stack(out)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Stored images and the generator state (tensors, ints and tuples: ``weights_only`` loads it)."""
+        return {"images": list(self.images), "random": self._random.getstate()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; more images than ``pool_size`` is a ``ValueError``."""
+        if len(state["images"]) > self.pool_size:
+            raise ValueError(f"image pool state holds {len(state['images'])} images, more than pool_size {self.pool_size}")
+        self.images = [image.clone() for image in state["images"]]
+        self._random.setstate(state["random"])

@@ -193,7 +193,7 @@ def test_prepare_dispatcher(tmp_path):
     _png(images / "x.png", np.zeros((4, 4), np.uint8))
     with pytest.raises(UDAInputError) as info:
         prepare("kaggle", "a", "b")
-    assert str(info.value) == "unknown dataset format 'kaggle' (choices: dsb, monuseg, folder)"
+    assert str(info.value) == "unknown dataset format 'kaggle' (choices: dsb, monuseg, folder, coco)"
     with pytest.raises(UDAInputError, match="unknown option 'seed' for 'monuseg' \\(accepted: src, strict\\)"):
         prepare("monuseg", "a", "b", seed=1)
     with pytest.raises(UDAInputError, match="missing output folder"):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import math
 from types import SimpleNamespace
 
@@ -119,6 +120,36 @@ def test_cyclegan_step_and_translate():
     assert method.generator_s2t.training  # translate restores the mode
     with pytest.raises(ValueError, match="identity"):
         CycleGANStage(source_channels=1, target_channels=3, lambda_identity=0.5)
+
+
+def _tiny_cyclegan() -> CycleGANStage:
+    return CycleGANStage(source_channels=1, target_channels=1, channels=4, num_blocks=1, discriminator_channels=(8, 16), pool_size=1)
+
+
+def test_cyclegan_checkpoint_resumes_like_an_uninterrupted_run():
+    batches = [{"source_image": torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(k)), "target_image": torch.rand(1, 1, 16, 16)} for k in range(5)]
+    torch.manual_seed(0)
+    uninterrupted = _tiny_cyclegan()
+    for k in range(2):
+        uninterrupted.step(_engine(k + 1, 5), batches[k])
+    assert set(uninterrupted.checkpoint_objects()) >= {"pool_source", "pool_target", "generator_s2t", "optimizer_generators"}
+    buffer = io.BytesIO()
+    torch.save({k: obj.state_dict() for k, obj in uninterrupted.checkpoint_objects().items()}, buffer)
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+    resumed, without_pools = _tiny_cyclegan(), _tiny_cyclegan()
+    for name, obj in resumed.checkpoint_objects().items():
+        obj.load_state_dict(checkpoint[name])
+    for name, obj in without_pools.checkpoint_objects().items():
+        if not name.startswith("pool_"):
+            obj.load_state_dict(checkpoint[name])
+
+    def losses(method: CycleGANStage) -> list[float]:
+        return [float(method.step(_engine(k + 1, 5), batches[k])["discriminator_t"]) for k in range(2, 5)]
+
+    expected = losses(uninterrupted)
+    assert losses(resumed) == expected
+    assert losses(without_pools) != expected  # the pools change the discriminator's inputs
 
 
 def test_build_for_benchmark_presets():

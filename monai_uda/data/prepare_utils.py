@@ -1,0 +1,97 @@
+"""Helpers shared by the dataset converters (:mod:`monai_uda.data.prepare`, :mod:`monai_uda.data.coco`).
+
+Messages go to stderr through :func:`say` (so progress bars stay intact), copied files are
+placed atomically by :func:`place_file`, and instance maps are checked to fit uint16
+(:func:`as_uint16`) or painted from per-instance pixel sets with the smaller instance on top
+(:func:`paint_instances`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from monai_uda.errors import UDAInputError
+
+__all__ = ["UINT16_MAX", "as_uint16", "output_folder", "paint_instances", "place_file", "preview", "say", "shape_text", "source_folder"]
+
+UINT16_MAX = int(np.iinfo(np.uint16).max)
+
+
+def say(message: str) -> None:
+    """Print a line on stderr without breaking an active progress bar."""
+    tqdm.write(message, file=sys.stderr)
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    """``(4, 5)`` as ``"4x5"``."""
+    return "x".join(str(int(s)) for s in shape)
+
+
+def preview(names: Sequence[str], limit: int = 5) -> str:
+    """``'a', 'b', ... (+N more)`` for error messages about many files."""
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def as_uint16(label: np.ndarray, path: str | Path) -> np.ndarray:
+    """Instance map as uint16, refusing ids that do not fit."""
+    if label.size and int(label.max()) > UINT16_MAX:
+        raise UDAInputError(f"instance ids up to {int(label.max())} do not fit uint16 (max {UINT16_MAX})", path)
+    return label.astype(np.uint16, copy=False)
+
+
+def paint_instances(shape: Sequence[int], regions: Sequence[tuple[np.ndarray, ...]], path: str | Path) -> np.ndarray:
+    """uint16 instance map where ``regions[i]`` (an index tuple such as ``(rows, cols)``) gets id ``i + 1``.
+
+    **Overlaps**: the smaller region (fewer indexed pixels) wins a shared pixel; on equal size the
+    earlier region wins. A region left without pixels has its id absent from the map.
+
+    Raises:
+        UDAInputError: more regions than uint16 holds (naming ``path``).
+    """
+    if len(regions) > UINT16_MAX:
+        raise UDAInputError(f"{len(regions)} instances do not fit a uint16 instance map", path)
+    label = np.zeros(tuple(shape), dtype=np.uint16)
+    winners_last = sorted(range(len(regions)), key=lambda i: (regions[i][0].size, i), reverse=True)
+    for i in winners_last:  # largest (and, among equals, latest) first: later writes win
+        label[regions[i]] = i + 1
+    return label
+
+
+def place_file(src: Path, dst: Path, link: bool = False) -> None:
+    """Copy (or hard-link, falling back to a copy) ``src`` to ``dst`` atomically."""
+    tmp = dst.with_name(f".tmp-{dst.name}")
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        if link:
+            try:
+                os.link(src, tmp)
+            except OSError:  # other file system, or hard links not permitted: copy
+                shutil.copyfile(src, tmp)
+        else:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UDAInputError(f"cannot write output ({exc.strerror or exc})", dst) from exc
+
+
+def output_folder(path: str | Path) -> Path:
+    """Absolute output folder, so item paths stay valid whatever the working directory."""
+    return Path(os.path.abspath(path))
+
+
+def source_folder(path: str | Path, what: str) -> Path:
+    """``path`` as a ``Path``, raising when it is not an existing folder (``what`` names it)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UDAInputError(f"{what} folder does not exist", path)
+    return path
