@@ -1,5 +1,5 @@
-"""Inference: sliding-window segmentation of image folders, whole slides and whole volumes; instance post-processing;
-AD-GAN mask -> image synthesis."""
+"""Inference: sliding-window segmentation of image folders, whole slides and whole volumes; tiled detection of
+image folders and whole slides; instance post-processing; AD-GAN mask -> image synthesis."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from monai_uda.inference.segment import FolderSegmenter, check_outputs, to_proba
 from monai_uda.inference.synthesis import FolderSynthesizer, label_to_mask_domain
 from monai_uda.inference.volume import VolumeSegmenter
 from monai_uda.inference.wsi import SlideSegmenter
+from monai_uda.inference.wsi_detection import SlideDetector
 
 __all__ = [
     "FolderSegmenter",
     "FolderSynthesizer",
+    "SlideDetector",
     "SlideSegmenter",
     "VolumeSegmenter",
     "binary_to_instances",

@@ -13,7 +13,9 @@ tiles are merged in image coordinates:
   instances) and is dropped if fewer than ``min_size`` remain.
 
 An untiled image is the one-tile case of the same procedure, so tiled and untiled inference
-agree whenever every nucleus is whole in some tile. 3D volumes (the documented 3D variant)
+agree whenever every nucleus is whole in some tile. Whole slides that do not fit in memory go
+through the same tiles, candidates and painting, streamed tile row by tile row
+(:class:`~monai_uda.inference.wsi_detection.SlideDetector`). 3D volumes (the documented 3D variant)
 are segmented slice by slice and the slices' instances are linked across z by overlap
 (:func:`stitch_slices`).
 """
@@ -33,7 +35,11 @@ from monai_uda.inference.segment import FolderSegmenter
 
 __all__ = [
     "DetectFn",
+    "Candidate",
     "tile_starts",
+    "tile_candidates",
+    "paint_order",
+    "paint_candidate",
     "paint_instances",
     "detect_tiled",
     "stitch_slices",
@@ -47,8 +53,9 @@ DetectFn = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
 
 
 @dataclass
-class _Candidate:
-    """One detected instance in image coordinates (mask cropped to its bounding box)."""
+class Candidate:
+    """One detected instance in image coordinates (mask cropped to its bounding box); ``whole`` unless it
+    touches a tile side inside the image (see :func:`tile_candidates`)."""
 
     score: float
     whole: bool
@@ -71,7 +78,7 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     return starts + [size - tile]
 
 
-def _candidates(
+def tile_candidates(
     detections: Mapping[str, torch.Tensor],
     y0: int,
     x0: int,
@@ -79,8 +86,9 @@ def _candidates(
     image_shape: tuple[int, int],
     score_threshold: float,
     mask_threshold: float,
-) -> list[_Candidate]:
-    """Thresholded instances of one tile, flagged whole unless they touch an inner tile side."""
+) -> list[Candidate]:
+    """Thresholded instances of the tile at ``(y0, x0)`` of an ``image_shape`` image, flagged whole unless they
+    touch a tile side inside the image."""
     scores = detections["scores"].detach().float().cpu().numpy()
     masks = detections["masks"].detach().float().cpu()
     if masks.ndim == 4:
@@ -96,24 +104,53 @@ def _candidates(
             continue
         touches = (rows[0] == 0, rows[-1] == h - 1, cols[0] == 0, cols[-1] == w - 1)
         whole = not any(t and i for t, i in zip(touches, inner))
-        crop = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-        out.append(_Candidate(float(score), whole, y0 + int(rows[0]), x0 + int(cols[0]), crop))
+        crop = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].copy()  # not a view: it would keep the tile's masks alive
+        out.append(Candidate(float(score), whole, y0 + int(rows[0]), x0 + int(cols[0]), crop))
     return out
 
 
-def _paint(candidates: list[_Candidate], shape: tuple[int, int], min_size: int, duplicate_overlap: float) -> np.ndarray:
-    """Greedy painting (whole first, then by score): duplicates dropped, overlaps removed."""
+def paint_order(candidate: Candidate) -> tuple[bool, float]:
+    """Sort key of the greedy painting: whole instances first, then by decreasing score (ties keep arrival order)."""
+    return (not candidate.whole, -candidate.score)
+
+
+def paint_candidate(
+    instances: np.ndarray, candidate: Candidate, label: int, min_size: int, duplicate_overlap: float, origin: int = 0
+) -> np.ndarray | None:
+    """Paint one candidate with id ``label`` over the instances painted before it.
+
+    It keeps its unclaimed pixels (overlap removal), unless more than ``duplicate_overlap`` of it
+    is already claimed (a duplicate from another tile) or fewer than ``min_size`` pixels are left.
+
+    Args:
+        instances: the instance map so far; its row 0 is image row ``origin``.
+        candidate: the instance to paint.
+        label: its id.
+        min_size: smallest instance (pixels) kept.
+        duplicate_overlap: see :func:`paint_instances`.
+        origin: image row of ``instances[0]``.
+
+    Returns:
+        the painted pixels (``bool``, the candidate's bounding box), or ``None`` when it is dropped.
+    """
+    h, w = candidate.mask.shape
+    region = instances[candidate.y0 - origin : candidate.y0 - origin + h, candidate.x0 : candidate.x0 + w]
+    area = int(candidate.mask.sum())
+    free = candidate.mask & (region == 0)
+    kept = int(free.sum())
+    if area == 0 or (area - kept) / area > duplicate_overlap or kept < min_size:
+        return None
+    region[free] = label
+    return free
+
+
+def _paint(candidates: list[Candidate], shape: tuple[int, int], min_size: int, duplicate_overlap: float) -> np.ndarray:
+    """Greedy painting in :func:`paint_order`: duplicates dropped, overlaps removed."""
     instances = np.zeros(shape, dtype=np.int32)
     next_id = 1
-    for cand in sorted(candidates, key=lambda c: (not c.whole, -c.score)):
-        h, w = cand.mask.shape
-        region = instances[cand.y0 : cand.y0 + h, cand.x0 : cand.x0 + w]
-        area = int(cand.mask.sum())
-        free = cand.mask & (region == 0)
-        if area == 0 or (area - int(free.sum())) / area > duplicate_overlap or int(free.sum()) < min_size:
-            continue
-        region[free] = next_id
-        next_id += 1
+    for cand in sorted(candidates, key=paint_order):
+        if paint_candidate(instances, cand, next_id, min_size, duplicate_overlap) is not None:
+            next_id += 1
     return instances
 
 
@@ -131,7 +168,7 @@ def paint_instances(
     Returns:
         ``(H, W)`` int32 instance ids 1..K (0 = background), numbered in painting order.
     """
-    candidates = [_Candidate(float(s), True, 0, 0, np.asarray(m, dtype=bool)) for m, s in zip(masks, scores)]
+    candidates = [Candidate(float(s), True, 0, 0, np.asarray(m, dtype=bool)) for m, s in zip(masks, scores)]
     return _paint(candidates, tuple(np.shape(masks)[1:]), min_size, duplicate_overlap)
 
 
@@ -165,12 +202,12 @@ def detect_tiled(
         raise ValueError(f"expected a (C, H, W) image, got shape {tuple(tensor.shape)}")
     height, width = tensor.shape[1:]
     tile_h, tile_w = (tile_size, tile_size) if isinstance(tile_size, int) else tuple(tile_size)
-    candidates: list[_Candidate] = []
+    candidates: list[Candidate] = []
     for y0 in tile_starts(height, tile_h, overlap):
         for x0 in tile_starts(width, tile_w, overlap):
             tile = tensor[:, y0 : y0 + tile_h, x0 : x0 + tile_w]
             detections = detect(tile)
-            candidates += _candidates(detections, y0, x0, tuple(tile.shape[1:]), (height, width), score_threshold, mask_threshold)
+            candidates += tile_candidates(detections, y0, x0, tuple(tile.shape[1:]), (height, width), score_threshold, mask_threshold)
     return _paint(candidates, (height, width), min_size, duplicate_overlap)
 
 

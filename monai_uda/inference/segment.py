@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from monai_uda.errors import UDAInputError
 from monai_uda.inference.overlay import save_overlay
 from monai_uda.inference.postprocess import binary_to_instances, ternary_to_instances
 from monai_uda.transforms import inference_transforms, unwrap_input_errors
+from monai_uda.transforms.intensity import ChannelPolicy
 
 __all__ = ["FolderSegmenter", "check_outputs", "to_probabilities", "volume_geometry", "window_size"]
 
@@ -182,6 +183,9 @@ class FolderSegmenter:
         self.input_dir = Path(input_dir)
         self.output_dir = Path(output_dir)
         self.spatial_dims = spatial_dims
+        self.channels = int(channels)
+        self.invert = bool(invert)
+        self.value_range = tuple(float(v) for v in value_range)
         self.transforms = inference_transforms(spatial_dims, channels, invert, value_range)
         self.inferer = SlidingWindowInferer(
             roi_size=roi, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode, padding_mode=padding_mode
@@ -213,6 +217,27 @@ class FolderSegmenter:
         """Read ``path`` with the shared inference transforms: ``(C, *spatial)`` network input with its meta data."""
         with unwrap_input_errors():
             return self.transforms({"image": str(path)})["image"]
+
+    def _scaler(self, a_min: float, a_max: float) -> Callable[[np.ndarray], torch.Tensor]:
+        """Raw channel-first windows ``(B, C, *roi)`` -> network input, for inferers that read images piece by
+        piece: the preprocessing of :meth:`_preprocess` (percentile scaling of ``a_min``/``a_max`` to
+        ``value_range``, clipped; channel policy; ``invert``) with the image's percentiles given."""
+        a_min, a_max = np.float32(a_min), np.float32(a_max)
+        low, high = self.value_range
+        policy = ChannelPolicy(self.channels)
+
+        def scale(raw: np.ndarray) -> torch.Tensor:
+            x = np.asarray(raw, dtype=np.float32)
+            if a_max == a_min:
+                x = x - a_min + low
+            else:
+                x = np.clip((x - a_min) / (a_max - a_min) * (high - low) + low, low, high)
+            tensor = torch.from_numpy(np.ascontiguousarray(x))
+            if tensor.shape[1] != self.channels:
+                tensor = torch.stack([policy(item) for item in tensor])
+            return (low + high) - tensor if self.invert else tensor
+
+        return scale
 
     def _probabilities(self, inputs: torch.Tensor, path: Path) -> np.ndarray:
         """Sliding-window inference and activation: ``(C, *spatial)`` probabilities on the CPU."""

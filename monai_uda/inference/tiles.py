@@ -23,10 +23,14 @@ does not grow with the length of axis 0 and grows only linearly with the other a
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,9 +41,17 @@ from scipy import ndimage
 from monai_uda.errors import UDAInputError
 from monai_uda.inference.postprocess import binary_to_instances, ternary_to_instances
 from monai_uda.inference.segment import FolderSegmenter, to_probabilities
-from monai_uda.transforms.intensity import ChannelPolicy
 
-__all__ = ["window_starts", "StreamingBlender", "StreamingInstanceLabeller", "StreamingSegmenter", "Slab"]
+__all__ = [
+    "window_starts",
+    "StreamingBlender",
+    "StreamingInstanceLabeller",
+    "StreamingSegmenter",
+    "Slab",
+    "SLIDE_AXES",
+    "instance_records",
+    "nuclei_table",
+]
 
 #: ``(start along axis 0, array)``: a finished slab of the output
 Slab = tuple[int, Any]
@@ -114,6 +126,69 @@ class StreamingBlender:
     def finish(self) -> Iterator[Slab]:
         """The last slabs, up to the end of axis 0."""
         return self._advance(self.image_size[0])
+
+
+#: columns of the per-nucleus records (:func:`instance_records`) of a 2D slide
+SLIDE_AXES = ("y", "x")
+
+
+def instance_records(
+    instances: np.ndarray, axis_names: Sequence[str], offset: int = 0, corner: Sequence[int] | None = None
+) -> list[dict[str, Any]]:
+    """Per-instance records of an instance crop, those of ``skimage.measure.regionprops`` (vectorised).
+
+    Args:
+        instances: integer ids ``1..N`` of the crop (0 = background).
+        axis_names: names of the spatial axes (``("y", "x")``, ``("z", "y", "x")``).
+        offset: added to the ids (the crop's ids follow those already given).
+        corner: image coordinates of the crop's first pixel (default the origin).
+
+    Returns:
+        One dict per instance present: ``id``, ``centroid_<axis>`` (mean pixel coordinate, 2
+        decimals), ``area`` (pixel count), ``bbox_<axis>0``/``bbox_<axis>1`` (end exclusive).
+    """
+    found = instances > 0
+    ids = instances[found].astype(np.int64)
+    if not ids.size:
+        return []
+    corner = list(corner) if corner is not None else [0] * instances.ndim
+    n = int(ids.max())
+    area = np.bincount(ids, minlength=n + 1)
+    coords = np.nonzero(found)
+    centroids = [np.bincount(ids, weights=c, minlength=n + 1) / np.maximum(area, 1) for c in coords]
+    boxes = ndimage.find_objects(instances.astype(np.int64, copy=False), max_label=n)
+    records = []
+    for label in np.flatnonzero(area).tolist():
+        if label == 0:
+            continue
+        box = boxes[label - 1]
+        record: dict[str, Any] = {"id": label + offset}
+        for axis, name in enumerate(axis_names):
+            record[f"centroid_{name}"] = round(float(centroids[axis][label]) + corner[axis], 2)
+        record["area"] = int(area[label])
+        for axis, name in enumerate(axis_names):
+            record[f"bbox_{name}0"] = box[axis].start + corner[axis]
+            record[f"bbox_{name}1"] = box[axis].stop + corner[axis]
+        records.append(record)
+    return records
+
+
+@contextlib.contextmanager
+def nuclei_table(path: Path, axis_names: Sequence[str]) -> Iterator[csv.DictWriter]:
+    """Write the nuclei CSV (columns of :func:`instance_records`) atomically: a temporary file in the same
+    folder, renamed to ``path`` when the block ends without an error and removed otherwise."""
+    names = ["id", *(f"centroid_{a}" for a in axis_names), "area"]
+    names += [f"bbox_{a}{end}" for end in (0, 1) for a in axis_names]
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            table = csv.DictWriter(handle, fieldnames=names)
+            table.writeheader()
+            yield table
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class StreamingInstanceLabeller:
@@ -267,42 +342,17 @@ class StreamingInstanceLabeller:
         self.classes[crop][member] = 0  # labelled: no longer a component of the buffer
         found = instances > 0
         offset = self.next_id - 1
-        ids = instances[found].astype(np.int64)
-        self.instances[crop][found] = ids.astype(np.uint32) + offset
+        self.instances[crop][found] = instances[found].astype(np.uint32) + offset
         corner = [s.start for s in crop]
         corner[0] += self.origin
-        records = self._records(instances, found, ids, offset, corner)
+        records = instance_records(instances, self.axis_names, offset, corner)
         self.next_id += int(instances.max(initial=0))
-        return records
-
-    def _records(self, instances: np.ndarray, found: np.ndarray, ids: np.ndarray, offset: int, corner: list[int]) -> list[dict[str, Any]]:
-        """Per-instance records of a crop (those of ``skimage.measure.regionprops``: centroid = mean of the
-        pixel coordinates, area = pixel count, bbox end exclusive), vectorised over the instances."""
-        if not ids.size:
-            return []
-        n = int(ids.max())
-        area = np.bincount(ids, minlength=n + 1)
-        coords = np.nonzero(found)
-        centroids = [np.bincount(ids, weights=c, minlength=n + 1) / np.maximum(area, 1) for c in coords]
-        boxes = ndimage.find_objects(instances.astype(np.int64, copy=False), max_label=n)
-        records = []
-        for label in np.flatnonzero(area).tolist():
-            if label == 0:
-                continue
-            box = boxes[label - 1]
-            record: dict[str, Any] = {"id": label + offset}
-            for axis, name in enumerate(self.axis_names):
-                record[f"centroid_{name}"] = round(float(centroids[axis][label]) + corner[axis], 2)
-            record["area"] = int(area[label])
-            for axis, name in enumerate(self.axis_names):
-                record[f"bbox_{name}0"] = box[axis].start + corner[axis]
-                record[f"bbox_{name}1"] = box[axis].stop + corner[axis]
-            records.append(record)
         return records
 
 
 class StreamingSegmenter(FolderSegmenter):
-    """Base of the bounded-memory segmenters: scaling, network, blending and labelling of a window stream.
+    """Base of the bounded-memory segmenters: network, blending and labelling of a window stream (scaled by
+    :meth:`FolderSegmenter._scaler`).
 
     Subclasses (:class:`~monai_uda.inference.wsi.SlideSegmenter`,
     :class:`~monai_uda.inference.volume.VolumeSegmenter`) read windows and write slabs; the
@@ -312,31 +362,8 @@ class StreamingSegmenter(FolderSegmenter):
 
     def __init__(self, network: torch.nn.Module, input_dir: str, output_dir: str, group_width: int = 2048, **kwargs: Any) -> None:
         super().__init__(network, input_dir, output_dir, **kwargs)
-        self.channels = int(kwargs.get("channels", 1))
-        self.invert = bool(kwargs.get("invert", False))
-        self.value_range = tuple(float(v) for v in kwargs.get("value_range", (0.0, 1.0)))
         self.group_width = group_width
         self.network_seconds = 0.0
-
-    def _scaler(self, a_min: float, a_max: float) -> Callable[[np.ndarray], torch.Tensor]:
-        """Raw channel-first windows ``(B, C, *roi)`` -> network input: the in-memory path's percentile
-        scaling (``a_min``/``a_max`` -> ``value_range``, clipped) and channel policy."""
-        a_min, a_max = np.float32(a_min), np.float32(a_max)
-        low, high = self.value_range
-        policy = ChannelPolicy(self.channels)
-
-        def scale(raw: np.ndarray) -> torch.Tensor:
-            x = np.asarray(raw, dtype=np.float32)
-            if a_max == a_min:
-                x = x - a_min + low
-            else:
-                x = np.clip((x - a_min) / (a_max - a_min) * (high - low) + low, low, high)
-            tensor = torch.from_numpy(np.ascontiguousarray(x))
-            if tensor.shape[1] != self.channels:
-                tensor = torch.stack([policy(item) for item in tensor])
-            return (low + high) - tensor if self.invert else tensor
-
-        return scale
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()

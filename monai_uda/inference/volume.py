@@ -17,7 +17,6 @@ by ITK.
 
 from __future__ import annotations
 
-import csv
 import gzip
 import math
 import os
@@ -33,7 +32,7 @@ import torch
 
 from monai_uda.data.io import read_array, stem_of
 from monai_uda.errors import UDAInputError
-from monai_uda.inference.tiles import StreamingInstanceLabeller, StreamingSegmenter, window_starts
+from monai_uda.inference.tiles import StreamingInstanceLabeller, StreamingSegmenter, nuclei_table, window_starts
 from monai_uda.inference.wsi import percentile_from_histogram
 from monai_uda.transforms.intensity import PERCENTILES
 
@@ -247,21 +246,15 @@ class VolumeSegmenter(StreamingSegmenter):
         labeller = StreamingInstanceLabeller(self._to_instances, axes, group_width=self.group_width)
         instances = MemmapVolumeWriter(paths["instances"], reader.shape, np.dtype(np.uint32), **geometry)
         mask = MemmapVolumeWriter(paths["mask"], reader.shape, np.dtype(np.uint8), **geometry)
-        fd, tmp_table = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=paths["table"].parent)
         try:
-            with os.fdopen(fd, "w", newline="") as handle:
-                names = ["id", *(f"centroid_{a}" for a in axes), "area", *(f"bbox_{a}0" for a in axes), *(f"bbox_{a}1" for a in axes)]
-                table = csv.DictWriter(handle, fieldnames=names)
-                table.writeheader()
+            with nuclei_table(paths["table"], axes) as table:
                 for start, slab in self._instance_slabs(lambda s: reader.read(s, roi), reader.shape, windows, scale, labeller, table):
                     instances.write(start, slab)
                     mask.write(start, (slab > 0).astype(np.uint8))
-            instances.close()
-            mask.close()
-            os.replace(tmp_table, paths["table"])
+                instances.close()
+                mask.close()
         except BaseException:
             instances.discard()
             mask.discard()
-            Path(tmp_table).unlink(missing_ok=True)
             raise
         return labeller.next_id - 1

@@ -20,6 +20,8 @@ that do not fit in memory (``inference_wsi.yaml`` of a bundle swaps one for the 
    nucleus (id, centroid, area, bounding box) is written as nuclei complete.
 
 Without tissue skipping the mask equals the in-memory ``FolderSegmenter``'s on the same image.
+Steps 1, 2 and 4 are :class:`SlideInference`, shared with the detectors' streaming
+:class:`~monai_uda.inference.wsi_detection.SlideDetector`.
 """
 
 from __future__ import annotations
@@ -42,10 +44,18 @@ from skimage.filters import threshold_otsu
 
 from monai_uda.data.io import read_array, stem_of
 from monai_uda.errors import UDAInputError
-from monai_uda.inference.tiles import StreamingInstanceLabeller, StreamingSegmenter, window_starts
+from monai_uda.inference.tiles import SLIDE_AXES, Slab, StreamingInstanceLabeller, StreamingSegmenter, nuclei_table, window_starts
 from monai_uda.transforms.intensity import PERCENTILES
 
-__all__ = ["SlideReader", "SlideSegmenter", "scan_slide", "percentile_from_histogram", "tissue_mask", "write_tiled_tiff"]
+__all__ = [
+    "SlideReader",
+    "SlideInference",
+    "SlideSegmenter",
+    "scan_slide",
+    "percentile_from_histogram",
+    "tissue_mask",
+    "write_tiled_tiff",
+]
 
 
 class SlideReader:
@@ -218,26 +228,35 @@ def write_tiled_tiff(path: Path, tiles: Iterator[np.ndarray], shape: tuple[int, 
     return path
 
 
-class SlideSegmenter(StreamingSegmenter):
-    """Segment whole slides of any size in bounded memory (see the module docstring).
+class SlideInference:
+    """The whole-slide driver shared by :class:`SlideSegmenter` and
+    :class:`~monai_uda.inference.wsi_detection.SlideDetector` (mixed in before their
+    :class:`~monai_uda.inference.segment.FolderSegmenter` base).
 
-    For every input ``<stem>`` it writes ``<stem>_instances.tif`` (``uint32`` ids, tiled),
-    ``<stem>_mask.tif`` (``uint8`` 0/255, tiled) and ``<stem>_nuclei.csv``.
+    One slide: :class:`SlideReader`, :func:`scan_slide` (percentiles, thumbnail), the tissue mask
+    (:func:`tissue_mask`) to drop windows over glass, the in-memory path's scaling
+    (:meth:`~monai_uda.inference.segment.FolderSegmenter._scaler`); then the host's
+    :meth:`_write_outputs` streams instance slabs into :meth:`_write_slide`, which writes
+    ``<stem>_instances.tif``, ``<stem>_mask.tif`` and ``<stem>_nuclei.csv``.
+
+    The host implements :meth:`_window_starts` and :meth:`_write_outputs`; its ``inferer.roi_size``
+    is the window.
 
     Args:
-        network, input_dir, output_dir, channels, invert, value_range, roi_size, sw_batch_size,
-            overlap, mode, device, ckpt_path, ckpt_key, output_activation, threshold,
-            postprocess, min_size, amp: as for :class:`FolderSegmenter` (``spatial_dims`` is 2).
+        network, input_dir, output_dir: as for :class:`FolderSegmenter` (``spatial_dims`` is 2, no overlay).
         tissue: skip windows without tissue (RGB slides; Otsu on the thumbnail's saturation).
         thumbnail_size: long side of the thumbnail used for the tissue mask.
         tile: tile side of the output TIFFs.
-        group_width: width of the groups post-processed together (see
-            :class:`~monai_uda.inference.tiles.StreamingInstanceLabeller`).
-        max_width: components wider than this (not nuclei: folds, pen marks, glass edges) are
-            post-processed in pieces this wide (see
-            :class:`~monai_uda.inference.tiles.StreamingInstanceLabeller`).
-        kwargs: further :class:`FolderSegmenter` arguments (e.g. ``padding_mode``).
+        kwargs: the host's further arguments.
     """
+
+    #: what a window is called in messages, and the in-memory inferer for slides smaller than one
+    window_name = "window"
+    in_memory = "FolderSegmenter"
+
+    network_seconds: float
+    output_dir: Path
+    inferer: Any
 
     def __init__(
         self,
@@ -247,21 +266,28 @@ class SlideSegmenter(StreamingSegmenter):
         tissue: bool = True,
         thumbnail_size: int = 1024,
         tile: int = 256,
-        group_width: int = 1024,
-        max_width: int = 1024,
         **kwargs: Any,
     ) -> None:
-        kwargs.update(spatial_dims=2, mask_ext=".tif", instance_ext=".tif", overlay=False)
-        super().__init__(network, input_dir, output_dir, group_width=group_width, **kwargs)
+        kwargs.update(spatial_dims=2, overlay=False)
+        super().__init__(network, input_dir, output_dir, **kwargs)
         self.tissue = tissue
         self.thumbnail_size = thumbnail_size
         self.tile = tile
-        self.max_width = max_width
 
     def _output_paths(self, image_path: Path) -> dict[str, Path]:
-        paths = super()._output_paths(image_path)
-        paths["table"] = self.output_dir / f"{stem_of(image_path)}_nuclei.csv"
-        return paths
+        stem = stem_of(image_path)
+        names = {"mask": f"{stem}_mask.tif", "instances": f"{stem}_instances.tif", "table": f"{stem}_nuclei.csv"}
+        return {key: self.output_dir / name for key, name in names.items()}
+
+    def _window_starts(self, shape: tuple[int, int]) -> list[tuple[int, int]]:
+        """Top-left corners of all windows of a slide of ``shape``, in processing order."""
+        raise NotImplementedError
+
+    def _write_outputs(
+        self, reader: SlideReader, windows: list[tuple[int, int]], scale: Callable[[np.ndarray], torch.Tensor], paths: dict[str, Path]
+    ) -> int:
+        """Infer ``windows`` (those with tissue) and write the outputs with :meth:`_write_slide`; returns the number of nuclei."""
+        raise NotImplementedError
 
     def segment_file(self, path: str | Path) -> dict[str, Any]:
         """Segment one slide and write its outputs; returns the record of :meth:`FolderSegmenter.run` plus
@@ -273,13 +299,14 @@ class SlideSegmenter(StreamingSegmenter):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with SlideReader(path) as reader:
             height, width = reader.shape
-            roi = tuple(self.inferer.roi_size)
+            roi = tuple(int(r) for r in self.inferer.roi_size)
             if height < roi[0] or width < roi[1]:
-                raise UDAInputError(f"slide {reader.shape} is smaller than the window {roi}; use FolderSegmenter (inference.yaml)", path)
+                message = f"slide {reader.shape} is smaller than the {self.window_name} {roi}; use {self.in_memory} (inference.yaml)"
+                raise UDAInputError(message, path)
             factor = max(1, math.ceil(max(height, width) / self.thumbnail_size))
             hist, thumb = scan_slide(reader, factor)
             tissue = tissue_mask(thumb) if self.tissue else None
-            all_windows = window_starts(reader.shape, roi, float(self.inferer.overlap))
+            all_windows = self._window_starts(reader.shape)
             windows = [
                 (y, x) for y, x in all_windows
                 if tissue is None or tissue[y // factor : -(-(y + roi[0]) // factor), x // factor : -(-(x + roi[1]) // factor)].any()
@@ -288,8 +315,7 @@ class SlideSegmenter(StreamingSegmenter):
                 a_min, a_max = (percentile_from_histogram(hist, q) for q in PERCENTILES)
             else:
                 a_min, a_max = (float(np.percentile(thumb, q)) for q in PERCENTILES)
-            scale = self._scaler(a_min, a_max)
-            n_instances = self._write_outputs(reader, windows, scale, paths)
+            n_instances = self._write_outputs(reader, windows, self._scaler(a_min, a_max), paths)
         seconds = time.perf_counter() - start
         skipped = len(all_windows) - len(windows)
         record: dict[str, Any] = {"stem": stem_of(path), "image": str(path), **{key: str(p) for key, p in paths.items()}}
@@ -298,31 +324,57 @@ class SlideSegmenter(StreamingSegmenter):
             fraction_skipped=skipped / len(all_windows), network_seconds=self.network_seconds,
             megapixels_per_s=height * width / 1e6 / seconds,
         )
-        print(f"{path.name}: {n_instances} nuclei, {skipped}/{len(all_windows)} windows skipped as blank ({record['fraction_skipped']:.1%})")
+        skipped_text = f"{skipped}/{len(all_windows)} {self.window_name}s skipped as blank ({record['fraction_skipped']:.1%})"
+        print(f"{path.name}: {n_instances} nuclei, {skipped_text}")
         return record
 
-    def _write_outputs(
-        self, reader: SlideReader, windows: list[tuple[int, int]], scale: Callable[[np.ndarray], torch.Tensor], paths: dict[str, Path]
-    ) -> int:
-        """Stream instances (with the CSV), then derive the mask from them; returns the number of nuclei."""
-        names = ["id", "centroid_y", "centroid_x", "area", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]
-        labeller = StreamingInstanceLabeller(self._to_instances, ("y", "x"), group_width=self.group_width, max_width=self.max_width)
-        fd, tmp_table = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=paths["table"].parent)
-        try:
-            with os.fdopen(fd, "w", newline="") as handle:
-                table = csv.DictWriter(handle, fieldnames=names)
-                table.writeheader()
-                roi = tuple(self.inferer.roi_size)
-                read = lambda start: np.moveaxis(reader.read(*start, *roi), -1, 0)  # noqa: E731
-                slabs = self._instance_slabs(read, reader.shape, windows, scale, labeller, table)
-                tiles = _tile_rows(slabs, reader.shape[1], self.tile, np.dtype(np.uint32))
-                write_tiled_tiff(paths["instances"], tiles, reader.shape, np.uint32, self.tile)
-            os.replace(tmp_table, paths["table"])
-        except BaseException:
-            Path(tmp_table).unlink(missing_ok=True)
-            raise
+    def _write_slide(self, reader: SlideReader, paths: dict[str, Path], slabs: Callable[[csv.DictWriter], Iterator[Slab]]) -> None:
+        """Write the outputs of one slide: ``slabs(table)`` yields the final instance rows ``(start, (h, W) ids)``
+        top to bottom and writes their nuclei to ``table``; the mask TIFF is derived from the instance TIFF."""
+        with nuclei_table(paths["table"], SLIDE_AXES) as table:
+            tiles = _tile_rows(slabs(table), reader.shape[1], self.tile, np.dtype(np.uint32))
+            write_tiled_tiff(paths["instances"], tiles, reader.shape, np.uint32, self.tile)
         with SlideReader(paths["instances"], cache_tiles=1) as instances:
             rows, cols = (math.ceil(s / self.tile) for s in reader.shape)
             masks = ((instances.tile(ty, tx)[..., 0] > 0).astype(np.uint8) * 255 for ty in range(rows) for tx in range(cols))
             write_tiled_tiff(paths["mask"], masks, reader.shape, np.uint8, self.tile)
+
+
+class SlideSegmenter(SlideInference, StreamingSegmenter):
+    """Segment whole slides of any size in bounded memory (see the module docstring).
+
+    For every input ``<stem>`` it writes ``<stem>_instances.tif`` (``uint32`` ids, tiled),
+    ``<stem>_mask.tif`` (``uint8`` 0/255, tiled) and ``<stem>_nuclei.csv``.
+
+    Args:
+        network, input_dir, output_dir, channels, invert, value_range, roi_size, sw_batch_size,
+            overlap, mode, device, ckpt_path, ckpt_key, output_activation, threshold,
+            postprocess, min_size, amp: as for :class:`FolderSegmenter` (``spatial_dims`` is 2).
+        tissue, thumbnail_size, tile: see :class:`SlideInference` (default ``True``, 1024, 256).
+        group_width: width of the groups post-processed together (see
+            :class:`~monai_uda.inference.tiles.StreamingInstanceLabeller`).
+        max_width: components wider than this (not nuclei: folds, pen marks, glass edges) are
+            post-processed in pieces this wide (see
+            :class:`~monai_uda.inference.tiles.StreamingInstanceLabeller`).
+        kwargs: further :class:`SlideInference` and :class:`FolderSegmenter` arguments (e.g. ``padding_mode``).
+    """
+
+    def __init__(
+        self, network: torch.nn.Module, input_dir: str, output_dir: str, group_width: int = 1024, max_width: int = 1024, **kwargs: Any
+    ) -> None:
+        super().__init__(network, input_dir, output_dir, group_width=group_width, **kwargs)
+        self.max_width = max_width
+
+    def _window_starts(self, shape: tuple[int, int]) -> list[tuple[int, int]]:
+        """MONAI's sliding-window grid (:func:`~monai_uda.inference.tiles.window_starts`)."""
+        return window_starts(shape, tuple(self.inferer.roi_size), float(self.inferer.overlap))
+
+    def _write_outputs(
+        self, reader: SlideReader, windows: list[tuple[int, int]], scale: Callable[[np.ndarray], torch.Tensor], paths: dict[str, Path]
+    ) -> int:
+        """Windows -> network -> blended slabs -> instances labelled as they complete (with the CSV)."""
+        labeller = StreamingInstanceLabeller(self._to_instances, SLIDE_AXES, group_width=self.group_width, max_width=self.max_width)
+        roi = tuple(self.inferer.roi_size)
+        read = lambda start: np.moveaxis(reader.read(*start, *roi), -1, 0)  # noqa: E731
+        self._write_slide(reader, paths, lambda table: self._instance_slabs(read, reader.shape, windows, scale, labeller, table))
         return labeller.next_id - 1
