@@ -26,7 +26,7 @@ from monai_uda.errors import UDAInputError
 
 __all__ = ["BACKBONES", "NORMS", "build_mask_rcnn", "load_mask_rcnn_weights"]
 
-BACKBONES = ("resnet50", "resnet101")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 NORMS = ("group", "batch", "frozen_batch")
 #: prediction layers whose shape depends on ``num_classes``: skipped when a checkpoint (e.g. COCO) disagrees
 _CLASS_DEPENDENT = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
@@ -60,7 +60,8 @@ def build_mask_rcnn(
     """Build a ResNet-FPN Mask R-CNN from scratch (no pretrained weights are ever downloaded).
 
     Args:
-        backbone: ``"resnet50"`` or ``"resnet101"``.
+        backbone: ``"resnet50"`` or ``"resnet101"`` (the papers'), or ``"resnet18"``/``"resnet34"``
+            (BasicBlock ResNets, same FPN: about 2.7x faster per DARCNN step on a CPU, for short budgets).
         norm: normalisation of the backbone, FPN and mask head: ``"group"`` (GroupNorm, 32 groups;
             trains with one image per iteration as in CyC-PDAM), ``"batch"`` or ``"frozen_batch"``
             (frozen statistics; only sensible with ``weights_path``).

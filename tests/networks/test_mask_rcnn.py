@@ -53,6 +53,16 @@ def test_grey_input_and_resnet101_batchnorm():
     assert set(out) == {"boxes", "labels", "scores", "masks"}
 
 
+def test_resnet18_backbone_for_cpu_budgets_trains():
+    torch.manual_seed(0)
+    model = build_mask_rcnn(backbone="resnet18", **SMALL).train()
+    assert len(model.backbone.body.layer3) == 2 and model.backbone.out_channels == 256  # BasicBlock stages, same FPN
+    assert [m.in_channels for m in model.backbone.fpn.inner_blocks.modules() if isinstance(m, nn.Conv2d)] == [64, 128, 256, 512]
+    losses = model([torch.rand(3, 64, 64)], [_target(2)])
+    sum(losses.values()).backward()
+    assert model.backbone.body.conv1.weight.grad.abs().sum() > 0
+
+
 def test_user_weights_full_model_and_backbone(tmp_path):
     source = build_mask_rcnn(num_classes=3, **SMALL)
     torch.save({"model": source.state_dict()}, tmp_path / "full.pt")
