@@ -298,7 +298,9 @@ SETTINGS: dict[str, Setting] = {
             bundle_overrides={
                 "cellseg_uda": {"channels": 3, "source_invert": True},
                 "ad_gan": {"channels": 1, "target_invert": True},
-                "cyc_pdam": {"channels": 3, "source_invert": True},
+                # identity loss 0.5 (CycleGAN's colour-preserving option): without it the short CPU CycleGAN
+                # turned the inverted (dark) nuclei white, and PDAM learnt to detect glass (AJI 0.006)
+                "cyc_pdam": {"channels": 3, "source_invert": True, "lambda_identity": 0.5},
                 "darcnn": {"channels": 3, "source_invert": True},
             },
         ),
