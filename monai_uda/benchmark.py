@@ -283,6 +283,16 @@ def _link(source: str | Path, target: str | Path) -> None:
         shutil.copy2(source, target)
 
 
+def _commands(out: Path, command: str | None) -> list[str]:
+    """Every command that wrote rows to ``out`` (``commands.txt``), ``command`` added once."""
+    path = out / "commands.txt"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    if command and command not in lines:
+        lines.append(command)
+        _write_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    return lines
+
+
 def _take_shared_stage(row: Row, stage_signature: str, out: Path, train_dir: Path) -> dict[str, Any] | None:
     """Hard-link the finished first stage of ``row.shared.row`` into ``train_dir`` (see :class:`SharedStage`).
 
@@ -391,7 +401,7 @@ def run_benchmark(
         f"- machine: {os.cpu_count()} CPU cores, {sys.platform}; inference MP/s = evaluation megapixels / wall time of the "
         "inference run (model loading, sliding window, post-processing, writing)",
         f"- overlays: `overlays/<row>.png` on evaluation image `{prepared.overlay_stem}` (`overlays/ground_truth.png`)",
-    ] + ([f"- command: `{command}`"] if command else [])
+    ] + [f"- command: `{line}`" for line in _commands(out, command)]
     summary: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": []}
     for name in names:
         row = ROWS[name]

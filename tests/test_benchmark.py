@@ -124,3 +124,12 @@ def test_darcnn_rows_stage1_alone_and_both_stages(tmp_path, sample_2d, capsys):
     assert float(records["darcnn"]["train_seconds"]) == pytest.approx(own["train_seconds"] + donor["train_seconds"], abs=0.2)
     assert "darcnn: continues from the finished stage1 of row darcnn_stage1" in capsys.readouterr().out
     assert all(0.0 <= float(records[r][k]) <= 1.0 for r in records for k in ("aji", "pq", "object_f1", "dice"))
+
+
+def test_results_md_lists_the_command_of_every_run_into_the_same_out(tmp_path):
+    first, second = "monai-uda benchmark --rows cyc_pdam", "monai-uda benchmark --rows darcnn_stage1"
+    assert benchmark._commands(tmp_path, first) == [first]
+    assert benchmark._commands(tmp_path, second) == [first, second]
+    assert benchmark._commands(tmp_path, first) == [first, second]  # a rerun is not listed twice
+    assert benchmark._commands(tmp_path, None) == [first, second]
+    assert (tmp_path / "commands.txt").read_text() == f"{first}\n{second}\n"
