@@ -124,3 +124,37 @@ def test_relabel_sequential_and_remove_small():
     assert kept[0, 0] and kept[1, 1] and not kept[4, 4] and kept.sum() == 2
     holes = ~np.pad(np.ones((3, 3), dtype=bool), 1)  # a 9-pixel hole inside a 5x5 ring
     assert remove_small(holes, 10, holes=True).all() and not remove_small(holes, 9, holes=True).all()
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_per_component_h_maxima_equal_whole_image_h_maxima(dims):
+    from scipy import ndimage
+    from skimage import morphology
+
+    from monai_uda.inference.postprocess import h_maxima_markers
+
+    rng = np.random.default_rng(dims)
+    if dims == 2:  # touching and separate discs, some at the image border
+        mask = _discs((96, 128), [tuple(c) for c in rng.integers(0, (96, 128), size=(25, 2))], radius=7)
+    else:
+        mask = _balls((24, 40, 40), [tuple(c) for c in rng.integers(0, (24, 40, 40), size=(8, 3))], radius=6)
+    distance = ndimage.gaussian_filter(ndimage.distance_transform_edt(mask), 1.0) * mask
+    components, n = ndimage.label(mask, structure=np.ones((3,) * dims))
+    assert n > 3
+    for h in (1.0, 2.0):
+        expected = morphology.h_maxima(distance, h).astype(bool) & mask
+        assert np.array_equal(h_maxima_markers(distance, components, h), expected)
+
+
+def test_component_below_h_gets_no_marker_but_its_own_instance():
+    from scipy import ndimage
+
+    from monai_uda.inference.postprocess import h_maxima_markers
+
+    mask = _discs((40, 60), [(20, 15)], radius=9)
+    mask[5:7, 40:52] = True  # a thin bar: its distance never reaches h = 2
+    distance = ndimage.distance_transform_edt(mask)
+    markers = h_maxima_markers(distance, ndimage.label(mask, structure=np.ones((3, 3)))[0], 2.0)
+    assert markers[20, 15] and not markers[:, 30:].any()
+    instances = binary_to_instances(mask, min_size=5, h=2.0, sigma=0.0)
+    assert instances.max() == 2 and len(np.unique(instances[5:7, 40:52])) == 1 and instances[5, 40] > 0
