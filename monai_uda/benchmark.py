@@ -319,9 +319,10 @@ def _take_shared_stage(row: Row, stage_signature: str, out: Path, train_dir: Pat
         else:
             _link(source, target)
     stages = donor["stages"]
-    seconds = sum(stages[key]["seconds"] for key in stage.trainers)
-    if stage.with_untimed_work:
+    if stage.with_untimed_work:  # all of the donor's training time but its later trainers'
         seconds = float(donor["train_seconds"]) - sum(v["seconds"] for k, v in stages.items() if k not in stage.trainers)
+    else:
+        seconds = sum(stages[key]["seconds"] for key in stage.trainers)
     print(f"[benchmark] {row.name}: continues from the finished {', '.join(stage.paths)} of row {stage.row} "
           f"({seconds:.0f} s, counted in its train seconds)", flush=True)
     return {"seconds": seconds, "iterations": sum(int(stages[key]["iterations"]) for key in stage.trainers)}
@@ -460,8 +461,8 @@ def run_benchmark(
         # re-read first: another benchmark process may have finished rows in the same --out meanwhile
         records = {**read_results(out), name: record}
         write_results(out, list(records.values()), header)
-    if not (out / "results.csv").is_file() or summary["skipped"]:
-        write_results(out, list(records.values()), header)
+    if not (out / "results.csv").is_file() or summary["skipped"]:  # read afresh, as after every row
+        write_results(out, list({**records, **read_results(out)}.values()), header)
     return {"results": list(records.values()), **summary}
 
 
