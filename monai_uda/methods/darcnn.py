@@ -47,12 +47,17 @@ def alpha_ramp(iteration: int, warmup_iterations: int, start: float, end: float)
 
 
 @torch.no_grad()
-def _follow(follower: nn.Module, leader: nn.Module, momentum: float) -> None:
-    """Exponential moving average ``follower <- m follower + (1 - m) leader`` (buffers copied)."""
+def _follow(follower: nn.Module, leader: nn.Module, momentum: float, copy_buffers: bool = True) -> None:
+    """Exponential moving average ``follower <- m follower + (1 - m) leader``.
+
+    Buffers (batch-norm statistics) are copied when ``copy_buffers``, otherwise the follower keeps
+    its own (an encoder that sees the other domain's images keeps that domain's statistics).
+    """
     for p_f, p_l in zip(follower.parameters(), leader.parameters()):
         p_f.lerp_(p_l, 1.0 - momentum)
     for b_f, b_l in zip(follower.buffers(), leader.buffers()):
-        b_f.copy_(b_l)
+        if copy_buffers:
+            b_f.copy_(b_l)
 
 
 def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Adam:
@@ -68,10 +73,15 @@ class DARCNNStage1(AdaptationMethod):
     """DARCNN stage 1: domain separation with L_sim, L_diff and L_target (eq 1).
 
     The target head M^t receives no supervised signal in stage 1 (L_target trains the encoders
-    through its RoI features). The paper starts M^s and M^t from one COCO-pretrained head, so
-    M^t is a working detector from the start; here, where the source may be trained from
-    scratch, M^t follows M^s as an exponential moving average (``target_head_momentum``; 1
-    keeps M^t at its initialisation as in the paper, 0 copies M^s every iteration).
+    through its RoI features). The paper starts both branches from one COCO-pretrained
+    Mask R-CNN, so the target branch E_c + E_p^t + M^t is a working detector from the start;
+    here, where the source may be trained from scratch, M^t follows M^s as an exponential moving
+    average (``target_head_momentum``) and E_p^t follows E_p^s likewise on top of its own
+    L_diff/L_target updates (``target_encoder_momentum``). A momentum of 1 keeps that part at its
+    initialisation as in the paper, 0 copies the source part every iteration. Without the encoder
+    EMA the target branch's fused features drift from what M^s learnt: measured on DSB2018 ->
+    MoNuSeg (ResNet-18, 128 px, 506 iterations), the source branch scored nuclei at 0.94 while
+    the target branch stayed at 0.25 or below, leaving stage 2 without pseudo-labels.
 
     The projection P of L_sim is learned adversarially: it *maximises* the MMD (its gradient
     is negated before the optimiser step, a learned test kernel as in MMD-GAN) while the
@@ -87,6 +97,8 @@ class DARCNNStage1(AdaptationMethod):
         diff_channel_fraction: channels L_diff constrains (paper: half).
         bandwidths: Gaussian kernel bandwidths of L_sim.
         target_head_momentum: EMA momentum of M^t following M^s (see above).
+        target_encoder_momentum: EMA momentum of E_p^t following E_p^s (see above; its own
+            normalisation statistics are kept).
         feature_levels: FPN levels entering L_sim and L_diff (``None``: all).
         amp: autocast the forward passes.
     """
@@ -107,21 +119,23 @@ class DARCNNStage1(AdaptationMethod):
         diff_channel_fraction: float = 0.5,
         bandwidths: tuple[float, ...] = DEFAULT_BANDWIDTHS,
         target_head_momentum: float = 0.99,
+        target_encoder_momentum: float = 0.99,
         feature_levels: tuple[str, ...] | None = None,
         amp: bool = False,
     ) -> None:
         super().__init__(amp=amp)
         if set(detector.domains) != {"source", "target"}:
             raise ValueError(f"stage 1 needs a source and a target branch, got {detector.domains}")
-        if not 0.0 <= target_head_momentum <= 1.0:
-            raise ValueError(f"target_head_momentum must be in [0, 1], got {target_head_momentum}")
+        for name, value in (("target_head_momentum", target_head_momentum), ("target_encoder_momentum", target_encoder_momentum)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
         self.detector = detector
         self.alpha, self.alpha_start, self.alpha_warmup_iterations = alpha, alpha_start, alpha_warmup_iterations
         self.loss_weights = {"diff": beta, "target": gamma}
         self.score_threshold, self.mask_threshold = score_threshold, mask_threshold
         self.diff_channel_fraction = diff_channel_fraction
         self.bandwidths = tuple(bandwidths)
-        self.target_head_momentum = target_head_momentum
+        self.target_head_momentum, self.target_encoder_momentum = target_head_momentum, target_encoder_momentum
         self.feature_levels = None if feature_levels is None else tuple(feature_levels)
         head_t = set(map(id, detector.heads["target"].parameters()))
         trained = [p for p in detector.parameters() if id(p) not in head_t]
@@ -176,9 +190,11 @@ class DARCNNStage1(AdaptationMethod):
                 p.grad.neg_()
         average_gradients(optimizer)
         optimizer.step()
+        warmup = 1.0 - 1.0 / (engine.state.iteration + 1)  # plain average over the first iterations
         if self.target_head_momentum < 1.0:
-            momentum = min(self.target_head_momentum, 1.0 - 1.0 / (engine.state.iteration + 1))
-            _follow(net.heads["target"], net.heads["source"], momentum)
+            _follow(net.heads["target"], net.heads["source"], min(self.target_head_momentum, warmup))
+        if self.target_encoder_momentum < 1.0:
+            _follow(net.private_encoders["target"], net.private_encoders["source"], min(self.target_encoder_momentum, warmup), copy_buffers=False)
         losses: dict[str, torch.Tensor | float] = {f"source_{k.removeprefix('loss_')}": v.detach() for k, v in {**rpn_losses, **head_losses}.items()}
         losses.update(
             source=loss_source.detach(),

@@ -198,3 +198,28 @@ def test_component_wider_than_group_width_is_cut_and_table_matches_instances(tmp
         assert (float(row["centroid_y"]), float(row["centroid_x"])) == tuple(round(c, 2) for c in region.centroid)
         assert int(row["area"]) == region.area
         assert tuple(int(row[k]) for k in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")) == region.bbox
+
+
+class _FailingNet(torch.nn.Module):
+    """The darkness network, failing at its ``fail_at``-th call (a device error mid-slide)."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__()
+        self.net, self.calls, self.fail_at = _darkness_net(), 0, fail_at
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("out of memory on window batch")
+        return self.net(x)
+
+
+def test_network_error_mid_slide_is_raised_and_leaves_no_partial_output(tmp_path):
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "slide.tif", _slide((1024, 512), [(100, 100), (700, 300)], radius=8), tile=(256, 256))
+    net = _FailingNet(fail_at=3)
+    segmenter = SlideSegmenter(net, str(tmp_path / "in"), str(tmp_path / "out"), tissue=False, channels=3, roi_size=(256, 256), sw_batch_size=2)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        segmenter.segment_file(tmp_path / "in" / "slide.tif")
+    assert net.calls == 3  # stopped at the failing batch, not run to the end
+    assert not list((tmp_path / "out").glob("*.tif"))  # no truncated instance map passed off as a result

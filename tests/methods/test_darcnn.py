@@ -66,15 +66,35 @@ def test_stage1_step_updates_all_but_the_target_head(tiny_rcnn):
     assert not _changed(net.heads["target"], head_t)  # momentum 1: M^t keeps its initialisation
 
 
-def test_stage1_target_head_follows_source_head(tiny_rcnn):
+def test_stage1_target_branch_follows_source_branch(tiny_rcnn):
     torch.manual_seed(1)
     net = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **tiny_rcnn)
-    method = DARCNNStage1(net, score_threshold=2.0, target_head_momentum=0.0).train()  # no confident proposals
+    method = DARCNNStage1(net, score_threshold=2.0, target_head_momentum=0.0, target_encoder_momentum=0.0).train()  # no confident proposals
     losses = method.step(_engine(1), _batch())
     assert losses["target"].item() == 0.0 and losses["confident_proposals"] == 0.0
     assert losses["images_without_background"] == 1.0
     source, target = net.heads["source"].state_dict(), net.heads["target"].state_dict()
     assert all(torch.equal(source[k], v) for k, v in target.items())  # momentum 0: a copy of M^s
+    pairs = zip(net.private_encoders["source"].parameters(), net.private_encoders["target"].parameters())
+    assert all(torch.equal(p_s, p_t) for p_s, p_t in pairs)  # and E_p^t a copy of E_p^s
+
+
+def test_stage1_target_encoder_momentum_is_a_moving_average(tiny_rcnn):
+    torch.manual_seed(2)
+    net = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **tiny_rcnn)
+    with torch.no_grad():  # make the two private encoders differ, so the average is visible
+        for p in net.private_encoders["source"].parameters():
+            p.add_(1.0)
+    reference = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **tiny_rcnn)
+    reference.load_state_dict(net.state_dict())
+    DARCNNStage1(reference, lr=0.0, target_encoder_momentum=1.0).train().step(_engine(9), _batch())  # gradients only (lr 0)
+    DARCNNStage1(net, lr=0.0, target_encoder_momentum=0.75).train().step(_engine(9), _batch())
+    followed = dict(net.private_encoders["target"].named_parameters())
+    for name, p_t in reference.private_encoders["target"].named_parameters():
+        p_s = dict(reference.private_encoders["source"].named_parameters())[name]
+        torch.testing.assert_close(followed[name], 0.75 * p_t + 0.25 * p_s)
+    with pytest.raises(ValueError, match="target_encoder_momentum"):
+        DARCNNStage1(net, target_encoder_momentum=1.5)
 
 
 def test_stage2_step_trains_target_branch_only_with_frozen_teacher(tiny_rcnn):
