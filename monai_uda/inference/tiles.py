@@ -220,7 +220,7 @@ class StreamingInstanceLabeller:
         to_instances: Callable[[np.ndarray], np.ndarray],
         axis_names: Sequence[str] = ("y", "x"),
         group_width: int = 2048,
-        max_open_rows: int = 1024,
+        max_open_rows: int = 512,
         pad: int = 4,
         max_width: int = 1024,
     ) -> None:
