@@ -117,6 +117,27 @@ def test_resume_from_a_checkpoint_that_does_not_fit(kind: str, dataset: Path, tm
     assert reason in line and "another bundle or with other network sizes?" in line, line
 
 
+@pytest.mark.parametrize("bundle", ["cellseg_uda", "ad_gan", "cyc_pdam", "darcnn"])
+def test_every_resume_goes_through_the_one_line_loader(bundle: str):
+    """A checkpoint that does not fit is one ``error:`` line in every bundle (cyc_pdam and darcnn used MONAI's plain loader)."""
+    import yaml
+
+    def loaders(node):
+        if isinstance(node, dict):
+            target = node.get("_target_", "")
+            if isinstance(target, str) and target.endswith("CheckpointLoader"):
+                yield target
+            for value in node.values():
+                yield from loaders(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from loaders(value)
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "bundles" / bundle / "configs" / "train.yaml").read_text(encoding="utf-8"))
+    found = list(loaders(config))
+    assert found and set(found) == {"monai_uda.engines.ResumeCheckpointLoader"}, found
+
+
 def test_false_means_false_on_the_command_line(dataset: Path, tmp_path: Path, kit):
     """fire keeps ``false`` as the string "false", which Python treats as true: ``--resume false`` resumed."""
     code, stderr = kit.run("train", "--dataset_dir", dataset, "--output_dir", tmp_path / "run", *kit.tiny_args(max_iterations=1),
