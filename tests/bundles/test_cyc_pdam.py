@@ -133,7 +133,7 @@ def test_multi_gpu_config_disables_rank_local_outputs_and_waits_for_synthesis():
         handlers = parser[stage]
         rank0_only = [h["_target_"] for h in handlers if h.get("_disabled_") == "$not @is_main"]
         assert rank0_only == ["CheckpointSaver", "StatsHandler", "TensorBoardStatsHandler", "ignite.handlers.ProgressBar"]
-        assert handlers[0]["_target_"] == "CheckpointLoader"  # every rank resumes
+        assert handlers[0]["_target_"] == "monai_uda.engines.ResumeCheckpointLoader"  # every rank resumes
     assert parser["run"] == ["@run_cyclegan", "@run_synthesis", "$torch.distributed.barrier()", "@run_pdam"]
     assert parser["write_synthesis"] == "$@is_main and not @synthesis_done"
 
