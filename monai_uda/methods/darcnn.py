@@ -55,8 +55,8 @@ def _follow(follower: nn.Module, leader: nn.Module, momentum: float, copy_buffer
     """
     for p_f, p_l in zip(follower.parameters(), leader.parameters()):
         p_f.lerp_(p_l, 1.0 - momentum)
-    for b_f, b_l in zip(follower.buffers(), leader.buffers()):
-        if copy_buffers:
+    if copy_buffers:
+        for b_f, b_l in zip(follower.buffers(), leader.buffers()):
             b_f.copy_(b_l)
 
 
