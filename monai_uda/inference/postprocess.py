@@ -57,33 +57,74 @@ def _add_unmarked(instances: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return instances
 
 
+# Bounding boxes at least this large (pixels/voxels) are reconstructed with ITK instead of scikit-image.
+ITK_MIN_PIXELS = 1 << 20
+
+
+def _reconstruction_by_dilation(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Grey reconstruction by dilation of ``seed`` under ``mask`` (full connectivity) with ITK.
+
+    Same result as ``skimage.morphology.reconstruction(seed, mask)`` on ``float32`` input, about
+    10x faster on multi-megapixel images (a 2048x4096 foreground web: 1.0 s instead of 9 s).
+    Only the two wrapper modules needed are imported (~4 s once per process, where the lazy
+    ``itk.ReconstructionByDilationImageFilter`` lookup loads ~15 s of unrelated wrappers).
+    """
+    from itk import itkPyBufferPython, itkReconstructionByDilationImageFilterPython
+
+    dims = mask.ndim
+    buffer = getattr(itkPyBufferPython, f"itkPyBufferIF{dims}")
+    seed = np.ascontiguousarray(seed, dtype=np.float32)  # the ITK views below borrow these buffers
+    mask = np.ascontiguousarray(mask, dtype=np.float32)
+    reconstruction = getattr(
+        itkReconstructionByDilationImageFilterPython, f"itkReconstructionByDilationImageFilterIF{dims}IF{dims}"
+    ).New(
+        MarkerImage=buffer.GetImageViewFromArray(seed),
+        MaskImage=buffer.GetImageViewFromArray(mask),
+        FullyConnected=True,
+    )
+    reconstruction.Update()
+    return np.array(buffer.GetArrayViewFromImage(reconstruction.GetOutput()))
+
+
+def _h_maxima(values: np.ndarray, h: float) -> np.ndarray:
+    """``skimage.morphology.h_maxima(values, h)`` for ``float32`` values, through ITK for large inputs."""
+    if values.size < ITK_MIN_PIXELS:
+        return morphology.h_maxima(values, h).astype(bool)
+    # skimage's float recipe: reconstruct from values - h - (float resolution), keep residues >= h
+    seed = values - np.float32(h) - 2 * np.finfo(np.float32).resolution * np.abs(values)
+    return (values - _reconstruction_by_dilation(seed, values)) >= h
+
+
 def h_maxima_markers(distance: np.ndarray, components: np.ndarray, h: float) -> np.ndarray:
     """``skimage.morphology.h_maxima(distance, h)``, computed per foreground component.
 
     ``distance`` is 0 on the background, so a component's h-maxima depend only on its own
     values: each component is processed in its bounding box (one pixel/voxel of margin, other
     components blanked), which skips the background and, on tissue-dense slides, was the bulk of
-    the post-processing time. Components whose maximum is below ``h`` get no marker here
+    the post-processing time. Boxes of at least :data:`ITK_MIN_PIXELS` (the one foreground web of
+    an untrained or poorly adapted network) go through ITK's reconstruction, which gives the
+    same markers ~10x faster. Components whose maximum is below ``h`` get no marker here
     (whole-image ``h_maxima`` marks their top only when no taller component is near, an
     artefact of its global shift); :func:`binary_to_instances` gives them their own id anyway.
 
     Args:
-        distance: non-negative map, 0 outside ``components``.
+        distance: non-negative map, 0 outside ``components``; computed in ``float32``.
         components: connected-component labels of the foreground (``scipy.ndimage.label``).
         h: minimal dynamic of a maximum.
 
     Returns:
         boolean marker map of ``distance``'s shape.
     """
+    distance = np.asarray(distance, dtype=np.float32)
     markers = np.zeros(distance.shape, dtype=bool)
     for label, box in enumerate(ndimage.find_objects(components), start=1):
         if box is None:
             continue
         box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
         own = components[box] == label
-        values = np.where(own, distance[box], 0.0)
+        values = np.where(own, distance[box], np.float32(0))
         if values.max() >= h:
-            markers[box] |= morphology.h_maxima(values, h).astype(bool) & own
+            markers[box] |= _h_maxima(values, h) & own
     return markers
 
 
@@ -122,7 +163,7 @@ def binary_to_instances(
     mask = remove_small(remove_small(mask, min_size), min_size, holes=True)
     if not mask.any():
         return np.zeros(mask.shape, dtype=np.uint32)
-    distance = ndimage.distance_transform_edt(mask)
+    distance = ndimage.distance_transform_edt(mask).astype(np.float32)
     if sigma > 0:
         distance = ndimage.gaussian_filter(distance, sigma) * mask
     components, _ = ndimage.label(mask, structure=np.ones((3,) * mask.ndim))

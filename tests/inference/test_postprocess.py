@@ -126,19 +126,24 @@ def test_relabel_sequential_and_remove_small():
     assert remove_small(holes, 10, holes=True).all() and not remove_small(holes, 9, holes=True).all()
 
 
+@pytest.mark.parametrize("through_itk", [False, True], ids=["skimage", "itk"])
 @pytest.mark.parametrize("dims", [2, 3])
-def test_per_component_h_maxima_equal_whole_image_h_maxima(dims):
+def test_per_component_h_maxima_equal_whole_image_h_maxima(dims, through_itk, monkeypatch):
     from scipy import ndimage
     from skimage import morphology
 
+    from monai_uda.inference import postprocess
     from monai_uda.inference.postprocess import h_maxima_markers
+
+    if through_itk:  # every component box goes through ITK's reconstruction
+        monkeypatch.setattr(postprocess, "ITK_MIN_PIXELS", 1)
 
     rng = np.random.default_rng(dims)
     if dims == 2:  # touching and separate discs, some at the image border
         mask = _discs((96, 128), [tuple(c) for c in rng.integers(0, (96, 128), size=(25, 2))], radius=7)
     else:
         mask = _balls((24, 40, 40), [tuple(c) for c in rng.integers(0, (24, 40, 40), size=(8, 3))], radius=6)
-    distance = ndimage.gaussian_filter(ndimage.distance_transform_edt(mask), 1.0) * mask
+    distance = ndimage.gaussian_filter(ndimage.distance_transform_edt(mask).astype(np.float32), 1.0) * mask
     components, n = ndimage.label(mask, structure=np.ones((3,) * dims))
     assert n > 3
     for h in (1.0, 2.0):
