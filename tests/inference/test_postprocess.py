@@ -126,17 +126,12 @@ def test_relabel_sequential_and_remove_small():
     assert remove_small(holes, 10, holes=True).all() and not remove_small(holes, 9, holes=True).all()
 
 
-@pytest.mark.parametrize("through_itk", [False, True], ids=["skimage", "itk"])
 @pytest.mark.parametrize("dims", [2, 3])
-def test_per_component_h_maxima_equal_whole_image_h_maxima(dims, through_itk, monkeypatch):
+def test_h_maxima_markers_equal_skimage_h_maxima_alone_and_per_component(dims):
     from scipy import ndimage
     from skimage import morphology
 
-    from monai_uda.inference import postprocess
     from monai_uda.inference.postprocess import h_maxima_markers
-
-    if through_itk:  # every component box goes through ITK's reconstruction
-        monkeypatch.setattr(postprocess, "ITK_MIN_PIXELS", 1)
 
     rng = np.random.default_rng(dims)
     if dims == 2:  # touching and separate discs, some at the image border
@@ -147,8 +142,11 @@ def test_per_component_h_maxima_equal_whole_image_h_maxima(dims, through_itk, mo
     components, n = ndimage.label(mask, structure=np.ones((3,) * dims))
     assert n > 3
     for h in (1.0, 2.0):
-        expected = morphology.h_maxima(distance, h).astype(bool) & mask
-        assert np.array_equal(h_maxima_markers(distance, components, h), expected)
+        markers = h_maxima_markers(distance, h)
+        assert np.array_equal(markers, morphology.h_maxima(distance, h).astype(bool) & mask)
+        for label, box in enumerate(ndimage.find_objects(components), start=1):  # each component as if alone
+            alone = np.where(components == label, distance, np.float32(0))[box]
+            assert np.array_equal(markers[box] & (components[box] == label), morphology.h_maxima(alone, h).astype(bool))
 
 
 def test_component_below_h_gets_no_marker_but_its_own_instance():
@@ -159,7 +157,7 @@ def test_component_below_h_gets_no_marker_but_its_own_instance():
     mask = _discs((40, 60), [(20, 15)], radius=9)
     mask[5:7, 40:52] = True  # a thin bar: its distance never reaches h = 2
     distance = ndimage.distance_transform_edt(mask)
-    markers = h_maxima_markers(distance, ndimage.label(mask, structure=np.ones((3, 3)))[0], 2.0)
+    markers = h_maxima_markers(distance, 2.0)
     assert markers[20, 15] and not markers[:, 30:].any()
     instances = binary_to_instances(mask, min_size=5, h=2.0, sigma=0.0)
     assert instances.max() == 2 and len(np.unique(instances[5:7, 40:52])) == 1 and instances[5, 40] > 0
