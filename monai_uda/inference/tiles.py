@@ -377,8 +377,9 @@ class StreamingSegmenter(FolderSegmenter):
 
         Pixels no window covered (NaN, skipped as blank) are background.
         """
-        raw = torch.from_numpy(raw)
-        probs = to_probabilities(torch.nan_to_num(raw)[None], self.output_activation)[0]
+        raw = torch.from_numpy(raw)  # a fresh array from the blender: cleaned in place, saving a slab-sized copy
+        uncovered = torch.isnan(raw[0])
+        probs = to_probabilities(raw.nan_to_num_()[None], self.output_activation)[0]
         if self.postprocess == "ternary":
             if probs.shape[0] != 3:
                 raise UDAInputError(f"ternary post-processing needs 3 output channels, the network gave {probs.shape[0]}")
@@ -386,7 +387,7 @@ class StreamingSegmenter(FolderSegmenter):
         else:
             foreground = 1.0 - probs[0] if self.output_activation == "softmax" else probs[0]
             classes = foreground > self.threshold
-        classes[torch.isnan(raw[0])] = 0
+        classes[uncovered] = 0
         return classes.numpy().astype(np.uint8)
 
     def _to_instances(self, classes: np.ndarray) -> np.ndarray:
