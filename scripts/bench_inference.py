@@ -1,13 +1,16 @@
 """Whole-slide inference benchmark: throughput, peak memory and end-to-end vs network-only speed.
 
 For each size a synthetic H&E-like RGB tiled TIFF (``size x size``, the top ``--tissue`` fraction
-tissue with nuclei, the rest blank glass) is generated tile by tile, then segmented by
-:class:`monai_uda.inference.SlideSegmenter` in a fresh process (so the peak RSS is that size's).
+tissue with nuclei, the rest blank glass) is generated tile by tile (or reused from ``--workdir``),
+then segmented by :class:`monai_uda.inference.SlideSegmenter` in a fresh process (so the peak
+RSS is that of segmenting that size, not of generating it); its progress bar goes to stderr.
 The same process then times the network alone on the same number of windows of the same batch
 size (random tensors, no I/O, no stitching) and reports the ratio of the two throughputs.
 
     python scripts/bench_inference.py --sizes 4096,16384
     python scripts/bench_inference.py --sizes 16384 --network cpu   # train_cpu.yaml U-Net
+    python scripts/bench_inference.py --sizes 32768 --rows 1536 --tissue 1   # the 32k slide's width, in minutes
+    python scripts/bench_inference.py --sizes 16384 --prefetch_slabs 0   # no worker thread
 
 The last line printed per size is
 ``size=<px> megapixels_per_s=<f> peak_rss_gib=<f> e2e_over_network=<f>``.
@@ -35,15 +38,17 @@ NETWORKS = {  # U-Net widths and window of the bundle presets
 GLASS, TISSUE, NUCLEUS = (236, 230, 234), (222, 150, 196), (80, 40, 130)
 
 
-def _tiles(size: int, tissue: float, tile: int, seed: int) -> Iterator[np.ndarray]:
-    """Raster-ordered RGB tiles: tissue rows with ~40 nuclei of radius 5-9 per tile, then glass."""
+def _tiles(size: int, tissue: float, tile: int, seed: int, rows: int | None = None) -> Iterator[np.ndarray]:
+    """Raster-ordered RGB tiles of a ``rows x size`` slide (default square): tissue rows with ~40 nuclei
+    of radius 5-9 per tile, then glass."""
     from skimage.draw import disk
 
     rng = np.random.default_rng(seed)
-    for ty in range(0, size, tile):
+    rows = size if rows is None else rows
+    for ty in range(0, rows, tile):
         for _ in range(0, size, tile):
             out = np.empty((tile, tile, 3), dtype=np.uint8)
-            if ty < tissue * size:
+            if ty < tissue * rows:
                 out[:] = TISSUE
                 for y, x, r in zip(*rng.integers((10, 10, 5), (tile - 10, tile - 10, 10), size=(40, 3)).T):
                     out[disk((y, x), r, shape=out.shape[:2])] = NUCLEUS
@@ -52,33 +57,42 @@ def _tiles(size: int, tissue: float, tile: int, seed: int) -> Iterator[np.ndarra
             yield np.clip(out.astype(np.int16) + rng.integers(-8, 9, out.shape), 0, 255).astype(np.uint8)
 
 
-def make_slide(path: Path, size: int, tissue: float, tile: int = 256, seed: int = 0) -> Path:
-    """Write the synthetic slide, streaming (never holds the whole slide)."""
+def make_slide(path: Path, size: int, tissue: float, tile: int = 256, seed: int = 0, rows: int | None = None) -> Path:
+    """Write the synthetic slide, streaming (never holds the whole slide), atomically."""
     import tifffile
 
-    with tifffile.TiffWriter(path, bigtiff=size * size * 3 > 2**31) as writer:
-        writer.write(_tiles(size, tissue, tile, seed), shape=(size, size, 3), dtype=np.uint8, tile=(tile, tile), compression="zlib", maxworkers=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".partial-{path.name}")
+    rows = size if rows is None else rows
+    with tifffile.TiffWriter(partial, bigtiff=rows * size * 3 > 2**31) as writer:
+        writer.write(_tiles(size, tissue, tile, seed, rows), shape=(rows, size, 3), dtype=np.uint8, tile=(tile, tile), compression="zlib", maxworkers=1)
+    partial.replace(path)
     return path
 
 
-def run_one(size: int, network: str, tissue: float, sw_batch_size: int, workdir: Path) -> dict:
-    """Generate, segment and time one slide in this process; returns the figures."""
+def slide_path(workdir: Path, size: int, tissue: float, rows: int | None = None) -> Path:
+    """Where the slide of one size (and height), tissue fraction lives in the work folder."""
+    height = "" if rows is None else f"_rows{rows}"
+    return workdir / str(size) / "slides" / f"slide{size}{height}_tissue{tissue:g}.tif"
+
+
+def run_one(size: int, network: str, tissue: float, sw_batch_size: int, workdir: Path, rows: int | None = None, prefetch_slabs: int | None = None) -> dict:
+    """Segment and time one slide (made by :func:`make_slide`) in this process; returns the figures."""
     import torch
     from monai.networks.nets import UNet
 
     from monai_uda.inference import SlideSegmenter
 
     widths, roi = NETWORKS[network]
-    slides = workdir / "slides"
-    slides.mkdir(parents=True, exist_ok=True)
-    make_slide(slides / f"slide{size}.tif", size, tissue)
+    slide = slide_path(workdir, size, tissue, rows)
     torch.manual_seed(0)
     net = UNet(2, 3, 1, widths, [2] * (len(widths) - 1), num_res_units=1).eval()
-    seg = SlideSegmenter(net, str(slides), str(workdir / "out"), channels=3, roi_size=(roi, roi), sw_batch_size=sw_batch_size)
-    record = seg.segment_file(slides / f"slide{size}.tif")
+    seg = SlideSegmenter(net, str(slide.parent), str(workdir / str(size) / "out"), channels=3, roi_size=(roi, roi), sw_batch_size=sw_batch_size,
+                         prefetch_slabs=prefetch_slabs)
+    record = seg.segment_file(slide)
     windows = record["windows"] - record["windows_skipped"]
     batches = -(-windows // sw_batch_size)
-    sample = min(batches, 8)
+    sample = min(batches, 24)  # timed batches: ~15 s of the default U-Net, enough to average out a busy machine
     x = torch.rand(sw_batch_size, 3, roi, roi)
     with torch.no_grad():
         net(x)  # warm-up, as the first window of the streaming run
@@ -89,7 +103,7 @@ def run_one(size: int, network: str, tissue: float, sw_batch_size: int, workdir:
     return {
         "size": size, "network": network, "windows": record["windows"], "windows_skipped": record["windows_skipped"],
         "n_instances": record["n_instances"], "e2e_seconds": record["seconds"], "network_in_run_seconds": record["network_seconds"],
-        "network_only_seconds": network_seconds, "megapixels_per_s": size * size / 1e6 / record["seconds"],
+        "network_only_seconds": network_seconds, "megapixels_per_s": (rows or size) * size / 1e6 / record["seconds"],
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "e2e_over_network": network_seconds / record["seconds"],
     }
@@ -102,18 +116,29 @@ def main() -> None:
     parser.add_argument("--tissue", type=float, default=0.5, help="fraction of the slide covered by tissue")
     parser.add_argument("--sw_batch_size", type=int, default=4)
     parser.add_argument("--workdir", default=None, help="folder for slides and outputs (default: a temporary one)")
+    parser.add_argument("--rows", type=int, default=None, help="slide height (default: square); e.g. --rows 1536 --tissue 1 "
+                        "gives a strip as wide as the slide, for its memory in minutes")
+    parser.add_argument("--prefetch_slabs", type=int, default=None, help="SlideSegmenter's prefetch_slabs (0: no worker thread; "
+                        "default: its own, 0 on CPU)")
     parser.add_argument("--single", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_inference_"))
     if args.single is not None:
-        print(json.dumps(run_one(args.single, args.network, args.tissue, args.sw_batch_size, workdir)))
+        print(json.dumps(run_one(args.single, args.network, args.tissue, args.sw_batch_size, workdir, args.rows, args.prefetch_slabs)))
         return
     for size in (int(s) for s in args.sizes.split(",")):
+        slide = slide_path(workdir, size, args.tissue, args.rows)
+        if not slide.is_file():  # same generator and seed: a slide left by an earlier run is the same slide
+            start = time.perf_counter()
+            make_slide(slide, size, args.tissue, rows=args.rows)
+            print(f"size={size} generated {slide} in {time.perf_counter() - start:.0f} s", flush=True)
         cmd = [sys.executable, __file__, "--single", str(size), "--network", args.network, "--tissue", str(args.tissue),
-               "--sw_batch_size", str(args.sw_batch_size), "--workdir", str(workdir / str(size))]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+               "--sw_batch_size", str(args.sw_batch_size), "--workdir", str(workdir)]
+        cmd += ["--rows", str(args.rows)] if args.rows else []
+        cmd += ["--prefetch_slabs", str(args.prefetch_slabs)] if args.prefetch_slabs is not None else []
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)  # stderr (progress, errors) passes through
         if proc.returncode:
-            sys.exit(f"size {size} failed:\n{proc.stderr[-3000:]}")
+            sys.exit(f"size {size} failed (exit code {proc.returncode}, its error is above)")
         figures = json.loads(proc.stdout.strip().splitlines()[-1])
         print(
             f"size={size} network={figures['network']} windows={figures['windows']} skipped={figures['windows_skipped']} "

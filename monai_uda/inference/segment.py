@@ -35,19 +35,20 @@ ACTIVATIONS = ("sigmoid", "softmax", "tanh", "none")
 POSTPROCESSES = ("binary", "ternary")
 
 
-def to_probabilities(output: torch.Tensor, activation: str) -> torch.Tensor:
+def to_probabilities(output: torch.Tensor, activation: str, inplace: bool = False) -> torch.Tensor:
     """Map raw network output ``(B, C, *spatial)`` to probabilities in ``[0, 1]``.
 
     ``"sigmoid"`` and ``"softmax"`` (over channels) for logits, ``"tanh"`` for AD-GAN generators
     whose output lies in ``[-1, 1]`` (mapped by ``(x + 1) / 2``), ``"none"`` for outputs that are
-    already probabilities.
+    already probabilities. ``inplace`` overwrites ``output`` where the activation allows (sigmoid,
+    tanh: the same values, no second slab-sized tensor).
     """
     if activation == "sigmoid":
-        return torch.sigmoid(output)
+        return output.sigmoid_() if inplace else torch.sigmoid(output)
     if activation == "softmax":
         return torch.softmax(output, dim=1)
     if activation == "tanh":
-        return ((output + 1.0) / 2.0).clamp(0.0, 1.0)
+        return (output.add_(1.0) if inplace else output + 1.0).div_(2.0).clamp_(0.0, 1.0)
     if activation == "none":
         return output
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")

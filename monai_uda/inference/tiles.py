@@ -17,6 +17,9 @@ probability map or the instance map in memory:
   by the same functions as in-memory inference (e.g.
   :func:`~monai_uda.inference.postprocess.binary_to_instances`).
 
+The network and blending run in a worker thread, a few class-map slabs ahead of the labelling
+(:func:`in_background`), so post-processing overlaps the network.
+
 Memory is one window-high slab across axes 1.. (plus the rows of components still open), so it
 does not grow with the length of axis 0 and grows only linearly with the other axes.
 """
@@ -25,11 +28,16 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import ctypes
+import functools
 import itertools
 import os
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from queue import Full, Queue
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +45,7 @@ import numpy as np
 import torch
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from scipy import ndimage
+from tqdm import tqdm
 
 from monai_uda.errors import UDAInputError
 from monai_uda.inference.postprocess import binary_to_instances, ternary_to_instances
@@ -44,6 +53,8 @@ from monai_uda.inference.segment import FolderSegmenter, to_probabilities
 
 __all__ = [
     "window_starts",
+    "in_background",
+    "trim_freed_memory",
     "StreamingBlender",
     "StreamingInstanceLabeller",
     "StreamingSegmenter",
@@ -55,6 +66,17 @@ __all__ = [
 
 #: ``(start along axis 0, array)``: a finished slab of the output
 Slab = tuple[int, Any]
+
+
+def _move_rows_up(buffer: np.ndarray, start: int, stop: int) -> None:
+    """Move ``buffer[start:stop]`` to ``buffer[:stop - start]`` in place.
+
+    Blocks of ``start`` rows are copied top to bottom, so source and destination never overlap
+    and numpy needs no temporary copy of the rows moved.
+    """
+    for dst in range(0, stop - start, max(start, 1)):
+        n = min(start, stop - start - dst)
+        buffer[dst : dst + n] = buffer[start + dst : start + dst + n]
 
 
 def window_starts(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> list[tuple[int, ...]]:
@@ -115,17 +137,25 @@ class StreamingBlender:
         shape = (self.acc.shape[0], *self.image_size[1:])
         # uncovered slabs are made one at a time as they are consumed (a blank stretch may be most of the image)
         gap_slabs = ((g, np.full((shape[0], min(self.roi_size[0], new_origin - g), *shape[1:]), np.nan, np.float32)) for g in gaps)
+        for channel in self.acc:
+            _move_rows_up(channel, head, self.roi_size[0])
+        _move_rows_up(self.count, head, self.roi_size[0])
         keep = self.roi_size[0] - head
-        self.acc[:, :keep] = self.acc[:, head:].copy()
         self.acc[:, keep:] = 0.0
-        self.count[:keep] = self.count[head:].copy()
         self.count[keep:] = 0.0
         self.origin = new_origin
-        return itertools.chain(slabs, gap_slabs)
+        return itertools.chain(_handed_out(slabs), gap_slabs)
 
     def finish(self) -> Iterator[Slab]:
         """The last slabs, up to the end of axis 0."""
         return self._advance(self.image_size[0])
+
+
+def _handed_out(slabs: list[Slab]) -> Iterator[Slab]:
+    """Yield and forget the slabs of a list: the consumer holds the only reference to each once it has it."""
+    slabs.reverse()
+    while slabs:
+        yield slabs.pop()
 
 
 #: columns of the per-nucleus records (:func:`instance_records`) of a 2D slide
@@ -208,8 +238,10 @@ class StreamingInstanceLabeller:
         axis_names: names of the spatial axes for the per-nucleus records.
         group_width: width along axis 1 of the groups post-processed together (bounds memory:
             crops are at most ``group_width + max_width`` wide).
-        max_open_rows: a component still open after this many rows is cut (labelled as it is);
-            only masks with implausibly large objects reach it.
+        max_open_rows: a component reaching the newest row that started more than this many rows
+            above it is cut there (labelled as it is; its continuation is a new component), so at
+            most this many rows are carried to the next slab; only implausibly large objects
+            (folds, pen marks, an untrained network's web) reach it.
         pad: background margin around each group crop (>= 1 so distances see the border).
         max_width: a component wider than this along axis 1 is cut into pieces this wide
             (``group_width`` if smaller); only masks with implausibly large objects reach it.
@@ -235,44 +267,61 @@ class StreamingInstanceLabeller:
         self.classes: np.ndarray | None = None  # open rows; pixels of labelled components are set to 0
         self.instances: np.ndarray | None = None
 
-    def push(self, classes: np.ndarray, last: bool = False) -> tuple[list[Slab], list[dict[str, Any]]]:
+    @property
+    def rows(self) -> int:
+        """Rows carried to the next slab (those of components still open)."""
+        return 0 if self.classes is None else int(self.classes.shape[0])
+
+    def push(
+        self, classes: np.ndarray, last: bool = False, write: Callable[[list[dict[str, Any]]], Any] | None = None
+    ) -> tuple[list[Slab], list[dict[str, Any]]]:
         """Add the next class-map slab; returns the finished instance slabs and their nuclei records.
 
         Args:
             classes: ``(rows, *rest)`` integer class map, 0 = background.
             last: this is the final slab: every component is complete.
+            write: given, each group's records are passed to it as soon as they are made (e.g. a CSV
+                writer's ``writerows``) instead of being collected: a slab across a wide slide can
+                hold a hundred thousand nuclei.
 
         Returns:
             ``([(start_row, uint32 ids)], records)``; records hold ``id``, ``centroid_<axis>``,
-            ``area`` and ``bbox_<axis>0``/``bbox_<axis>1`` (end exclusive) in image coordinates.
+            ``area`` and ``bbox_<axis>0``/``bbox_<axis>1`` (end exclusive) in image coordinates
+            (empty with ``write``).
         """
         classes = np.asarray(classes, dtype=np.uint8)
-        if self.classes is None:
+        if not self.rows:
             self.classes = classes.copy()
             self.instances = np.zeros(classes.shape, dtype=np.uint32)
         else:
             self.classes = np.concatenate([self.classes, classes])
             self.instances = np.concatenate([self.instances, np.zeros(classes.shape, dtype=np.uint32)])
-        return self._label(last)
+        return self._label(last, write)
 
-    def _label(self, last: bool) -> tuple[list[Slab], list[dict[str, Any]]]:
-        rows = self.classes.shape[0]
-        labels, n_labels = ndimage.label(self.classes > 0, structure=np.ones((3,) * self.classes.ndim))
+    def _label(self, last: bool, write: Callable[[list[dict[str, Any]]], Any] | None) -> tuple[list[Slab], list[dict[str, Any]]]:
+        rows = self.rows
+        labels, n_labels = ndimage.label(self.classes, structure=np.ones((3,) * self.classes.ndim))  # nonzero = foreground
         open_top, complete = rows, []
-        force = rows > self.max_open_rows
         for k, box in enumerate(ndimage.find_objects(labels), start=1):
             if box is None:
                 continue
-            if box[0].stop == rows and not (last or force):
+            if box[0].stop == rows and not last and box[0].start >= rows - self.max_open_rows:
                 open_top = min(open_top, box[0].start)
-            else:
+            else:  # complete, or open too long: cut
                 complete.append((k, box))
         records: list[dict[str, Any]] = []
         selected = np.zeros(n_labels + 1, dtype=bool)  # lookup table: label -> member of the current group
         for group, columns in self._groups(complete):
-            records += self._label_group(labels, group, last, selected, columns)
-        slab = (self.origin, self.instances[:open_top])
-        self.classes, self.instances = self.classes[open_top:], self.instances[open_top:]
+            group_records = self._label_group(labels, group, last, selected, columns)
+            if write is None:
+                records += group_records
+            else:
+                write(group_records)
+        del labels
+        # copies, so that the buffers (open rows + the new slab) are freed now, not kept by a view
+        slab = (self.origin, self.instances[:open_top].copy())
+        if open_top:
+            self.classes, self.instances = self.classes[open_top:].copy(), self.instances[open_top:].copy()
         self.origin += open_top
         return ([slab] if open_top else []), records
 
@@ -357,12 +406,26 @@ class StreamingSegmenter(FolderSegmenter):
     Subclasses (:class:`~monai_uda.inference.wsi.SlideSegmenter`,
     :class:`~monai_uda.inference.volume.VolumeSegmenter`) read windows and write slabs; the
     arguments are :class:`FolderSegmenter`'s plus ``group_width`` (see
-    :class:`StreamingInstanceLabeller`).
+    :class:`StreamingInstanceLabeller`) and ``prefetch_slabs``: class-map slabs the network
+    thread may run ahead of the labelling (each one window-stride high across the image; 0 runs
+    network and labelling in turn in one thread; default 2 on a GPU, 0 on CPU).
     """
 
-    def __init__(self, network: torch.nn.Module, input_dir: str, output_dir: str, group_width: int = 2048, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        input_dir: str,
+        output_dir: str,
+        group_width: int = 2048,
+        prefetch_slabs: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(network, input_dir, output_dir, **kwargs)
         self.group_width = group_width
+        if prefetch_slabs is not None and prefetch_slabs < 0:
+            raise UDAInputError(f"prefetch_slabs must be >= 0 (0: no worker thread), got {prefetch_slabs}")
+        # on CPU the network and the labelling share the cores: overlapping them gained no time and cost memory (README)
+        self.prefetch_slabs = prefetch_slabs if prefetch_slabs is not None else (0 if self.device.type == "cpu" else 2)
         self.network_seconds = 0.0
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
@@ -379,7 +442,7 @@ class StreamingSegmenter(FolderSegmenter):
         """
         raw = torch.from_numpy(raw)  # a fresh array from the blender: cleaned in place, saving a slab-sized copy
         uncovered = torch.isnan(raw[0])
-        probs = to_probabilities(raw.nan_to_num_()[None], self.output_activation)[0]
+        probs = to_probabilities(raw.nan_to_num_()[None], self.output_activation, inplace=True)[0]
         if self.postprocess == "ternary":
             if probs.shape[0] != 3:
                 raise UDAInputError(f"ternary post-processing needs 3 output channels, the network gave {probs.shape[0]}")
@@ -395,6 +458,34 @@ class StreamingSegmenter(FolderSegmenter):
             return ternary_to_instances(classes, min_size=self.min_size)
         return binary_to_instances(classes > 0, min_size=self.min_size)
 
+    def _class_slabs(
+        self,
+        read: Callable[[tuple[int, ...]], np.ndarray],
+        image_size: tuple[int, ...],
+        windows: list[tuple[int, ...]],
+        scale: Callable[[np.ndarray], torch.Tensor],
+    ) -> Iterator[np.ndarray]:
+        """Windows (``read(start) -> (C, *roi)`` raw) -> network -> blender -> class-map slabs, top to bottom."""
+        roi = tuple(self.inferer.roi_size)
+        blender: StreamingBlender | None = None
+        batch_size = int(self.inferer.sw_batch_size)
+        with tqdm(total=len(windows), desc="windows", unit="window", leave=False, mininterval=5.0) as progress:
+            for b in range(0, len(windows), batch_size):
+                starts = windows[b : b + batch_size]
+                trim_freed_memory()  # just before the network's activations, the peak of the run
+                outputs = self._forward(scale(np.stack([read(start) for start in starts])))
+                if blender is None:
+                    blender = StreamingBlender(image_size, roi, outputs.shape[1], mode=self.inferer.mode, sigma_scale=self.inferer.sigma_scale)
+                for start, output in zip(starts, outputs):
+                    yield from map(self._classes_of, blender.add(start, output))
+                progress.update(len(starts))
+        if blender is None:  # every window skipped: all background
+            blender = StreamingBlender(image_size, roi, 3 if self.postprocess == "ternary" else 1, mode=self.inferer.mode)
+        yield from map(self._classes_of, blender.finish())
+
+    def _classes_of(self, slab: Slab) -> np.ndarray:
+        return self._classes(slab[1])  # the float slab is not kept while the next windows run
+
     def _instance_slabs(
         self,
         read: Callable[[tuple[int, ...]], np.ndarray],
@@ -404,29 +495,89 @@ class StreamingSegmenter(FolderSegmenter):
         labeller: StreamingInstanceLabeller,
         table: csv.DictWriter,
     ) -> Iterator[Slab]:
-        """The streaming core: windows (``read(start) -> (C, *roi)`` raw) -> network -> blender -> class
-        slabs -> labeller -> instance slabs; nuclei records go to ``table``."""
-        roi = tuple(self.inferer.roi_size)
-        blender: StreamingBlender | None = None
+        """The streaming core: :meth:`_class_slabs` -> labeller -> instance slabs; nuclei records go to ``table``.
 
-        def label(slabs: Iterator[Slab], last: bool = False) -> Iterator[Slab]:
-            current = next(slabs, None)
-            while current is not None:
-                following = next(slabs, None)
-                out, records = labeller.push(self._classes(current[1]), last=last and following is None)
-                table.writerows(records)
-                yield from out
-                current = following
+        The class slabs are made in a worker thread (:func:`in_background`, up to ``prefetch_slabs``
+        ahead) while this thread labels and writes the previous ones, so the post-processing
+        overlaps the network, which releases the GIL in its kernels.
+        """
+        pending: np.ndarray | None = None  # pushed once the next slab shows whether it is the last
+        slabs = self._class_slabs(read, image_size, windows, scale)
+        for classes in in_background(slabs, self.prefetch_slabs) if self.prefetch_slabs > 0 else slabs:
+            if pending is not None:
+                yield from self._push(labeller, table, pending, last=False)
+            pending = classes
+        yield from self._push(labeller, table, pending, last=True)
 
-        batch_size = int(self.inferer.sw_batch_size)
-        for b in range(0, len(windows), batch_size):
-            starts = windows[b : b + batch_size]
-            outputs = self._forward(scale(np.stack([read(start) for start in starts])))
-            if blender is None:
-                blender = StreamingBlender(image_size, roi, outputs.shape[1], mode=self.inferer.mode, sigma_scale=self.inferer.sigma_scale)
-            for start, output in zip(starts, outputs):
-                yield from label(blender.add(start, output))
-        if blender is None:  # every window skipped: all background
-            blender = StreamingBlender(image_size, roi, 3 if self.postprocess == "ternary" else 1, mode=self.inferer.mode)
-        yield from label(blender.finish(), last=True)
+    @staticmethod
+    def _push(labeller: StreamingInstanceLabeller, table: csv.DictWriter, classes: np.ndarray, last: bool) -> Iterator[Slab]:
+        yield from labeller.push(classes, last=last, write=table.writerows)[0]
 
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def trim_freed_memory() -> None:
+    """Give the C heap's free pages back to the OS (glibc ``malloc_trim(0)``; a no-op elsewhere).
+
+    Streaming frees slab-sized temporaries in two threads; glibc keeps freed blocks in per-thread
+    heaps for reuse, and the network's activations, allocated in the other thread, cannot reuse
+    them, so without a trim the peak RSS counts both.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def in_background(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Iterate ``items`` in a worker thread, at most ``depth`` items ahead of the caller.
+
+    The worker gets this thread's torch thread count. Its errors are raised here (MONAI's
+    ``ThreadBuffer`` would end the iteration silently, passing a truncated slide off as whole);
+    closing this iterator stops the worker after its current item.
+    """
+    queue: Queue = Queue(max(depth, 1))
+    stop = threading.Event()
+    end = object()
+    threads = torch.get_num_threads()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            with contextlib.suppress(Full):
+                queue.put(item, timeout=0.1)
+                return True
+        return False
+
+    def produce() -> None:
+        torch.set_num_threads(threads)
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as error:  # handed to the caller
+            put((end, error))
+        finally:
+            if hasattr(items, "close"):
+                items.close()
+
+    worker = threading.Thread(target=produce, name="monai-uda-windows", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = queue.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()

@@ -14,7 +14,8 @@ that do not fit in memory (``inference_wsi.yaml`` of a bundle swaps one for the 
    blended slab by slab (:class:`~monai_uda.inference.tiles.StreamingBlender`); slabs are
    thresholded and instance-labelled as components complete
    (:class:`~monai_uda.inference.tiles.StreamingInstanceLabeller`): a nucleus crossing a tile
-   border keeps one id, ids are unique across the slide.
+   border keeps one id, ids are unique across the slide. The network runs in a worker thread
+   while the previous slabs are labelled.
 4. Instance ids are written as a zlib-compressed tiled TIFF, tile row by tile row from a
    generator (``tifffile.TiffWriter.write``), then the binary mask from it; one CSV row per
    nucleus (id, centroid, area, bounding box) is written as nuclei complete.
@@ -186,26 +187,40 @@ def tissue_mask(thumbnail: np.ndarray, min_saturation: float = 0.05, dilation: i
 
 
 def _tile_rows(slabs: Iterator[tuple[int, np.ndarray]], width: int, tile: int, dtype: np.dtype) -> Iterator[np.ndarray]:
-    """Cut a stream of row slabs ``(start, (h, W))`` into ``tile x tile`` tiles in raster order (edges zero-padded)."""
+    """Cut a stream of row slabs ``(start, (h, W))`` into ``tile x tile`` tiles in raster order (edges zero-padded).
+
+    Tiles are filled from the pending slabs piece by piece: no tile-row-high copy across the slide is made.
+    """
     pending: list[np.ndarray] = []
     rows = 0
 
-    def emit(block: np.ndarray) -> Iterator[np.ndarray]:
+    def emit(n: int) -> Iterator[np.ndarray]:
+        """The first ``n <= tile`` pending rows as a row of tiles; then drops them."""
         for x0 in range(0, width, tile):
             out = np.zeros((tile, tile), dtype=dtype)
-            part = block[:, x0 : x0 + tile]
-            out[: part.shape[0], : part.shape[1]] = part
+            y = 0
+            for piece in pending:
+                part = piece[: n - y, x0 : x0 + tile]
+                out[y : y + part.shape[0], : part.shape[1]] = part
+                y += part.shape[0]
+                if y == n:
+                    break
             yield out
+        while n:
+            if pending[0].shape[0] <= n:
+                n -= pending.pop(0).shape[0]
+            else:  # a copy: the rest of the slab is not kept alive by a view
+                pending[0], n = pending[0][n:].copy(), 0
 
     for _, slab in slabs:
-        pending.append(np.asarray(slab, dtype=dtype))
-        rows += slab.shape[0]
+        if slab.shape[0]:
+            pending.append(np.asarray(slab, dtype=dtype))
+            rows += slab.shape[0]
         while rows >= tile:
-            block = np.concatenate(pending) if len(pending) > 1 else pending[0]
-            yield from emit(block[:tile])
-            pending, rows = [block[tile:]], rows - tile
+            yield from emit(tile)
+            rows -= tile
     if rows:
-        yield from emit(np.concatenate(pending))
+        yield from emit(rows)
 
 
 def write_tiled_tiff(path: Path, tiles: Iterator[np.ndarray], shape: tuple[int, int], dtype: np.dtype, tile: int = 256) -> Path:
@@ -356,14 +371,24 @@ class SlideSegmenter(SlideInference, StreamingSegmenter):
         max_width: components wider than this (not nuclei: folds, pen marks, glass edges) are
             post-processed in pieces this wide (see
             :class:`~monai_uda.inference.tiles.StreamingInstanceLabeller`).
+        max_height: components taller than this are cut where they reach it (its ``max_open_rows``):
+            at most this many rows wait for the next slab.
         kwargs: further :class:`SlideInference` and :class:`FolderSegmenter` arguments (e.g. ``padding_mode``).
     """
 
     def __init__(
-        self, network: torch.nn.Module, input_dir: str, output_dir: str, group_width: int = 1024, max_width: int = 1024, **kwargs: Any
+        self,
+        network: torch.nn.Module,
+        input_dir: str,
+        output_dir: str,
+        group_width: int = 1024,
+        max_width: int = 1024,
+        max_height: int = 256,
+        **kwargs: Any,
     ) -> None:
         super().__init__(network, input_dir, output_dir, group_width=group_width, **kwargs)
         self.max_width = max_width
+        self.max_height = max_height
 
     def _window_starts(self, shape: tuple[int, int]) -> list[tuple[int, int]]:
         """MONAI's sliding-window grid (:func:`~monai_uda.inference.tiles.window_starts`)."""
@@ -373,7 +398,9 @@ class SlideSegmenter(SlideInference, StreamingSegmenter):
         self, reader: SlideReader, windows: list[tuple[int, int]], scale: Callable[[np.ndarray], torch.Tensor], paths: dict[str, Path]
     ) -> int:
         """Windows -> network -> blended slabs -> instances labelled as they complete (with the CSV)."""
-        labeller = StreamingInstanceLabeller(self._to_instances, SLIDE_AXES, group_width=self.group_width, max_width=self.max_width)
+        labeller = StreamingInstanceLabeller(
+            self._to_instances, SLIDE_AXES, group_width=self.group_width, max_open_rows=self.max_height, max_width=self.max_width
+        )
         roi = tuple(self.inferer.roi_size)
         read = lambda start: np.moveaxis(reader.read(*start, *roi), -1, 0)  # noqa: E731
         self._write_slide(reader, paths, lambda table: self._instance_slabs(read, reader.shape, windows, scale, labeller, table))

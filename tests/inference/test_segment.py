@@ -192,3 +192,15 @@ def test_bad_configuration_and_activations():
     torch.testing.assert_close(to_probabilities(out, "tanh"), torch.tensor([[[0.0, 0.5, 1.0]]]))
     torch.testing.assert_close(to_probabilities(out, "sigmoid")[0, 0, 1], torch.tensor(0.5))
     torch.testing.assert_close(to_probabilities(torch.zeros(1, 2, 3), "softmax"), torch.full((1, 2, 3), 0.5))
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "softmax", "none"])
+def test_in_place_probabilities_are_bit_identical(activation):
+    """The streaming path maps its blended slab in place: the values must equal the in-memory path's exactly."""
+    logits = torch.randn(1, 2, 64, 64, generator=torch.Generator().manual_seed(0)) * 4
+    expected = to_probabilities(logits, activation)
+    work = logits.clone()
+    got = to_probabilities(work, activation, inplace=True)
+    assert torch.equal(got, expected)
+    if activation in ("sigmoid", "tanh"):
+        assert got.data_ptr() == work.data_ptr()  # no second slab-sized tensor

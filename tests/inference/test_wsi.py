@@ -59,8 +59,10 @@ def test_streaming_mask_equals_in_memory_sliding_window(tmp_path):
     kwargs = dict(channels=3, roi_size=(256, 256), sw_batch_size=4, overlap=0.25, min_size=10)
     net = _context_net()
     record = SlideSegmenter(net, str(tmp_path / "in"), str(tmp_path / "wsi"), tissue=False, **kwargs).run()[0]
+    SlideSegmenter(net, str(tmp_path / "in"), str(tmp_path / "turns"), tissue=False, prefetch_slabs=2, **kwargs).run()  # worker thread
     FolderSegmenter(net, str(tmp_path / "in"), str(tmp_path / "mem"), overlay=False, **kwargs).run()
     streamed = tifffile.imread(tmp_path / "wsi" / "slide_mask.tif")
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "turns" / "slide_instances.tif"), tifffile.imread(record["instances"]))
     in_memory = np.asarray(Image.open(tmp_path / "mem" / "slide_mask.png"))
     assert streamed.shape == in_memory.shape == (4096, 512)
     assert 0.005 < (in_memory > 0).mean() < 0.9  # a non-trivial mask
