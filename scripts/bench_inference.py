@@ -10,7 +10,7 @@ size (random tensors, no I/O, no stitching) and reports the ratio of the two thr
     python scripts/bench_inference.py --sizes 4096,16384
     python scripts/bench_inference.py --sizes 16384 --network cpu   # train_cpu.yaml U-Net
     python scripts/bench_inference.py --sizes 32768 --rows 1536 --tissue 1   # the 32k slide's width, in minutes
-    python scripts/bench_inference.py --sizes 16384 --prefetch_slabs 0   # no worker thread
+    python scripts/bench_inference.py --sizes 16384 --prefetch_slabs 2   # network in a worker thread (the GPU default)
 
 The last line printed per size is
 ``size=<px> megapixels_per_s=<f> peak_rss_gib=<f> e2e_over_network=<f>``.

@@ -14,8 +14,8 @@ that do not fit in memory (``inference_wsi.yaml`` of a bundle swaps one for the 
    blended slab by slab (:class:`~monai_uda.inference.tiles.StreamingBlender`); slabs are
    thresholded and instance-labelled as components complete
    (:class:`~monai_uda.inference.tiles.StreamingInstanceLabeller`): a nucleus crossing a tile
-   border keeps one id, ids are unique across the slide. The network runs in a worker thread
-   while the previous slabs are labelled.
+   border keeps one id, ids are unique across the slide. On a GPU (``prefetch_slabs``) the
+   network runs in a worker thread while the previous slabs are labelled.
 4. Instance ids are written as a zlib-compressed tiled TIFF, tile row by tile row from a
    generator (``tifffile.TiffWriter.write``), then the binary mask from it; one CSV row per
    nucleus (id, centroid, area, bounding box) is written as nuclei complete.
