@@ -147,7 +147,8 @@ def binary_to_instances(
         distance = ndimage.gaussian_filter(distance, sigma) * mask
     markers, _ = ndimage.label(h_maxima_markers(distance, h), structure=np.ones((3,) * mask.ndim))
     instances = segmentation.watershed(-distance, markers, mask=mask)
-    return relabel_sequential(_add_unmarked(instances, mask))
+    # already 1..N: markers are 1..K, each keeps its seed pixels (all in the mask), unmarked components follow
+    return _add_unmarked(instances, mask).astype(np.uint32, copy=False)
 
 
 def _ternary_classes(probs: np.ndarray) -> np.ndarray:

@@ -243,7 +243,7 @@ class VolumeSegmenter(StreamingSegmenter):
     ) -> int:
         """Stream instances and mask into memory-mapped outputs and the nuclei CSV; returns the number of nuclei."""
         roi = tuple(int(r) for r in self.inferer.roi_size)
-        labeller = StreamingInstanceLabeller(self._to_instances, axes, group_width=self.group_width)
+        labeller = StreamingInstanceLabeller(self._to_instances, axes, group_width=self.group_width, workers=self.postprocess_workers)
         instances = MemmapVolumeWriter(paths["instances"], reader.shape, np.dtype(np.uint32), **geometry)
         mask = MemmapVolumeWriter(paths["mask"], reader.shape, np.dtype(np.uint8), **geometry)
         try:

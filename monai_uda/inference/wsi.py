@@ -27,7 +27,6 @@ Steps 1, 2 and 4 are :class:`SlideInference`, shared with the detectors' streami
 
 from __future__ import annotations
 
-import csv
 import functools
 import math
 import os
@@ -45,7 +44,17 @@ from skimage.filters import threshold_otsu
 
 from monai_uda.data.io import read_array, stem_of
 from monai_uda.errors import UDAInputError
-from monai_uda.inference.tiles import SLIDE_AXES, Slab, StreamingInstanceLabeller, StreamingSegmenter, nuclei_table, window_starts
+from monai_uda.inference.tiles import (
+    SLIDE_AXES,
+    NucleiTable,
+    Slab,
+    StreamingInstanceLabeller,
+    StreamingSegmenter,
+    default_workers,
+    nuclei_table,
+    ordered_map,
+    window_starts,
+)
 from monai_uda.transforms.intensity import PERCENTILES
 
 __all__ = [
@@ -137,8 +146,10 @@ class SlideReader:
         self.close()
 
 
-def scan_slide(reader: SlideReader, factor: int, chunk: int = 4096) -> tuple[np.ndarray | None, np.ndarray]:
+def scan_slide(reader: SlideReader, factor: int, chunk: int = 4096, workers: int = 1) -> tuple[np.ndarray | None, np.ndarray]:
     """One streaming pass: intensity histogram (integer images, all channels) and a thumbnail.
+
+    Regions are read here and summarised in ``workers`` threads (:func:`~monai_uda.inference.tiles.ordered_map`).
 
     Returns:
         ``(histogram or None, thumbnail)``; the thumbnail is the ``factor x factor`` block mean,
@@ -150,15 +161,20 @@ def scan_slide(reader: SlideReader, factor: int, chunk: int = 4096) -> tuple[np.
     thumb = np.zeros((height // factor, width // factor, reader.channels), dtype=np.float32)
     band = factor * max(1, chunk // 16 // factor)
     step = factor * max(1, chunk // factor)
-    for y0 in range(0, height, band):
-        for x0 in range(0, width, step):
-            region = reader.read(y0, x0, min(band, height - y0), min(step, width - x0))
-            if hist is not None:
-                hist += np.bincount(region.ravel(), minlength=hist.size)
-            th, tw = region.shape[0] // factor, region.shape[1] // factor
-            if th and tw:
-                blocks = region[: th * factor, : tw * factor].reshape(th, factor, tw, factor, -1)
-                thumb[y0 // factor : y0 // factor + th, x0 // factor : x0 // factor + tw] = blocks.mean(axis=(1, 3), dtype=np.float32)
+    regions = ((y0, x0) for y0 in range(0, height, band) for x0 in range(0, width, step))
+    read = ((y0, x0, reader.read(y0, x0, min(band, height - y0), min(step, width - x0))) for y0, x0 in regions)
+
+    def summarise(item: tuple[int, int, np.ndarray]) -> tuple[np.ndarray | None, np.ndarray]:
+        region = item[2]
+        counts = np.bincount(region.ravel(), minlength=hist.size) if hist is not None else None
+        th, tw = region.shape[0] // factor, region.shape[1] // factor
+        blocks = region[: th * factor, : tw * factor].reshape(th, factor, tw, factor, -1)
+        return counts, blocks.mean(axis=(1, 3), dtype=np.float32)
+
+    for (y0, x0, _), (counts, block) in ordered_map(summarise, read, workers):
+        if counts is not None:
+            hist += counts
+        thumb[y0 // factor : y0 // factor + block.shape[0], x0 // factor : x0 // factor + block.shape[1]] = block
     return hist, thumb
 
 
@@ -223,11 +239,13 @@ def _tile_rows(slabs: Iterator[tuple[int, np.ndarray]], width: int, tile: int, d
         yield from emit(rows)
 
 
-def write_tiled_tiff(path: Path, tiles: Iterator[np.ndarray], shape: tuple[int, int], dtype: np.dtype, tile: int = 256) -> Path:
+def write_tiled_tiff(
+    path: Path, tiles: Iterator[np.ndarray], shape: tuple[int, int], dtype: np.dtype, tile: int = 256, workers: int = 1
+) -> Path:
     """Write raster-ordered ``tile x tile`` tiles as a zlib-compressed tiled TIFF, atomically.
 
-    Tiles are encoded one at a time (``maxworkers=1``): tifffile's thread pool would first pull
-    up to 512 MB of tiles from the generator, which is the whole point of streaming lost.
+    ``workers`` threads compress the tiles, taking about 16 MB of them from the generator at a time
+    (tifffile's ``buffersize``; its default, hundreds of MB, would undo the streaming).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tif", dir=path.parent)
@@ -235,7 +253,9 @@ def write_tiled_tiff(path: Path, tiles: Iterator[np.ndarray], shape: tuple[int, 
     try:
         bigtiff = shape[0] * shape[1] * np.dtype(dtype).itemsize > 2**31
         with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as writer:
-            writer.write(tiles, shape=shape, dtype=dtype, tile=(tile, tile), compression="zlib", maxworkers=1)
+            writer.write(
+                tiles, shape=shape, dtype=dtype, tile=(tile, tile), compression="zlib", maxworkers=workers, buffersize=16 * 2**20
+            )
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -319,7 +339,7 @@ class SlideInference:
                 message = f"slide {reader.shape} is smaller than the {self.window_name} {roi}; use {self.in_memory} (inference.yaml)"
                 raise UDAInputError(message, path)
             factor = max(1, math.ceil(max(height, width) / self.thumbnail_size))
-            hist, thumb = scan_slide(reader, factor)
+            hist, thumb = scan_slide(reader, factor, workers=default_workers())
             tissue = tissue_mask(thumb) if self.tissue else None
             all_windows = self._window_starts(reader.shape)
             windows = [
@@ -343,16 +363,16 @@ class SlideInference:
         print(f"{path.name}: {n_instances} nuclei, {skipped_text}")
         return record
 
-    def _write_slide(self, reader: SlideReader, paths: dict[str, Path], slabs: Callable[[csv.DictWriter], Iterator[Slab]]) -> None:
+    def _write_slide(self, reader: SlideReader, paths: dict[str, Path], slabs: Callable[[NucleiTable], Iterator[Slab]]) -> None:
         """Write the outputs of one slide: ``slabs(table)`` yields the final instance rows ``(start, (h, W) ids)``
         top to bottom and writes their nuclei to ``table``; the mask TIFF is derived from the instance TIFF."""
         with nuclei_table(paths["table"], SLIDE_AXES) as table:
             tiles = _tile_rows(slabs(table), reader.shape[1], self.tile, np.dtype(np.uint32))
-            write_tiled_tiff(paths["instances"], tiles, reader.shape, np.uint32, self.tile)
+            write_tiled_tiff(paths["instances"], tiles, reader.shape, np.uint32, self.tile, default_workers())
         with SlideReader(paths["instances"], cache_tiles=1) as instances:
             rows, cols = (math.ceil(s / self.tile) for s in reader.shape)
             masks = ((instances.tile(ty, tx)[..., 0] > 0).astype(np.uint8) * 255 for ty in range(rows) for tx in range(cols))
-            write_tiled_tiff(paths["mask"], masks, reader.shape, np.uint8, self.tile)
+            write_tiled_tiff(paths["mask"], masks, reader.shape, np.uint8, self.tile, default_workers())
 
 
 class SlideSegmenter(SlideInference, StreamingSegmenter):
@@ -399,7 +419,8 @@ class SlideSegmenter(SlideInference, StreamingSegmenter):
     ) -> int:
         """Windows -> network -> blended slabs -> instances labelled as they complete (with the CSV)."""
         labeller = StreamingInstanceLabeller(
-            self._to_instances, SLIDE_AXES, group_width=self.group_width, max_open_rows=self.max_height, max_width=self.max_width
+            self._to_instances, SLIDE_AXES, group_width=self.group_width, max_open_rows=self.max_height, max_width=self.max_width,
+            workers=self.postprocess_workers,
         )
         roi = tuple(self.inferer.roi_size)
         read = lambda start: np.moveaxis(reader.read(*start, *roi), -1, 0)  # noqa: E731

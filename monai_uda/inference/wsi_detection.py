@@ -19,7 +19,6 @@ image, up to the numbering of the ids.
 
 from __future__ import annotations
 
-import csv
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 
 from monai_uda.inference.detection import Candidate, FolderDetector, paint_candidate, paint_order, tile_candidates, tile_starts
-from monai_uda.inference.tiles import SLIDE_AXES, Slab, instance_records
+from monai_uda.inference.tiles import SLIDE_AXES, NucleiTable, Slab, instance_records, record_dtype
 from monai_uda.inference.wsi import SlideInference, SlideReader
 
 __all__ = ["StreamingPainter", "SlideDetector"]
@@ -89,7 +88,7 @@ class StreamingPainter:
         self.pending: list[Candidate] = []  # waiting candidates, in arrival order
         self.next_id = 1
 
-    def push(self, candidates: list[Candidate], frontier: int) -> tuple[list[Slab], list[dict[str, Any]]]:
+    def push(self, candidates: list[Candidate], frontier: int) -> tuple[list[Slab], np.ndarray]:
         """Add the candidates of the next tile row; paint those that need not wait; hand out the final rows.
 
         Args:
@@ -107,7 +106,7 @@ class StreamingPainter:
             self.instances = np.concatenate([self.instances, grow])
         waiting = np.zeros(self.instances.shape, dtype=bool)  # pixels of the waiting candidates
         waits: set[int] = set()
-        records: list[dict[str, Any]] = []
+        records = [np.zeros(0, dtype=record_dtype(self.axis_names))]
         for cand in sorted(self.pending, key=paint_order):
             h, w = cand.mask.shape
             box = (slice(cand.y0 - self.origin, cand.y0 - self.origin + h), slice(cand.x0, cand.x0 + w))
@@ -117,14 +116,14 @@ class StreamingPainter:
                 continue
             painted = paint_candidate(self.instances, cand, self.next_id, self.min_size, self.duplicate_overlap, self.origin)
             if painted is not None:
-                records += instance_records(painted.view(np.uint8), self.axis_names, self.next_id - 1, (cand.y0, cand.x0))
+                records.append(instance_records(painted.view(np.uint8), self.axis_names, self.next_id - 1, (cand.y0, cand.x0)))
                 self.next_id += 1
         self.pending = [c for c in self.pending if id(c) in waits]
         final = min([frontier, *(c.y0 for c in self.pending)]) - self.origin
         slab = (self.origin, self.instances[:final])
         self.instances = self.instances[final:]
         self.origin += final
-        return ([slab] if final > 0 else []), records
+        return ([slab] if final > 0 else []), np.concatenate(records)
 
 
 class SlideDetector(SlideInference, FolderDetector):
@@ -173,7 +172,7 @@ class SlideDetector(SlideInference, FolderDetector):
         for y0, x0 in windows:
             columns[y0].append(x0)
 
-        def slabs(table: csv.DictWriter) -> Iterator[Slab]:
+        def slabs(table: NucleiTable) -> Iterator[Slab]:
             for row, y0 in enumerate(rows):
                 candidates: list[Candidate] = []
                 for x0 in columns[y0]:

@@ -9,7 +9,7 @@ from skimage.draw import disk
 from monai_uda.inference.tiles import StreamingInstanceLabeller
 
 
-def _stream(classes: np.ndarray, slab: int, **kwargs) -> tuple[np.ndarray, list[dict], list[int]]:
+def _stream(classes: np.ndarray, slab: int, **kwargs) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Push ``classes`` in slabs of ``slab`` rows; returns the instance map, the records and the rows carried after each push."""
     labeller = StreamingInstanceLabeller(lambda c: ndimage.label(c > 0)[0], **kwargs)
     out, records, carried = np.zeros(classes.shape, dtype=np.uint32), [], []
@@ -17,10 +17,10 @@ def _stream(classes: np.ndarray, slab: int, **kwargs) -> tuple[np.ndarray, list[
         slabs, new = labeller.push(classes[y : y + slab], last=y + slab >= classes.shape[0])
         for start, ids in slabs:
             out[start : start + ids.shape[0]] = ids
-        records += new
+        records.append(new)
         carried.append(labeller.rows)
     assert labeller.rows == 0 and labeller.origin == classes.shape[0]
-    return out, records, carried
+    return out, np.concatenate(records), carried
 
 
 def test_tall_component_is_cut_and_a_nucleus_at_the_cut_stays_whole():
@@ -90,3 +90,93 @@ def test_in_background_keeps_order_raises_errors_and_stops_when_closed():
     assert [next(stream) for _ in range(3)] == [0, 1, 2]
     stream.close()  # the caller stops early (an output write failed): the worker ends too
     assert closed.is_set() and len(produced) <= 3 + 2 + 2
+
+
+def test_ordered_map_keeps_order_bounds_lookahead_and_raises_errors():
+    import threading
+    import time
+
+    import pytest
+
+    from monai_uda.inference.tiles import ordered_map
+
+    def slow_square(x: int) -> int:
+        time.sleep(0.002 * (x % 3))  # later items often finish first
+        return x * x
+
+    assert list(ordered_map(slow_square, iter(range(20)), workers=3)) == [(x, x * x) for x in range(20)]
+    assert list(ordered_map(slow_square, iter(range(5)), workers=1)) == [(x, x * x) for x in range(5)]
+    taken, lock = [], threading.Lock()
+
+    def items():
+        for i in range(100):
+            with lock:
+                taken.append(i)
+            yield i
+
+    stream = ordered_map(slow_square, items(), workers=2, ahead=3)
+    assert next(stream) == (0, 0)
+    assert len(taken) <= 1 + 3 + 1  # the one yielded, `ahead` more, and the one that made the queue full
+    stream.close()
+
+    def fails_at_4(x: int) -> int:
+        if x == 4:
+            raise ValueError("bad crop")
+        return x
+
+    got = []
+    with pytest.raises(ValueError, match="bad crop"):
+        for item, _ in ordered_map(fails_at_4, iter(range(10)), workers=2):
+            got.append(item)
+    assert got == [0, 1, 2, 3]
+
+
+def test_worker_threads_give_the_same_instances_ids_and_records():
+    from monai_uda.inference.postprocess import binary_to_instances
+
+    rng = np.random.default_rng(1)
+    classes = np.zeros((160, 300), dtype=np.uint8)
+    for y, x in rng.integers(8, (152, 292), size=(60, 2)):  # touching discs too: the watershed splits them
+        classes[disk((y, x), int(rng.integers(4, 8)), shape=classes.shape)] = 1
+    results = []
+    for workers in (1, 3):
+        labeller = StreamingInstanceLabeller(lambda c: binary_to_instances(c > 0), group_width=40, max_width=40, workers=workers)
+        out, records = np.zeros(classes.shape, dtype=np.uint32), []
+        for y in range(0, 160, 32):
+            slabs, new = labeller.push(classes[y : y + 32], last=y + 32 >= 160)
+            for start, ids in slabs:
+                out[start : start + ids.shape[0]] = ids
+            records.append(new)
+        results.append((out, np.concatenate(records)))
+    (one, one_records), (three, three_records) = results
+    assert one.max() > 60 // 2 and np.array_equal(one, three)  # many groups of 40 columns, same ids in the same places
+    assert one_records.tolist() == three_records.tolist() and sorted(one_records["id"].tolist()) == list(range(1, one.max() + 1))
+
+
+def test_instance_records_of_non_contiguous_ids_and_their_csv(tmp_path):
+    from monai_uda.inference.tiles import instance_records, nuclei_table
+
+    instances = np.zeros((6, 8), dtype=np.uint32)
+    instances[1:3, 1:4] = 5  # 6 pixels, centroid (1.5, 2), box rows 1-2 cols 1-3
+    instances[4, 6] = 2  # one pixel
+    instances[5, 7] = 2  # and its diagonal neighbour: centroid (4.5, 6.5)
+    records = instance_records(instances, ("y", "x"), offset=10, corner=(100, 200))
+    assert records.tolist() == [  # by id: 2 then 5; ids shifted by the offset, coordinates by the corner
+        (12, 104.5, 206.5, 2, 104, 206, 106, 208),
+        (15, 101.5, 202.0, 6, 101, 201, 103, 204),
+    ]
+    assert instance_records(np.zeros((3, 3), dtype=np.uint32), ("y", "x")).size == 0
+    third = np.zeros((3, 3), dtype=np.uint32)
+    third[0, :] = 1  # with the pixel below: centroid (0.25, 0.75), in 3D
+    third[1, 0] = 1
+    (record,) = instance_records(third[None], ("z", "y", "x")).tolist()
+    assert record[:5] == (1, 0.0, 0.25, 0.75, 4)
+    path = tmp_path / "nuclei.csv"
+    with nuclei_table(path, ("y", "x")) as table:
+        table.writerows(records)
+        table.writerows(records[:0])
+    assert path.read_text().splitlines() == [
+        "id,centroid_y,centroid_x,area,bbox_y0,bbox_x0,bbox_y1,bbox_x1",
+        "12,104.5,206.5,2,104,206,106,208",
+        "15,101.5,202.0,6,101,201,103,204",
+    ]

@@ -122,6 +122,9 @@ def test_reader_regions_histogram_and_tissue(tmp_path):
             np.testing.assert_array_equal(reader.read(100, 250, 200, 270), image[100:300, 250:520])
     with SlideReader(tmp_path / "t.tif") as reader:
         hist, thumb = scan_slide(reader, factor=4, chunk=128)
+        threaded = scan_slide(reader, factor=4, chunk=128, workers=3)  # regions summarised in threads: the same figures
+    np.testing.assert_array_equal(threaded[0], hist)
+    np.testing.assert_array_equal(threaded[1], thumb)
     assert thumb.shape == (75, 130, 3)
     np.testing.assert_allclose(thumb[2, 3], image[8:12, 12:16].reshape(-1, 3).mean(0), rtol=1e-5)
     for q in (1.0, 50.0, 99.8):

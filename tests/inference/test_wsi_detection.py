@@ -128,7 +128,7 @@ def test_painter_waits_for_earlier_overlapping_candidates():
     a, c, b = box(30, 0, 8, 10, 0.6), box(35, 5, 10, 10, 0.7), box(42, 8, 10, 10, 0.9)
     painter = StreamingPainter((60, 20), min_size=1, duplicate_overlap=0.9)
     slabs, records = painter.push([a, c], frontier=40)
-    assert records == [] and [(start, rows.shape) for start, rows in slabs] == [(0, (30, 20))]  # rows above a are final
+    assert records.size == 0 and [(start, rows.shape) for start, rows in slabs] == [(0, (30, 20))]  # rows above a are final
     assert all(not rows.any() for _, rows in slabs)
     more, records = painter.push([b], frontier=60)
     assert [r["area"] for r in records] == [100, 100 - 3 * 7, 80 - 3 * 5]  # b whole, then c, then a without contested pixels
