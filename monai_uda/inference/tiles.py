@@ -19,7 +19,10 @@ probability map or the instance map in memory:
 
 With ``prefetch_slabs > 0`` (the default on a GPU) the network and blending run in a worker
 thread, a few class-map slabs ahead of the labelling (:func:`in_background`), so post-processing
-overlaps the network; on CPU they run in turn (both would share the same cores).
+overlaps the network; on CPU they run in turn (both would share the same cores). The groups of
+a slab are post-processed by ``postprocess_workers`` threads at once (:func:`ordered_map`; scipy,
+scikit-image and ITK release the GIL) and given their ids in order, so the output does not depend
+on the number of threads.
 
 Memory is one window-high slab across axes 1.. (plus the rows of components still open), so it
 does not grow with the length of axis 0 and grows only linearly with the other axes.

@@ -15,7 +15,9 @@ that do not fit in memory (``inference_wsi.yaml`` of a bundle swaps one for the 
    thresholded and instance-labelled as components complete
    (:class:`~monai_uda.inference.tiles.StreamingInstanceLabeller`): a nucleus crossing a tile
    border keeps one id, ids are unique across the slide. On a GPU (``prefetch_slabs``) the
-   network runs in a worker thread while the previous slabs are labelled.
+   network runs in a worker thread while the previous slabs are labelled; the post-processing
+   of a slab's groups, the scan's summaries and the TIFF compression run in a few threads
+   (:func:`~monai_uda.inference.tiles.default_workers`).
 4. Instance ids are written as a zlib-compressed tiled TIFF, tile row by tile row from a
    generator (``tifffile.TiffWriter.write``), then the binary mask from it; one CSV row per
    nucleus (id, centroid, area, bounding box) is written as nuclei complete.

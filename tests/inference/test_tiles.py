@@ -180,3 +180,20 @@ def test_instance_records_of_non_contiguous_ids_and_their_csv(tmp_path):
         "12,104.5,206.5,2,104,206,106,208",
         "15,101.5,202.0,6,101,201,103,204",
     ]
+
+
+def test_bad_thread_counts_are_refused():
+    import pytest
+    import torch
+
+    from monai_uda.errors import UDAInputError
+    from monai_uda.inference import SlideSegmenter
+
+    with pytest.raises(UDAInputError, match="workers must be >= 1"):
+        StreamingInstanceLabeller(lambda c: c, workers=0)
+    net = torch.nn.Conv2d(3, 1, 1)
+    with pytest.raises(UDAInputError, match="postprocess_workers must be >= 1"):
+        SlideSegmenter(net, ".", "out", channels=3, roi_size=(64, 64), postprocess_workers=0)
+    with pytest.raises(UDAInputError, match="prefetch_slabs must be >= 0"):
+        SlideSegmenter(net, ".", "out", channels=3, roi_size=(64, 64), prefetch_slabs=-1)
+    assert SlideSegmenter(net, ".", "out", channels=3, roi_size=(64, 64)).postprocess_workers == min(torch.get_num_threads(), 4)

@@ -163,7 +163,8 @@ def test_bundle_inference_wsi_override(tmp_path, bundle):
         net = AdaINGenerator(2, 1, channels=[4, 8, 8], num_res_blocks=1, mlp_channels=8)
         torch.save({"generator": net.state_dict()}, tmp_path / "model.pt")
     run("inference", config_file=[str(configs / "inference.yaml"), str(configs / "inference_wsi.yaml")],
-        input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"), ckpt_path=str(tmp_path / "model.pt"), **tiny)
+        input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"), ckpt_path=str(tmp_path / "model.pt"),
+        postprocess_workers=3, **tiny)
     assert tifffile.imread(tmp_path / "out" / "s_instances.tif").shape == (256, 192)
     assert tifffile.imread(tmp_path / "out" / "s_mask.tif").dtype == np.uint8
     assert (tmp_path / "out" / "s_nuclei.csv").read_text().startswith("id,centroid_y,centroid_x,area,")
