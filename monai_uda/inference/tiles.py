@@ -201,14 +201,14 @@ def instance_records(
     """
     found = instances > 0
     ids = instances[found].astype(np.int64)
-    records = np.zeros(0, dtype=record_dtype(axis_names))
+    dtype = record_dtype(axis_names)
     if not ids.size:
-        return records
+        return np.zeros(0, dtype=dtype)
     corner = list(corner) if corner is not None else [0] * instances.ndim
     n = int(ids.max())
     area = np.bincount(ids, minlength=n + 1)
     present = np.flatnonzero(area[1:]) + 1
-    records = np.zeros(present.size, dtype=records.dtype)
+    records = np.zeros(present.size, dtype=dtype)
     records["id"] = present + offset
     records["area"] = area[present]
     for axis, coords in enumerate(np.nonzero(found)):
