@@ -4,8 +4,9 @@ For each size a synthetic H&E-like RGB tiled TIFF (``size x size``, the top ``--
 tissue with nuclei, the rest blank glass) is generated tile by tile (or reused from ``--workdir``),
 then segmented by :class:`monai_uda.inference.SlideSegmenter` in a fresh process (so the peak
 RSS is that of segmenting that size, not of generating it); its progress bar goes to stderr.
-The same process then times the network alone on the same number of windows of the same batch
-size (random tensors, no I/O, no stitching) and reports the ratio of the two throughputs.
+The same process times the network alone (random tensors of the same batch size, no I/O, no
+stitching) before and after the run, scales the mean to the same number of windows and reports the
+ratio of the two throughputs, with the host's CPU steal time during the run.
 
     python scripts/bench_inference.py --sizes 4096,16384
     python scripts/bench_inference.py --sizes 16384 --network cpu   # train_cpu.yaml U-Net
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -76,6 +78,20 @@ def slide_path(workdir: Path, size: int, tissue: float, rows: int | None = None)
     return workdir / str(size) / "slides" / f"slide{size}{height}_tissue{tissue:g}.tif"
 
 
+def steal_seconds() -> float | None:
+    """CPU time the hypervisor gave other guests so far (``steal`` of ``/proc/stat``, all cores), or None off Linux.
+
+    On a shared virtual machine it tells a busy host (everything slower for a while, which the
+    network timed alone afterwards does not see) from a slow pipeline.
+    """
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def run_one(size: int, network: str, tissue: float, sw_batch_size: int, workdir: Path, rows: int | None = None, prefetch_slabs: int | None = None) -> dict:
     """Segment and time one slide (made by :func:`make_slide`) in this process; returns the figures."""
     import torch
@@ -89,23 +105,34 @@ def run_one(size: int, network: str, tissue: float, sw_batch_size: int, workdir:
     net = UNet(2, 3, 1, widths, [2] * (len(widths) - 1), num_res_units=1).eval()
     seg = SlideSegmenter(net, str(slide.parent), str(workdir / str(size) / "out"), channels=3, roi_size=(roi, roi), sw_batch_size=sw_batch_size,
                          prefetch_slabs=prefetch_slabs)
+    x = torch.rand(sw_batch_size, 3, roi, roi)
+
+    def seconds_per_batch(sample: int = 12) -> float:  # ~8 s of the default U-Net
+        with torch.no_grad():
+            net(x)  # warm-up, as the first window of the streaming run
+            start = time.perf_counter()
+            for _ in range(sample):
+                net(x)
+        return (time.perf_counter() - start) / sample
+
+    # the network alone is timed before and after the run and the two averaged: the speed of a shared
+    # machine drifts over an hour-long slide
+    before = seconds_per_batch()
+    steal_before = steal_seconds()
     record = seg.segment_file(slide)
+    steal_after = steal_seconds()
+    after = seconds_per_batch()
     windows = record["windows"] - record["windows_skipped"]
     batches = -(-windows // sw_batch_size)
-    sample = min(batches, 24)  # timed batches: ~15 s of the default U-Net, enough to average out a busy machine
-    x = torch.rand(sw_batch_size, 3, roi, roi)
-    with torch.no_grad():
-        net(x)  # warm-up, as the first window of the streaming run
-        start = time.perf_counter()
-        for _ in range(sample):
-            net(x)
-    network_seconds = (time.perf_counter() - start) / sample * batches
+    network_seconds = (before + after) / 2 * batches
     return {
         "size": size, "network": network, "windows": record["windows"], "windows_skipped": record["windows_skipped"],
         "n_instances": record["n_instances"], "e2e_seconds": record["seconds"], "network_in_run_seconds": record["network_seconds"],
-        "network_only_seconds": network_seconds, "megapixels_per_s": (rows or size) * size / 1e6 / record["seconds"],
+        "network_only_seconds": network_seconds, "network_only_before_seconds": before * batches,
+        "network_only_after_seconds": after * batches, "megapixels_per_s": (rows or size) * size / 1e6 / record["seconds"],
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "e2e_over_network": network_seconds / record["seconds"],
+        "cpu_steal_s": None if steal_before is None or steal_after is None else steal_after - steal_before,
     }
 
 
@@ -143,7 +170,9 @@ def main() -> None:
         print(
             f"size={size} network={figures['network']} windows={figures['windows']} skipped={figures['windows_skipped']} "
             f"nuclei={figures['n_instances']} e2e_s={figures['e2e_seconds']:.1f} network_only_s={figures['network_only_seconds']:.1f} "
-            f"network_in_run_s={figures['network_in_run_seconds']:.1f}"
+            f"(before {figures['network_only_before_seconds']:.1f}, after {figures['network_only_after_seconds']:.1f}) "
+            f"network_in_run_s={figures['network_in_run_seconds']:.1f} "
+            f"cpu_steal_s={'n/a' if figures['cpu_steal_s'] is None else format(figures['cpu_steal_s'], '.1f')}"
         )
         print(f"size={size} megapixels_per_s={figures['megapixels_per_s']:.4f} peak_rss_gib={figures['peak_rss_gib']:.3f} "
               f"e2e_over_network={figures['e2e_over_network']:.3f}", flush=True)

@@ -116,6 +116,11 @@ class StreamingBlender:
 
     Windows must be added in the order of :func:`window_starts`. Windows may be skipped:
     pixels no added window covers come out as NaN.
+
+    Only the weighted sum is buffered (``C x roi_size[0]`` rows across the image); the sum of the
+    weights is made for the rows handed out, from the windows added over them (in the order they
+    were added, so the values are those of summing as they come), when a slab is finished: while
+    the network runs, the buffer holds one array less (64 MB across a 32k slide).
     """
 
     def __init__(
@@ -126,7 +131,7 @@ class StreamingBlender:
         weight = compute_importance_map(self.roi_size, mode=mode, sigma_scale=sigma_scale, device="cpu", dtype=torch.float32)
         self.weight = weight.numpy()
         self.acc = np.zeros((channels, self.roi_size[0], *self.image_size[1:]), dtype=np.float32)
-        self.count = np.zeros((self.roi_size[0], *self.image_size[1:]), dtype=np.float32)
+        self.added: list[tuple[int, ...]] = []  # starts of the windows added over the buffer's rows
         self.origin = 0
 
     def add(self, start: Sequence[int], output: np.ndarray | torch.Tensor) -> Iterator[Slab]:
@@ -135,26 +140,36 @@ class StreamingBlender:
         rest = tuple(slice(s, s + r) for s, r in zip(start[1:], self.roi_size[1:]))
         output = output.detach().float().cpu().numpy() if isinstance(output, torch.Tensor) else np.asarray(output, np.float32)
         self.acc[(slice(None), slice(None), *rest)] += output * self.weight
-        self.count[(slice(None), *rest)] += self.weight
+        self.added.append(tuple(int(s) for s in start))
         return finished
+
+    def _weight_sum(self, rows: int) -> np.ndarray:
+        """Sum of the importance weights of the added windows over the buffer's first ``rows`` rows."""
+        total = np.zeros((rows, *self.image_size[1:]), dtype=np.float32)
+        for start in self.added:
+            top = max(start[0], self.origin)
+            bottom = min(start[0] + self.roi_size[0], self.origin + rows)
+            if bottom > top:
+                rest = tuple(slice(s, s + r) for s, r in zip(start[1:], self.roi_size[1:]))
+                total[(slice(top - self.origin, bottom - self.origin), *rest)] += self.weight[top - start[0] : bottom - start[0]]
+        return total
 
     def _advance(self, new_origin: int) -> Iterator[Slab]:
         """Hand out rows ``[origin, new_origin)``: the buffer's, then uncovered (NaN) slabs for skipped window rows."""
         rows = new_origin - self.origin
         head = min(rows, self.roi_size[0])
         with np.errstate(invalid="ignore", divide="ignore"):
-            slabs = [(self.origin, self.acc[:, :head] / self.count[:head])]  # 0 / 0 = NaN where no window was added
+            slabs = [(self.origin, self.acc[:, :head] / self._weight_sum(head))]  # 0 / 0 = NaN where no window was added
         gaps = range(self.origin + head, new_origin, self.roi_size[0])
         shape = (self.acc.shape[0], *self.image_size[1:])
         # uncovered slabs are made one at a time as they are consumed (a blank stretch may be most of the image)
         gap_slabs = ((g, np.full((shape[0], min(self.roi_size[0], new_origin - g), *shape[1:]), np.nan, np.float32)) for g in gaps)
         for channel in self.acc:
             _move_rows_up(channel, head, self.roi_size[0])
-        _move_rows_up(self.count, head, self.roi_size[0])
         keep = self.roi_size[0] - head
         self.acc[:, keep:] = 0.0
-        self.count[keep:] = 0.0
         self.origin = new_origin
+        self.added = [start for start in self.added if start[0] + self.roi_size[0] > new_origin]
         return itertools.chain(_handed_out(slabs), gap_slabs)
 
     def finish(self) -> Iterator[Slab]:

@@ -6,7 +6,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.draw import disk
 
-from monai_uda.inference.tiles import StreamingInstanceLabeller
+from monai_uda.inference.tiles import StreamingBlender, StreamingInstanceLabeller, window_starts
 
 
 def _stream(classes: np.ndarray, slab: int, **kwargs) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -197,3 +197,31 @@ def test_bad_thread_counts_are_refused():
     with pytest.raises(UDAInputError, match="prefetch_slabs must be >= 0"):
         SlideSegmenter(net, ".", "out", channels=3, roi_size=(64, 64), prefetch_slabs=-1)
     assert SlideSegmenter(net, ".", "out", channels=3, roi_size=(64, 64)).postprocess_workers == min(torch.get_num_threads(), 4)
+
+
+def _dense_blend(image_size, roi, starts, outputs, weight):
+    """Reference: the weighted sum and weight sum of the windows over the whole image, divided (NaN where none)."""
+    acc = np.zeros((outputs[0].shape[0], *image_size), dtype=np.float32)
+    total = np.zeros(image_size, dtype=np.float32)
+    for start, output in zip(starts, outputs):
+        box = tuple(slice(s, s + r) for s, r in zip(start, roi))
+        acc[(slice(None), *box)] += output * weight
+        total[box] += weight
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return acc / total
+
+
+def test_blender_slabs_match_the_dense_blend_with_skipped_windows_2d_and_3d():
+    rng = np.random.default_rng(0)
+    for image_size, roi in (((40, 23), (8, 6)), ((13, 9, 11), (4, 5, 6))):
+        starts = window_starts(image_size, roi, 0.25)
+        kept = [s for i, s in enumerate(starts) if i % 5 not in (1, 2)]  # skipped windows leave holes
+        outputs = [rng.random((2, *roi), dtype=np.float32) for _ in kept]
+        blender = StreamingBlender(image_size, roi, 2, mode="gaussian")
+        slabs = [slab for start, output in zip(kept, outputs) for slab in blender.add(start, output)] + list(blender.finish())
+        streamed = np.concatenate([array for _, array in slabs], axis=1)
+        assert [start for start, _ in slabs] == list(np.cumsum([0] + [a.shape[1] for _, a in slabs[:-1]]))
+        expected = _dense_blend(image_size, roi, kept, outputs, blender.weight)
+        assert streamed.shape == expected.shape and np.isnan(expected).any() and not np.isnan(expected).all()
+        np.testing.assert_array_equal(np.isnan(streamed), np.isnan(expected))
+        np.testing.assert_allclose(streamed[~np.isnan(expected)], expected[~np.isnan(expected)], rtol=1e-6)
