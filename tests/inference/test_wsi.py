@@ -136,6 +136,18 @@ def test_reader_regions_histogram_and_tissue(tmp_path):
     assert tissue_mask(glass[..., :1]) is None and not tissue_mask(np.full((8, 8, 3), 200.0)).any()
 
 
+def test_scan_whose_last_band_is_thinner_than_the_thumbnail_factor(tmp_path):
+    """1025 rows, factor 2, bands of 32 rows: the last band has 1 row, no thumbnail row; every pixel is counted."""
+    image = np.random.default_rng(2).integers(0, 256, (1025, 601, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "t.tif", image, tile=(256, 256))
+    with SlideReader(tmp_path / "t.tif") as reader:
+        for workers in (1, 2):
+            hist, thumb = scan_slide(reader, factor=2, chunk=512, workers=workers)
+            assert hist.sum() == image.size and thumb.shape == (512, 300, 3)
+            np.testing.assert_array_equal(hist, np.bincount(image.ravel(), minlength=256))
+            np.testing.assert_allclose(thumb[511, 299], image[1022:1024, 598:600].reshape(-1, 3).mean(0), rtol=1e-5)
+
+
 def test_slide_smaller_than_window_is_refused(tmp_path):
     (tmp_path / "in").mkdir()
     tifffile.imwrite(tmp_path / "in" / "s.tif", np.zeros((64, 64, 3), np.uint8), tile=(64, 64))
