@@ -41,7 +41,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from queue import Full, Queue
 from pathlib import Path
@@ -71,6 +71,7 @@ __all__ = [
     "instance_records",
     "record_fields",
     "record_dtype",
+    "concatenate_records",
     "NucleiTable",
     "nuclei_table",
 ]
@@ -137,11 +138,15 @@ class StreamingBlender:
     def add(self, start: Sequence[int], output: np.ndarray | torch.Tensor) -> Iterator[Slab]:
         """Add one window output ``(C, *roi_size)`` at ``start``; returns the slabs it finished (float32 arrays)."""
         finished = self._advance(int(start[0])) if start[0] > self.origin else iter(())
-        rest = tuple(slice(s, s + r) for s, r in zip(start[1:], self.roi_size[1:]))
+        rest = self._rest(start)
         output = output.detach().float().cpu().numpy() if isinstance(output, torch.Tensor) else np.asarray(output, np.float32)
         self.acc[(slice(None), slice(None), *rest)] += output * self.weight
         self.added.append(tuple(int(s) for s in start))
         return finished
+
+    def _rest(self, start: Sequence[int]) -> tuple[slice, ...]:
+        """The window at ``start`` along axes 1.. (all rows of the buffer cover them)."""
+        return tuple(slice(s, s + r) for s, r in zip(start[1:], self.roi_size[1:]))
 
     def _weight_sum(self, rows: int) -> np.ndarray:
         """Sum of the importance weights of the added windows over the buffer's first ``rows`` rows."""
@@ -150,8 +155,7 @@ class StreamingBlender:
             top = max(start[0], self.origin)
             bottom = min(start[0] + self.roi_size[0], self.origin + rows)
             if bottom > top:
-                rest = tuple(slice(s, s + r) for s, r in zip(start[1:], self.roi_size[1:]))
-                total[(slice(top - self.origin, bottom - self.origin), *rest)] += self.weight[top - start[0] : bottom - start[0]]
+                total[(slice(top - self.origin, bottom - self.origin), *self._rest(start))] += self.weight[top - start[0] : bottom - start[0]]
         return total
 
     def _advance(self, new_origin: int) -> Iterator[Slab]:
@@ -216,9 +220,9 @@ def instance_records(
     """
     found = instances > 0
     ids = instances[found].astype(np.int64)
-    dtype = record_dtype(axis_names)
     if not ids.size:
-        return np.zeros(0, dtype=dtype)
+        return concatenate_records([], axis_names)
+    dtype = record_dtype(axis_names)
     corner = list(corner) if corner is not None else [0] * instances.ndim
     n = int(ids.max())
     area = np.bincount(ids, minlength=n + 1)
@@ -235,6 +239,11 @@ def instance_records(
         records[f"bbox_{name}0"] = bounds[:, axis, 0] + corner[axis]
         records[f"bbox_{name}1"] = bounds[:, axis, 1] + corner[axis]
     return records
+
+
+def concatenate_records(parts: Sequence[np.ndarray], axis_names: Sequence[str]) -> np.ndarray:
+    """One record array (:func:`record_dtype`) of ``parts`` in order; empty when there are none."""
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=record_dtype(axis_names))
 
 
 class NucleiTable:
@@ -358,11 +367,11 @@ class StreamingInstanceLabeller:
                 open_top = min(open_top, box[0].start)
             else:  # complete, or open too long: cut
                 complete.append((k, box))
-        records = [np.zeros(0, dtype=record_dtype(self.axis_names))]
+        records: list[np.ndarray] = []
         # groups are cut out and post-processed in worker threads (scipy, scikit-image and ITK release the GIL),
         # then given their ids here, in order
         process = functools.partial(self._post_process, labels, n_labels, last)
-        for _, (crop, instances, group_records) in ordered_map(process, iter(self._groups(complete)), self.workers):
+        for _, (crop, instances, group_records) in ordered_map(process, self._groups(complete), self.workers):
             group_records = self._apply(crop, instances, group_records)
             if write is None:
                 records.append(group_records)
@@ -374,7 +383,7 @@ class StreamingInstanceLabeller:
         if open_top:
             self.classes, self.instances = self.classes[open_top:].copy(), self.instances[open_top:].copy()
         self.origin += open_top
-        return ([slab] if open_top else []), np.concatenate(records)
+        return ([slab] if open_top else []), concatenate_records(records, self.axis_names)
 
     def _groups(self, complete: list[tuple[int, tuple[slice, ...]]]) -> list[tuple[list[tuple[int, tuple[slice, ...]]], slice | None]]:
         """Components grouped by where their bounding box starts along axis 1, as ``(group, columns)``.
@@ -478,7 +487,7 @@ def default_workers() -> int:
     return min(torch.get_num_threads(), 4)
 
 
-def ordered_map(fn: Callable[[Any], Any], items: Iterator[Any], workers: int, ahead: int | None = None) -> Iterator[tuple[Any, Any]]:
+def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, ahead: int | None = None) -> Iterator[tuple[Any, Any]]:
     """``(item, fn(item))`` in the order of ``items``, ``fn`` running in ``workers`` threads.
 
     At most ``ahead`` items (default ``2 * workers``) are taken from ``items`` beyond the one

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from monai_uda.inference.detection import Candidate, FolderDetector, paint_candidate, paint_order, tile_candidates, tile_starts
-from monai_uda.inference.tiles import SLIDE_AXES, NucleiTable, Slab, instance_records, record_dtype
+from monai_uda.inference.tiles import SLIDE_AXES, NucleiTable, Slab, concatenate_records, instance_records
 from monai_uda.inference.wsi import SlideInference, SlideReader
 
 __all__ = ["StreamingPainter", "SlideDetector"]
@@ -106,7 +106,7 @@ class StreamingPainter:
             self.instances = np.concatenate([self.instances, grow])
         waiting = np.zeros(self.instances.shape, dtype=bool)  # pixels of the waiting candidates
         waits: set[int] = set()
-        records = [np.zeros(0, dtype=record_dtype(self.axis_names))]
+        records: list[np.ndarray] = []
         for cand in sorted(self.pending, key=paint_order):
             h, w = cand.mask.shape
             box = (slice(cand.y0 - self.origin, cand.y0 - self.origin + h), slice(cand.x0, cand.x0 + w))
@@ -123,7 +123,7 @@ class StreamingPainter:
         slab = (self.origin, self.instances[:final])
         self.instances = self.instances[final:]
         self.origin += final
-        return ([slab] if final > 0 else []), np.concatenate(records)
+        return ([slab] if final > 0 else []), concatenate_records(records, self.axis_names)
 
 
 class SlideDetector(SlideInference, FolderDetector):
