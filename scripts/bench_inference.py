@@ -82,7 +82,7 @@ def steal_seconds() -> float | None:
     """CPU time the hypervisor gave other guests so far (``steal`` of ``/proc/stat``, all cores), or None off Linux.
 
     On a shared virtual machine it tells a busy host (everything slower for a while, which the
-    network timed alone afterwards does not see) from a slow pipeline.
+    network timed alone before and after the run does not see) from a slow pipeline.
     """
     try:
         with open("/proc/stat") as stat:
