@@ -91,8 +91,11 @@ def _resolve_item_path(value: Any, where: str, base: Path, default_base: bool, f
     given = base / value  # an absolute value replaces base
     path = Path(os.path.realpath(given.parent)) / given.name
     if not path.exists():
-        in_base = "" if default_base or Path(value).is_absolute() else f" in data_root {base}"
-        raise UDAInputError(f"{where} {value!r} does not exist{in_base}", file)
+        if Path(value).is_absolute():
+            hint = ""
+        else:
+            hint = " (relative to the datalist's folder; data_root reads from another)" if default_base else f" in data_root {base}"
+        raise UDAInputError(f"{where} {value!r} does not exist{hint}", file)
     if not path.is_file():
         raise UDAInputError(f"{where} {value!r} is not a regular file (a folder, device or pipe)", file)
     return str(path)

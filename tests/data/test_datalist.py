@@ -61,7 +61,11 @@ def test_load_reads_relative_paths_from_base_dir(tmp_path, monkeypatch):
     assert load_datalist(file, str(data))["test"] == [{"image": str(image.resolve())}]  # '..' from base_dir
     monkeypatch.chdir(tmp_path)  # a relative base_dir is read from the working folder, as MONAI does
     assert load_datalist(file, Path("store"))["source"] == [expected]
-    assert _error(file) == f"{file}: 'source' item 0 image 'img/a.png' does not exist"
+    hint = "(relative to the datalist's folder; data_root reads from another)"
+    assert _error(file) == f"{file}: 'source' item 0 image 'img/a.png' does not exist {hint}"
+    file.write_text(json.dumps({"source": [{"image": str(data / "gone.png")}]}))
+    assert _error(file, tmp_path) == f"{file}: 'source' item 0 image '{data / 'gone.png'}' does not exist"
+    file.write_text(json.dumps({"source": [{"image": "img/a.png"}]}))
     assert _error(file, tmp_path) == f"{file}: 'source' item 0 image 'img/a.png' does not exist in data_root {tmp_path}"
     assert _error(file, tmp_path / "nope") == f"{tmp_path / 'nope'}: data_root is not a folder (relative datalist paths are read from it)"
     assert _error(file, image) == f"{image}: data_root is not a folder (relative datalist paths are read from it)"
@@ -77,13 +81,13 @@ def test_load_refuses_what_is_not_a_regular_file(tmp_path):
     assert _error(file) == f"{file}: 'target' item 0 image 'pipe.png' is not a regular file (a folder, device or pipe)"
     os.symlink(tmp_path / "gone.png", file.parent / "dangling.png")
     file.write_text(json.dumps({"target": [{"image": "dangling.png"}]}))
-    assert _error(file) == f"{file}: 'target' item 0 image 'dangling.png' does not exist"
+    assert _error(file).startswith(f"{file}: 'target' item 0 image 'dangling.png' does not exist (relative to")
 
 
 def test_load_errors_name_the_file_and_reason(tmp_path):
     file = _dataset(tmp_path, {})
     file.write_text(json.dumps({"target": [{"image": "images/a.png"}, {"image": "images/missing.png"}]}))
-    assert _error(file) == f"{file}: 'target' item 1 image 'images/missing.png' does not exist"
+    assert _error(file) == f"{file}: 'target' item 1 image 'images/missing.png' does not exist (relative to the datalist's folder; data_root reads from another)"
     file.write_text(json.dumps({"source": [], "target": []}))
     assert _error(file) == f"{file}: empty datalist"
     file.write_text(json.dumps({}))
