@@ -65,6 +65,17 @@ def test_unknown_bundle_names_the_known_ones(places):
         bundle_runner.bundle_path("nope")
 
 
+def test_cli_bundles_prints_the_folders(capsys):
+    from monai_uda.cli import main
+
+    assert main(["bundles", "cellseg_uda"]) == 0
+    assert capsys.readouterr().out == f"{bundle_runner.bundles_dir() / 'cellseg_uda'}\n"
+    assert main(["bundles"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == f"cellseg_uda\t{bundle_runner.bundles_dir() / 'cellseg_uda'}"
+    assert main(["bundles", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown bundle 'nope'; choose one of ad_gan, cellseg_uda")
+
+
 def _build(source: Path, out: Path) -> Path:
     """``pip wheel`` of ``source`` (a folder or an sdist) with the running setuptools, offline."""
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
