@@ -11,7 +11,8 @@ handler lists. Claiming the folder, before any stage trains:
    Released when the last attached trainer completes and at interpreter exit (also after an error).
 2. **No silent overwrite.** A new run (``--resume false``) into a folder holding checkpoints
    (``checkpoint_*.pt`` or ``model.pt``, also in its stage sub-folders) is refused, unless
-   ``--overwrite true``, which deletes them (and the old ``run_config.json``) first.
+   ``--overwrite true``, which deletes them first (so a later ``--resume true`` cannot pick up the old
+   run), except ``<output_dir>/model.pt``: the old final model stays usable until the new run's replaces it.
 3. **Record.** A new run writes ``run_config.json``: the bundle, the command, and the plain values of the
    config (what the files and the overrides set, without ``$`` expressions and ``@`` references).
 4. **Resume continues the recorded run.** With ``--resume true`` a key that defines the run (every plain
@@ -238,7 +239,8 @@ def _claim(folder: Path, bundle: str, resume: bool, overwrite: bool, config: dic
                 folder,
             )
         for path in old:
-            path.unlink()
+            if path != folder / "model.pt":  # the final model stays usable until the new run replaces it
+                path.unlink()
         write_json(folder / RECORD_NAME, _record(bundle, config), what="run config")
     except BaseException:
         RunFolder(folder, token).release()

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai_uda.data.io import read_array, stem_of
+from monai_uda.data.io import read_array
 from monai_uda.errors import UDAInputError
 from monai_uda.inference.tiles import StreamingInstanceLabeller, StreamingSegmenter, nuclei_table, window_starts
 from monai_uda.inference.wsi import percentile_from_histogram
@@ -207,7 +207,7 @@ class VolumeSegmenter(StreamingSegmenter):
 
     def _output_paths(self, image_path: Path) -> dict[str, Path]:
         paths = super()._output_paths(image_path)
-        paths["table"] = self.output_dir / f"{stem_of(image_path)}_nuclei.csv"
+        paths["table"] = self.output_dir / f"{self._stem(image_path)}_nuclei.csv"
         return paths
 
     def segment_file(self, path: str | Path) -> dict[str, Any]:
@@ -228,7 +228,7 @@ class VolumeSegmenter(StreamingSegmenter):
             n_instances = self._write_outputs(reader, windows, scale, paths, geometry, axes)
         finally:
             reader.close()
-        record: dict[str, Any] = {"stem": stem_of(path), "image": str(path), **{key: str(p) for key, p in paths.items()}}
+        record: dict[str, Any] = {"stem": self._stem(path), "image": str(path), **{key: str(p) for key, p in paths.items()}}
         record.update(n_instances=n_instances, seconds=time.perf_counter() - start_time, network_seconds=self.network_seconds)
         return record
 

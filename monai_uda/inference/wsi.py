@@ -44,7 +44,7 @@ import torch
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from monai_uda.data.io import read_array, stem_of
+from monai_uda.data.io import read_array
 from monai_uda.errors import UDAInputError
 from monai_uda.inference.tiles import (
     SLIDE_AXES,
@@ -324,7 +324,7 @@ class SlideInference:
         self.tile = tile
 
     def _output_paths(self, image_path: Path) -> dict[str, Path]:
-        stem = stem_of(image_path)
+        stem = self._stem(image_path)
         names = {"mask": f"{stem}_mask.tif", "instances": f"{stem}_instances.tif", "table": f"{stem}_nuclei.csv"}
         return {key: self.output_dir / name for key, name in names.items()}
 
@@ -367,7 +367,7 @@ class SlideInference:
             n_instances = self._write_outputs(reader, windows, self._scaler(a_min, a_max), paths)
         seconds = time.perf_counter() - start
         skipped = len(all_windows) - len(windows)
-        record: dict[str, Any] = {"stem": stem_of(path), "image": str(path), **{key: str(p) for key, p in paths.items()}}
+        record: dict[str, Any] = {"stem": self._stem(path), "image": str(path), **{key: str(p) for key, p in paths.items()}}
         record.update(
             n_instances=n_instances, seconds=seconds, windows=len(all_windows), windows_skipped=skipped,
             fraction_skipped=skipped / len(all_windows), network_seconds=self.network_seconds,

@@ -54,9 +54,10 @@ def test_new_run_refuses_old_checkpoints_resume_continues_and_retention_holds(da
         assert _checkpoints(out) == [f"checkpoint_iteration={iterations - 1}.pt", f"checkpoint_iteration={iterations}.pt"]
     assert torch.load(out / "checkpoint_iteration=5.pt", weights_only=True)["trainer"]["iteration"] == 5
 
-    # --overwrite true starts afresh: the old checkpoints are gone, the record is the new run's
+    # --overwrite true starts afresh: the old checkpoints are gone at once, the old model.pt when the new one is written
     code, stderr = kit.run(*args, "--overwrite", "true", "--seed", "3")
     assert code == 0, stderr[-3000:]
+    assert (out / "model.pt").read_bytes() != model
     assert _checkpoints(out) == ["checkpoint_iteration=1.pt", "checkpoint_iteration=2.pt"]
     assert json.loads((out / RECORD_NAME).read_text())["config"]["seed"] == 3
 
