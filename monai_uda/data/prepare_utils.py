@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from monai_uda.errors import UDAInputError
+from monai_uda.files import commit, output_target, temporary_sibling
 
 __all__ = [
     "UINT16_MAX", "as_uint16", "kept_splits", "output_folder", "paint_instances", "place_file", "preview", "say", "shape_text",
@@ -71,22 +72,22 @@ def paint_instances(shape: Sequence[int], regions: Sequence[tuple[np.ndarray, ..
 
 
 def place_file(src: Path, dst: Path, link: bool = False) -> None:
-    """Copy (or hard-link, falling back to a copy) ``src`` to ``dst`` atomically."""
-    tmp = dst.with_name(f".tmp-{dst.name}")
+    """Copy (or hard-link, falling back to a copy) ``src`` to ``dst`` atomically (:mod:`monai_uda.files`)."""
+    target = output_target(dst)
+    tmp = temporary_sibling(target)
     try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp.unlink(missing_ok=True)
         if link:
             try:
+                tmp.unlink()
                 os.link(src, tmp)
             except OSError:  # other file system, or hard links not permitted: copy
                 shutil.copyfile(src, tmp)
         else:
             shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise UDAInputError(f"cannot write output ({exc.strerror or exc})", dst) from exc
+    commit(tmp, target)
 
 
 def output_folder(path: str | Path) -> Path:

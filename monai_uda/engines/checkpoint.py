@@ -10,11 +10,8 @@ optimiser, the trainer state (iteration/epoch) and the torch RNG state, see
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import stat
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 
 from monai_uda.engines.distributed import is_main_process
 from monai_uda.errors import UDAInputError
+from monai_uda.files import atomic_write
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -165,23 +163,10 @@ def latest_checkpoint(output_dir: str | Path, required: bool = True) -> str | No
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename (never half-written)."""
+    """``torch.save`` to a temporary file in the same folder, then rename (never half-written; :mod:`monai_uda.files`)."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise UDAInputError(f"cannot write checkpoint ({exc.strerror or exc})", path.parent) from exc
-    try:
+    with atomic_write(path, what="checkpoint") as tmp:
         torch.save(obj, tmp)
-        os.chmod(tmp, os.stat(tmp).st_mode | stat.S_IRGRP | stat.S_IROTH)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):  # disk full, quota, read-only file system
-            raise UDAInputError(f"cannot write checkpoint ({exc.strerror or exc})", path) from exc
-        raise
     return path
 
 

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +30,7 @@ import torch
 
 from monai_uda.data.io import read_array
 from monai_uda.errors import UDAInputError
+from monai_uda.files import commit, output_target, temporary_sibling
 from monai_uda.inference.tiles import StreamingInstanceLabeller, StreamingSegmenter, nuclei_table, window_starts
 from monai_uda.inference.wsi import percentile_from_histogram
 from monai_uda.transforms.intensity import PERCENTILES
@@ -148,10 +147,8 @@ class MemmapVolumeWriter:
         suffix = ".npy" if path.suffix.lower() == ".npy" else ".nii"
         if suffix == ".nii" and not path.name.lower().endswith((".nii", ".nii.gz")):
             raise UDAInputError(f"volume outputs must be .nii, .nii.gz or .npy, got {path.name}", path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self.target = output_target(path)  # through a symlink; devices and FIFOs refused (monai_uda.files)
+        self.tmp = temporary_sibling(self.target.with_name(self.target.name[:-3]) if self.gzip else self.target)
         if suffix == ".npy":
             self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=dtype, shape=shape)
             return
@@ -179,7 +176,7 @@ class MemmapVolumeWriter:
                 shutil.copyfileobj(source, target, length=1 << 24)
             self.tmp.unlink()
             self.tmp = self.tmp.with_suffix(".gz")
-        os.replace(self.tmp, self.path)
+        commit(self.tmp, self.target)
         return self.path
 
     def discard(self) -> None:
