@@ -114,3 +114,30 @@ def test_checkpoint_saver_adopts_checkpoints_on_disk(tmp_path: Path):
     engine.run([0], max_epochs=10, epoch_length=1)
     # ignite continues at iteration 1..10 here; the adopted newest (9) outranks them until 10
     assert _checkpoints(tmp_path) == ["checkpoint_iteration=10.pt", "checkpoint_iteration=9.pt"]
+
+
+def test_two_stage_bundle_keeps_the_lock_until_its_last_stage_completes(tmp_path: Path):
+    """``cyc_pdam``/``darcnn``: the first stage lists ``run_folder.hold``, the last ``run_folder``."""
+    folder = claim_run_folder(tmp_path, "darcnn", config={})
+    stage1, stage2 = Engine(lambda e, b: None), Engine(lambda e, b: None)
+    folder.hold.attach(stage1)
+    folder.attach(stage2)
+    stage1.run([0], max_epochs=1)
+    assert (tmp_path / LOCK_NAME).exists()
+    stage2.run([0], max_epochs=1)
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+@pytest.mark.parametrize("bundle", ["cellseg_uda", "ad_gan", "cyc_pdam", "darcnn"])
+def test_every_train_config_claims_its_output_folder(bundle: str):
+    """``overwrite: false`` and ``run_folder`` in every train.yaml; the last stage's handlers hold ``@run_folder``."""
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "bundles" / bundle / "configs" / "train.yaml").read_text())
+    assert config["overwrite"] is False and config["run_folder"]["bundle"] == bundle
+    assert config["run_folder"]["_target_"] == "monai_uda.engines.run_folder.claim_run_folder"
+    lists = {"cellseg_uda": ["train_handlers"], "ad_gan": ["train_handlers"], "cyc_pdam": ["cyclegan_handlers", "pdam_handlers"],
+             "darcnn": ["stage1_handlers", "stage2_handlers"]}[bundle]
+    assert config[lists[-1]][-1] == "@run_folder"
+    if len(lists) == 2:
+        assert config[lists[0]][-1] == "$@run_folder.hold"
