@@ -58,11 +58,11 @@ class Commands:
 
         print(bundle_listing(name))
 
-    def evaluate(self, pred: str, gt: str, out: str | None = None) -> None:
+    def evaluate(self, pred: str, gt: str, out: str | None = None, label_components: bool = False) -> None:
         """Score instance maps in ``pred`` against ``gt`` (matched by file stem); write JSON to ``out``."""
         from monai_uda.metrics.evaluate import evaluate_dirs
 
-        evaluate_dirs(pred, gt, out)
+        evaluate_dirs(pred, gt, out, label_components)
 
     def benchmark(self, **kwargs: Any) -> None:
         """Same data, splits, seeds and time budget for every method; see ``scripts/benchmark.py``."""

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from monai_uda.errors import UDAInputError
+from monai_uda.files import write_json
 
 __all__ = [
     "DATALIST_KEYS", "DATALIST_NAME", "PATH_KEYS", "Datalist", "check_unique_stems", "export_split", "load_datalist", "get_split",
@@ -214,19 +214,7 @@ def write_datalist(folder: str | Path, datalist: Mapping[str, list[dict[str, Any
                 if path_key in entry:
                     entry[path_key] = _relative_to(entry[path_key], folder, f"{key!r} item {index} {path_key}", file)
             out[key].append(entry)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    except OSError as exc:
-        raise UDAInputError(f"cannot write datalist ({exc.strerror or exc})", folder) from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(out, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp_name, file)
-    except OSError as exc:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise UDAInputError(f"cannot write datalist ({exc.strerror or exc})", file) from exc
+    write_json(file, out, what="datalist")
     return file
 
 

@@ -109,6 +109,14 @@ def test_resume_from_a_checkpoint_that_does_not_fit(kind: str, dataset: Path, tm
     code, stderr = kit.run("train", "--dataset_dir", dataset, "--output_dir", out, *kit.tiny_args(max_iterations=2, ckpt_interval=1),
                            "--widths=[8,16,32]", "--resume", "true")
     line = kit.error_line(stderr)
+    if kind == "other network sizes":  # the run recorded its config (run_config.json): refused before loading
+        assert code == 2 and line.endswith("run: cannot resume: widths is [8, 16, 32] but the run that wrote this folder used "
+                                           "[4, 8, 16] (see run_config.json); resume with --widths [4, 8, 16], or start a new run "
+                                           "with --overwrite true or another --output_dir"), line
+        (out / "run_config.json").unlink()  # a folder without a record: the loader's check
+        code, stderr = kit.run("train", "--dataset_dir", dataset, "--output_dir", out,
+                               *kit.tiny_args(max_iterations=2, ckpt_interval=1), "--widths=[8,16,32]", "--resume", "true")
+        line = kit.error_line(stderr)
     assert code == 2 and "checkpoint_iteration=1.pt: cannot resume: the checkpoint does not fit this configuration (" in line, line
     assert reason in line and "another bundle or with other network sizes?" in line, line
 
