@@ -20,6 +20,8 @@ available memory the free device memory plus the caching allocator's unused rese
 from __future__ import annotations
 
 import copy
+import ctypes
+import gc
 import logging
 import math
 import os
@@ -140,6 +142,22 @@ class PeakMemory:
         self.peak = max(int(top - self._base), 0)
 
 
+def release_cached(device: torch.device | str) -> bool:
+    """Give memory freed by earlier steps back to the system, so the next measurement starts clean.
+
+    CUDA: empty PyTorch's cache. CPU: glibc's ``malloc_trim`` (freed pages of every heap arena).
+    Returns False where that is not possible (another C library).
+    """
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+        return True
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0) >= 0)
+    except (OSError, AttributeError):
+        return False
+
+
 def split_batch(batch: Mapping[str, Any], steps: int) -> list[dict[str, Any]]:
     """Split every per-sample tensor of a dict batch into ``steps`` near-equal micro-batches."""
     size = batch_length(batch)
@@ -258,27 +276,33 @@ def measure_step(
 ) -> list[int]:
     """Peak bytes of ``step(micro_batch)`` at each micro-batch size in ``sizes`` (first samples of ``batch``).
 
-    Peaks are measured from one baseline, taken before the first step, so memory a previous
-    measurement left cached in the allocator still counts. A size whose peak, scaled from the
-    previous one, could exceed ``budget`` bytes is not tried. The method's state and the random
-    generators are restored afterwards.
+    Before each step the memory earlier steps freed is given back (:func:`release_cached`), and
+    each peak is counted from the memory in use then; where it cannot be given back, all peaks are
+    counted from one baseline taken before the first step, so cached memory a step reuses still
+    counts. A size whose peak, scaled from the previous one, could exceed ``budget`` bytes is not
+    tried. The method's state and the random generators are restored after each step.
     """
     state = _state(method)
     peaks: list[int] = []
     try:
+        release_cached(device)
         with PeakMemory(device) as baseline:
             pass
         for size in sizes:
             if budget is not None and peaks and peaks[-1] * size / sizes[len(peaks) - 1] > budget:
                 break
             micro = {k: v[:size] if isinstance(v, torch.Tensor) and v.ndim and len(v) == batch_length(batch) else v for k, v in batch.items()}
+            clean = release_cached(device)
             with PeakMemory(device) as meter:
-                meter._base = baseline._base
+                if not clean:
+                    meter._base = baseline._base
                 step(micro)
             peaks.append(meter.peak)
+            _restore(method, state)
     finally:
         _restore(method, state)
         del state
+        release_cached(device)
     return peaks
 
 
