@@ -297,13 +297,22 @@ def measure_step(
                 if not clean:
                     meter._base = baseline._base
                 step(micro)
-            peaks.append(meter.peak)
+            peaks.append(_largest(meter.peak, torch.device(device)))  # every rank decides alike
             _restore(method, state)
     finally:
         _restore(method, state)
         del state
         release_cached(device)
     return peaks
+
+
+def _largest(value: int, device: torch.device) -> int:
+    """The largest ``value`` over the ranks (the value itself without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return int(value)
+    tensor = torch.tensor([int(value)], dtype=torch.int64, device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor[0])
 
 
 def _agree(steps: int, refuse: bool, device: torch.device) -> tuple[int, bool]:
