@@ -15,8 +15,8 @@ from monai_uda.engines.memory import (
     GIB,
     HEADROOM,
     MemoryPlanError,
-    available_memory,
     fit_line,
+    measure_step,
     plan_batches,
     plan_training,
     split_batch,
@@ -169,6 +169,14 @@ def test_plan_training_measures_the_real_step_and_restores_the_method():
 FIRST_TRAINER = {"ad_gan": "trainer", "cellseg_uda": "trainer", "cyc_pdam": "cyclegan_trainer", "darcnn": "stage1_trainer"}
 
 
+def _machine_memory() -> int:
+    """This machine's RAM (MemTotal): the plan is checked against the machine, not the moment's load."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no MemTotal")
+
+
 @pytest.mark.parametrize("bundle", sorted(FIRST_TRAINER))
 def test_default_train_config_plans_to_fit_this_machine(bundle, tmp_path):
     parser = ConfigParser()
@@ -178,10 +186,60 @@ def test_default_train_config_plans_to_fit_this_machine(bundle, tmp_path):
     trainer = parser.get_parsed_content(FIRST_TRAINER[bundle])
     assert trainer.memory_check and "train_cpu.yaml" in trainer.memory_hint
     batch = next(iter(trainer.data_loader))
-    assert len(batch["target_image"]) == (8 if bundle == "ad_gan" else 1)  # AD-GAN: 8 images + 8 masks
+    batch_size = len(batch["target_image"])
+    assert batch_size == (8 if bundle == "ad_gan" else 1)  # AD-GAN: 8 images + 8 masks
     engine = SimpleNamespace(state=SimpleNamespace(iteration=1, max_iterations=1, epoch=1))
-    plan = plan_training(lambda micro: trainer.method.step(engine, micro), trainer.method, batch, "cpu", trainer.memory_hint)
-    available = available_memory("cpu")
-    assert plan.available == available
-    assert plan.micro_batch * plan.steps >= plan.batch_size  # the configured batch is kept
-    assert plan.planned <= HEADROOM * available
+    sizes = [1, 2] if batch_size > 1 else [1]
+    peaks = measure_step(lambda micro: trainer.method.step(engine, micro), trainer.method, batch, sizes, "cpu")
+    fixed, per_sample = fit_line(peaks[0], peaks[1] if len(peaks) > 1 else None)
+    machine = _machine_memory()
+    alone = plan_batches(batch_size, fixed, per_sample, machine, hint=trainer.memory_hint)
+    assert alone.steps == 1 and alone.needed <= HEADROOM * machine  # the configured batch as it is
+    shared = plan_batches(batch_size, fixed, per_sample, machine // 2, hint=trainer.memory_hint)  # torchrun, 2 processes
+    assert shared.micro_batch * shared.steps >= batch_size and shared.planned <= HEADROOM * machine // 2
+
+
+# ------------------------------------------------------------------ the trainer's hook
+def _trainer(batch_size: int, max_iterations: int = 2, **kwargs):
+    from monai_uda.engines import AdaptationTrainer, make_train_loader
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 8
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            return {k: v[0] for k, v in _batch(1).items()}
+
+    loader = make_train_loader(Items(), batch_size, max_iterations)
+    return AdaptationTrainer("cpu", max_iterations, loader, _cellseg(), **kwargs)
+
+
+def test_trainer_runs_the_planned_micro_batches(monkeypatch):
+    import monai_uda.engines.trainer as trainer_module
+
+    plan = plan_batches(4, fixed=0, per_sample=3 * GIB, available=8 * GIB)  # 2 per micro-batch
+    monkeypatch.setattr(trainer_module, "plan_training", lambda *a, **k: plan)
+    trainer = _trainer(4, memory_check=True)
+    seen = []
+    step = trainer.method.step
+
+    def spy(engine, batch):
+        seen.append((len(batch["source_image"]), trainer.method.last_micro_batch, trainer.method._micro_weight))
+        return step(engine, batch)
+
+    trainer.method.step = spy
+    trainer.run()
+    assert trainer.memory_plan is plan and (plan.steps, plan.micro_batch) == (2, 2)
+    assert seen == [(2, False, 0.5), (2, True, 0.5)] * 2
+    assert all(isinstance(v, float) for v in trainer.state.output.values())
+
+
+def test_trainer_refuses_before_the_first_step_when_one_sample_does_not_fit(monkeypatch):
+    import monai_uda.engines.memory as memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1024)
+    trainer = _trainer(2, memory_check=True, memory_hint="the CPU preset")
+    before = copy.deepcopy(trainer.method.state_dict())
+    with pytest.raises(MemoryPlanError, match=r"one step at batch 1 needs ~.* GiB, 0\.0 GiB available; use the CPU preset"):
+        trainer.run()
+    assert all(torch.equal(v, before[k]) for k, v in trainer.method.state_dict().items())  # nothing trained
