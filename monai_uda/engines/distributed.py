@@ -13,13 +13,15 @@ checkpoints and the final model are written by rank 0 only.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from ignite import distributed as idist
 from torch.nn.parallel import DistributedDataParallel
 
-from monai_uda.engines.method import AdaptationMethod
+if TYPE_CHECKING:  # method.py imports average_gradients from here
+    from monai_uda.engines.method import AdaptationMethod
 
 __all__ = ["average_gradients", "init_distributed", "distributed_device", "wrap_ddp", "is_main_process"]
 

@@ -13,6 +13,7 @@ sees exactly the batches the uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -22,9 +23,12 @@ from ignite.engine import Events
 from monai.engines import Trainer
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from monai_uda.engines.memory import MemoryPlan, batch_length, plan_training, split_batch
 from monai_uda.engines.method import AdaptationMethod
 
 __all__ = ["AdaptationTrainer", "TrainingDivergedError", "ResumableSampler", "IndexedEpochDataset", "make_train_loader"]
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -141,6 +145,10 @@ class AdaptationTrainer(Trainer):
         amp: enable autocast in the method (``method.amp``).
         handlers: MONAI/Ignite handlers with ``attach(engine)``.
         non_blocking: non-blocking host-to-device copies.
+        memory_check: at the first iteration, measure the step and fit it to the device's memory
+            (gradient accumulation over micro-batches, or a one-line refusal), see
+            :mod:`monai_uda.engines.memory`; the plan is :attr:`memory_plan`.
+        memory_hint: the override a refusal suggests (e.g. the bundle's CPU preset).
     """
 
     def __init__(
@@ -153,6 +161,8 @@ class AdaptationTrainer(Trainer):
         amp: bool = False,
         handlers: Sequence | None = None,
         non_blocking: bool = False,
+        memory_check: bool = False,
+        memory_hint: str | None = None,
     ) -> None:
         if max_iterations < 1:
             raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
@@ -168,7 +178,9 @@ class AdaptationTrainer(Trainer):
             decollate=False,
         )
         self.method = method.to(self.state.device)
-        self.method.amp = amp
+        self.method.enable_amp(amp)
+        self.memory_check, self.memory_hint = bool(memory_check), memory_hint
+        self.memory_plan: MemoryPlan | None = None
         self.network = self.method  # what MONAI handlers expect to find
         self.state.max_iterations = int(max_iterations)
         sampler = getattr(train_data_loader, "sampler", None)
@@ -195,19 +207,31 @@ class AdaptationTrainer(Trainer):
         raise error
 
     def _iteration(self, engine: Any, batchdata: Mapping[str, Any]) -> dict[str, float]:
-        """Run one step of the method and return its losses as floats (the NaN/inf guard)."""
+        """Run one step of the method and return its losses as floats (the NaN/inf guard).
+
+        With a memory plan of several micro-batches, the step runs on each (gradients accumulate,
+        optimisers step at the last) and the logged values are their batch-weighted means.
+        """
         if not isinstance(batchdata, Mapping):
             raise TypeError(f"expected a dict batch, got {type(batchdata).__name__}")
         batch = _to_device(batchdata, engine.state.device, engine.non_blocking)
         self.method.train()
-        losses = self.method.step(engine, batch)
+        if self.memory_check and self.memory_plan is None:
+            self.memory_plan = plan_training(lambda micro: self.method.step(engine, micro), self.method, batch, engine.state.device, self.memory_hint)
+            logger.info(self.memory_plan.describe())
+        parts = split_batch(batch, self.memory_plan.steps if self.memory_plan else 1)
+        size = batch_length(batch)
         output: dict[str, float] = {}
-        for name, value in losses.items():
-            value = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
-            if not math.isfinite(value):
-                raise TrainingDivergedError(
-                    f"training diverged: loss '{name}' is {value} at iteration {engine.state.iteration}; "
-                    "the last good checkpoint in the output folder is kept (lower the learning rate or enable gradient clipping)"
-                )
-            output[name] = value
+        for index, part in enumerate(parts):
+            weight = batch_length(part) / size
+            with self.method.micro_batch(weight, last=index == len(parts) - 1):
+                losses = self.method.step(engine, part)
+            for name, value in losses.items():
+                value = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+                if not math.isfinite(value):
+                    raise TrainingDivergedError(
+                        f"training diverged: loss '{name}' is {value} at iteration {engine.state.iteration}; "
+                        "the last good checkpoint in the output folder is kept (lower the learning rate or enable gradient clipping)"
+                    )
+                output[name] = output.get(name, 0.0) + weight * value
         return output

@@ -99,8 +99,8 @@ class CellSegUDA(AdaptationMethod):
         if self.mode == "target_only":
             with self.autocast():
                 loss = self._dice(self.segmenter(batch["target_image"]), batch["target_label"])  # eq 1 on target
-            loss.backward()
-            self.optimizers["segmenter"].step()
+            self.backward(loss, "segmenter")
+            self.step_optimizer("segmenter")
             return {"seg": loss.detach()}
 
         x_s, x_t = batch["source_image"], batch["target_image"]
@@ -125,10 +125,10 @@ class CellSegUDA(AdaptationMethod):
                     total = total + losses["seg_target"]
                 else:
                     losses["seg_target"] = torch.zeros((), device=x_t.device)
-        total.backward()  # eq 4
-        self.optimizers["segmenter"].step()
+        self.backward(total, "segmenter", *(["reconstructor"] if self.reconstruct else []))  # eq 4
+        self.step_optimizer("segmenter")
         if self.reconstruct:
-            self.optimizers["reconstructor"].step()
+            self.step_optimizer("reconstructor")
 
         if self.adversarial:  # eq 5
             self.set_requires_grad(self.discriminator, True)
@@ -137,8 +137,8 @@ class CellSegUDA(AdaptationMethod):
                     self._bce(self.discriminator(prob_s.detach()), is_source=True)
                     + self._bce(self.discriminator(prob_t.detach()), is_source=False)
                 )
-            loss_d.backward()
-            self.optimizers["discriminator"].step()
+            self.backward(loss_d, "discriminator")
+            self.step_optimizer("discriminator")
             losses["disc"] = loss_d
         losses["total"] = total
         return {k: v.detach() for k, v in losses.items()}

@@ -43,7 +43,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from monai_uda.data.pseudo_labels import instance_targets
-from monai_uda.engines.distributed import average_gradients
 from monai_uda.engines.method import AdaptationMethod
 from monai_uda.errors import UDAInputError
 from monai_uda.losses.adversarial import discriminator_loss, gan_loss
@@ -214,9 +213,8 @@ class CycleGANStage(AdaptationMethod):
             if self.loss_weights["identity"] > 0:
                 identity = F.l1_loss(self.generator_s2t(real_t), real_t) + F.l1_loss(self.generator_t2s(real_s), real_s)
                 loss_g = loss_g + self.loss_weights["identity"] * self.loss_weights["cycle"] * identity
-        loss_g.backward()
-        average_gradients(opt_g)
-        opt_g.step()
+        self.backward(loss_g, "generators")
+        self.step_optimizer("generators")
 
         self.set_requires_grad(discriminators, True)
         opt_d = self.optimizers["discriminators"]
@@ -224,9 +222,8 @@ class CycleGANStage(AdaptationMethod):
         with self.autocast():
             loss_d_t = discriminator_loss(self.discriminator_t(real_t), self.discriminator_t(self.pools["target"].query(fake_t)), self.gan_mode)
             loss_d_s = discriminator_loss(self.discriminator_s(real_s), self.discriminator_s(self.pools["source"].query(fake_s)), self.gan_mode)
-        (loss_d_t + loss_d_s).backward()
-        average_gradients(opt_d)
-        opt_d.step()
+        self.backward(loss_d_t + loss_d_s, "discriminators")
+        self.step_optimizer("discriminators")
         return {
             "generator_adv": adv.detach(),
             "cycle": cycle.detach(),
@@ -331,11 +328,8 @@ class PDAMStage(AdaptationMethod):
             detection = w_img * rpn + w_ins * heads + w_sem * loss_semseg  # eq 3
             adversarial = loss_img + loss_sem_adv + loss_ins
             total = detection + self.loss_weights["adversarial"] * adversarial  # eq 4
-        total.backward()
-        average_gradients(optimizer)
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], self.grad_clip)
-        optimizer.step()
+        self.backward(total, "detector")
+        self.step_optimizer("detector", self.grad_clip)
         out: dict[str, torch.Tensor | float] = {k.removeprefix("loss_"): v.detach() for k, v in source.losses.items()}
         out.update(
             semseg=loss_semseg.detach(),

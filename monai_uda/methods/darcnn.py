@@ -26,7 +26,6 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from monai_uda.data.pseudo_labels import PseudoLabelAugment, filter_detections, instance_targets
-from monai_uda.engines.distributed import average_gradients
 from monai_uda.engines.method import AdaptationMethod
 from monai_uda.losses.domain import DEFAULT_BANDWIDTHS, background_consistency_loss, mmd_loss, orthogonality_loss
 from monai_uda.networks.domain_separation import DomainSeparationMaskRCNN
@@ -187,16 +186,15 @@ class DARCNNStage1(AdaptationMethod):
             )
             total = loss_source + alpha * loss_sim + self.loss_weights["diff"] * loss_diff
             total = total + self.loss_weights["target"] * background.loss  # eq 1
-        total.backward()
+        self.backward(total, "detector")
         for p in net.sim_projection.parameters():  # the projection maximises L_sim
             if p.grad is not None:
                 p.grad.neg_()
-        average_gradients(optimizer)
-        optimizer.step()
+        self.step_optimizer("detector")
         warmup = 1.0 - 1.0 / (engine.state.iteration + 1)  # plain average over the first iterations
-        if self.target_head_momentum < 1.0:
+        if self.target_head_momentum < 1.0 and self.last_micro_batch:
             _follow(net.heads["target"], net.heads["source"], min(self.target_head_momentum, warmup))
-        if self.target_encoder_momentum < 1.0:
+        if self.target_encoder_momentum < 1.0 and self.last_micro_batch:
             _follow(net.private_encoders["target"], net.private_encoders["source"], min(self.target_encoder_momentum, warmup), copy_buffers=False)
         losses: dict[str, torch.Tensor | float] = {f"source_{k.removeprefix('loss_')}": v.detach() for k, v in {**rpn_losses, **head_losses}.items()}
         losses.update(
@@ -288,9 +286,8 @@ class DARCNNStage2(AdaptationMethod):
         with self.autocast():
             losses = self.detector(list(batch["target_image"]), [{k: v for k, v in t.items() if k != "scores"} for t in targets], "target")
             total = sum(losses.values())
-        total.backward()
-        average_gradients(optimizer)
-        optimizer.step()
+        self.backward(total, "detector")
+        self.step_optimizer("detector")
         out: dict[str, torch.Tensor | float] = {f"pseudo_{k.removeprefix('loss_')}": v.detach() for k, v in losses.items()}
         out.update(total=total.detach(), pseudo_instances=float(sum(len(t["boxes"]) for t in targets)))
         return out
