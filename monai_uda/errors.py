@@ -56,7 +56,11 @@ def _one_line(error: BaseException) -> str:
     if isinstance(error, OSError):
         where = f"{error.filename}: " if error.filename else ""
         return f"{where}cannot write ({error.strerror or error})"
-    return " ".join(str(error).split())
+    text = str(error)
+    if text.startswith("Caught ") and "Original Traceback" in text:  # re-raised from a DataLoader worker
+        last = text.rstrip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if last.startswith(f"{type(error).__module__}.{type(error).__name__}: ") else last
+    return " ".join(text.split())
 
 
 def _close_progress_bars() -> None:

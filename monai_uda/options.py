@@ -5,8 +5,8 @@ One place checks the ``--key value`` overrides of a run, for ``monai-uda train|i
 
 - a key that is not an id of the merged configs (``max_iterations``, ``network_def#channels``)
   is refused with the closest known key: ``unknown option --max_iteration (did you mean
-  --max_iterations?)`` (a new key, even inside an existing section, would be ignored or end
-  in a traceback);
+  --max_iterations?)``; a new key is accepted only as an argument its component takes
+  (``--train_dataset#cache false``);
 - a value whose default in the config is a number, or true/false, must be one too (counts such as
   ``max_iterations`` or ``batch_size`` at least 1).
 
@@ -129,8 +129,36 @@ def check_value(key: str, value: Any, default: Any) -> None:
 
 
 def _known(key: str, defaults: Mapping[str, Any]) -> bool:
-    """An id of the configs (``a``, ``a#b``) or of the bundle's metadata (``_meta_#...``)."""
-    return key in defaults or key.startswith("_meta_")
+    """An id of the configs (``a``, ``a#b``), of the metadata (``_meta_#...``) or an argument of a component.
+
+    ``--train_dataset#cache false`` adds an argument the config leaves at its default: allowed when
+    the component's ``_target_`` takes it (or takes ``**kwargs``, or cannot be looked up here).
+    """
+    if key in defaults or key.startswith("_meta_"):
+        return True
+    parent, _, name = key.rpartition("#")
+    component = defaults.get(parent)
+    if not (isinstance(component, dict) and isinstance(component.get("_target_"), str)):
+        return False
+    return name in ("_disabled_", "_requires_", "_desc_", "_mode_") or _accepts(component["_target_"], name)
+
+
+def _accepts(target: str, name: str) -> bool:
+    """Whether the callable ``target`` (a dotted path or a MONAI short name) takes argument ``name``."""
+    import inspect
+    from pydoc import locate
+
+    from monai.bundle.config_item import ComponentLocator
+
+    if target[:1] in ("$", "@", "%"):
+        return True
+    module = ComponentLocator().get_component_module_name(target)
+    found = locate(f"{module}.{target}" if isinstance(module, str) else target)
+    try:
+        params = inspect.signature(found).parameters.values() if found is not None else None
+    except (TypeError, ValueError):
+        params = None
+    return params is None or any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def _referenced(defaults: Mapping[str, Any], key: str) -> Any:
