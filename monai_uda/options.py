@@ -124,8 +124,17 @@ def check_value(key: str, value: Any, default: Any) -> None:
         least = 1 if _COUNT.search(key) and key not in _ZERO_ALLOWED else 0
         if type(value) is not int or value < least:
             raise UDAInputError(f"--{key} must be a whole number >= {least}, got {value!r}")
-    elif isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+    elif isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))) and not _float_word(value):
         raise UDAInputError(f"--{key} must be a number, got {value!r}")
+
+
+def _float_word(value: Any) -> bool:
+    """``nan``, ``inf``, ``-inf``: numbers python-fire leaves as strings."""
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(value, str)
 
 
 def _known(key: str, defaults: Mapping[str, Any]) -> bool:
