@@ -184,3 +184,14 @@ def test_not_a_checkpoint_and_tiny_rgb_image(tmp_path: Path, kit):
 
     image, _ = read_image(inputs / "tiny.png", 2)
     assert image.shape == (3, 2, 3) and image[:, 0, 1].tolist() == [30.0, 40.0, 50.0]
+
+
+@pytest.mark.parametrize("bundle", ["cellseg_uda", "ad_gan", "cyc_pdam", "darcnn"])
+def test_every_config_users_run_checks_its_command_line_first(bundle: str):
+    from monai.bundle import ConfigParser
+
+    configs = REPO / "bundles" / bundle / "configs"
+    for files in (["train.yaml"], ["train.yaml", "multi_gpu_train.yaml"], ["inference.yaml"], ["evaluate.yaml"]):
+        parser = ConfigParser()
+        parser.read_config([str(configs / f) for f in files])
+        assert parser["initialize"][0] == "$monai_uda.check_command_line()", (bundle, files)
