@@ -34,7 +34,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -54,6 +53,7 @@ from monai_uda.benchmark_recipes import (
 )
 from monai_uda import word_to_bool
 from monai_uda.errors import UDAInputError
+from monai_uda.files import atomic_write, output_target, write_text
 
 __all__ = ["COLUMNS", "main", "run_benchmark", "run_row", "write_results"]
 
@@ -166,16 +166,8 @@ def run_row(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def read_results(out: str | Path) -> dict[str, dict[str, str]]:
@@ -432,13 +424,13 @@ def run_benchmark(
         if shared is not None:
             spec["overrides"] = {**row_overrides, "resume": True}  # the bundle skips the finished stage
         spec.update(row_dir=str(row_dir), overlay_path=str(out / "overlays" / f"{name}.png"), result_path=str(row_dir / "result.json"))
-        (row_dir / "spec.json").write_text(json.dumps(spec, indent=2), encoding="utf-8")
+        write_text(row_dir / "spec.json", json.dumps(spec, indent=2))
         log = out / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         print(f"[benchmark] {name}: training ({float(budget_minutes):g} min budget), inference, evaluation; log {log}", flush=True)
         timeout = 60.0 * (float(row_timeout_minutes) if row_timeout_minutes else float(budget_minutes) + 60.0)
         status = "ok"
-        with log.open("w", encoding="utf-8") as fh:
+        with output_target(log).open("w", encoding="utf-8") as fh:
             try:
                 proc = subprocess.run([sys.executable, "-m", "monai_uda.benchmark", str(row_dir / "spec.json")],
                                       stdout=fh, stderr=subprocess.STDOUT, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})

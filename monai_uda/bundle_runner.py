@@ -9,24 +9,61 @@ from typing import Any
 
 from monai_uda.errors import UDAInputError
 
-__all__ = ["RUN_OPTIONS", "bundles_dir", "bundle_names", "config_files", "run_config"]
+__all__ = ["RUN_OPTIONS", "bundles_dir", "bundle_names", "bundle_path", "bundle_listing", "config_files", "run_config"]
 
 #: config of each run id, and the override files a variant adds
 _RUN_CONFIG = {"training": "train.yaml", "inference": "inference.yaml", "evaluate": "evaluate.yaml"}
 
 
+#: where the wheel puts the top-level ``bundles/`` folder (see ``setup.py``)
+_INSTALLED_BUNDLES = Path(__file__).resolve().parent / "bundles"
+#: the ``bundles/`` folder of a source checkout (an editable install or ``PYTHONPATH``)
+_CHECKOUT_BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+
+
 def bundles_dir() -> Path:
-    """``$MONAI_UDA_BUNDLES`` or the ``bundles/`` folder of the source checkout."""
+    """The folder holding the bundles: ``$MONAI_UDA_BUNDLES``, else the installed copy, else the checkout's.
+
+    The wheel carries the repository's top-level ``bundles/`` as ``monai_uda/bundles``, so an
+    installed package (``pip install .``) finds its bundles wherever it runs; a source checkout
+    uses its own ``bundles/``. ``MONAI_UDA_BUNDLES`` points at another copy, e.g. edited configs.
+
+    Raises:
+        UDAInputError: ``MONAI_UDA_BUNDLES`` names no folder, or neither copy exists.
+    """
     env = os.environ.get("MONAI_UDA_BUNDLES")
-    folder = Path(env) if env else Path(__file__).resolve().parents[1] / "bundles"
-    if not folder.is_dir():
-        raise UDAInputError("bundles folder not found (set MONAI_UDA_BUNDLES to the repository's bundles/ folder)", folder)
-    return folder
+    if env:
+        if not Path(env).is_dir():
+            raise UDAInputError("MONAI_UDA_BUNDLES is not a folder", env)
+        return Path(env).resolve()
+    for folder in (_INSTALLED_BUNDLES, _CHECKOUT_BUNDLES):
+        if folder.is_dir():
+            return folder
+    raise UDAInputError("bundles folder not found (reinstall monai-uda, or set MONAI_UDA_BUNDLES to a bundles/ folder)", _INSTALLED_BUNDLES)
 
 
 def bundle_names() -> list[str]:
     """Names of the available bundles (folders with ``configs/train.yaml``)."""
     return sorted(p.parent.parent.name for p in bundles_dir().glob("*/configs/train.yaml"))
+
+
+def bundle_path(bundle: str) -> Path:
+    """The folder of ``bundle`` (its ``configs/`` are what ``python -m monai.bundle run`` takes).
+
+    Raises:
+        UDAInputError: unknown bundle, naming the known ones.
+    """
+    names = bundle_names()
+    if bundle not in names:
+        raise UDAInputError(f"unknown bundle {bundle!r}; choose one of {', '.join(names)}")
+    return bundles_dir() / bundle
+
+
+def bundle_listing(bundle: str | None = None) -> str:
+    """``bundle``'s folder, or one ``name<TAB>folder`` line per bundle (``monai-uda bundles``)."""
+    if bundle is not None:
+        return str(bundle_path(bundle))
+    return "\n".join(f"{name}\t{bundles_dir() / name}" for name in bundle_names())
 
 
 def config_files(bundle: str, run_id: str, spatial_dims: int = 2, preset: str | None = None) -> list[str]:
@@ -35,11 +72,9 @@ def config_files(bundle: str, run_id: str, spatial_dims: int = 2, preset: str | 
     Raises:
         UDAInputError: unknown bundle, run id or preset.
     """
-    if bundle not in bundle_names():
-        raise UDAInputError(f"unknown bundle {bundle!r}; choose one of {', '.join(bundle_names())}")
+    configs = bundle_path(bundle) / "configs"
     if run_id not in _RUN_CONFIG:
         raise UDAInputError(f"unknown run {run_id!r}; choose one of {', '.join(_RUN_CONFIG)}")
-    configs = bundles_dir() / bundle / "configs"
     files = [configs / _RUN_CONFIG[run_id]]
     if run_id != "evaluate":  # network/patch overrides apply to training and inference alike
         if spatial_dims == 3:

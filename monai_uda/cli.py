@@ -6,6 +6,7 @@
     monai-uda train [--bundle cellseg_uda] [--spatial_dims 3] [--preset cpu] [--dataset_dir DIR] [--output_dir DIR] [--max_iterations N] [--resume true]
     monai-uda infer [--bundle cellseg_uda] --input_dir DIR --output_dir DIR --ckpt_path FILE
     monai-uda evaluate --pred DIR --gt DIR --out FILE.json
+    monai-uda bundles [NAME]
     monai-uda benchmark [--setting NAME] [--rows a,b] [--budget_minutes M] [--out DIR]
 
 ``train``/``infer`` are thin conveniences over the bundle configs: any further ``--key value``
@@ -50,11 +51,17 @@ class Commands:
 
         run_config(bundle, "inference", spatial_dims, preset, **_booleans(overrides))
 
-    def evaluate(self, pred: str, gt: str, out: str | None = None) -> None:
+    def bundles(self, name: str | None = None) -> None:
+        """Print each bundle's folder (NAME's alone with NAME): ``--config_file $(monai-uda bundles NAME)/configs/train.yaml``."""
+        from monai_uda.bundle_runner import bundle_listing
+
+        print(bundle_listing(name))
+
+    def evaluate(self, pred: str, gt: str, out: str | None = None, label_components: bool = False) -> None:
         """Score instance maps in ``pred`` against ``gt`` (matched by file stem); write JSON to ``out``."""
         from monai_uda.metrics.evaluate import evaluate_dirs
 
-        evaluate_dirs(pred, gt, out)
+        evaluate_dirs(pred, gt, out, label_components)
 
     def benchmark(self, **kwargs: Any) -> None:
         """Same data, splits, seeds and time budget for every method; see ``scripts/benchmark.py``."""

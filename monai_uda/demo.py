@@ -39,6 +39,7 @@ def run_demo(output_dir: str | Path = "monai_uda_demo", max_iterations: int | No
     run_config(
         "cellseg_uda", "training", dataset_dir=str(Path(datalist).parent),
         max_iterations=int(max_iterations or DEMO_ITERATIONS), ckpt_interval=max(int(max_iterations or DEMO_ITERATIONS) // 2, 1), **common,
+        overwrite=True,  # the demo's own folder: a second demo replaces the first
     )
     print("[demo] segmenting the target test images", flush=True)
     run_config(

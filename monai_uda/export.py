@@ -17,8 +17,6 @@ For CellSegUDA MONAI's own command gives the same TorchScript file:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from monai.data.torchscript_utils import save_net_with_metadata
 
 from monai_uda.engines.checkpoint import load_network_weights
 from monai_uda.errors import UDAInputError
+from monai_uda.files import atomic_write
 
 __all__ = ["METHODS", "export_bundle", "load_exported"]
 
@@ -44,15 +43,8 @@ def _input_shape(parser: ConfigParser) -> tuple[int, ...]:
 
 
 def _save_atomic(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, what="export") as tmp:
+        write(str(tmp))
 
 
 def load_exported(path: str | Path) -> torch.nn.Module:

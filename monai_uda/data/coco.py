@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from monai_uda.data.datalist import DATALIST_KEYS, read_json, write_datalist
 from monai_uda.data.io import read_image, stem_of, write_array
-from monai_uda.data.prepare_utils import output_folder, paint_instances, place_file, preview, say, shape_text, source_folder
+from monai_uda.data.prepare_utils import kept_splits, output_folder, paint_instances, place_file, preview, say, shape_text, source_folder
 from monai_uda.errors import UDAInputError
 
 __all__ = ["decode_segmentation", "polygon_mask", "prepare_coco", "rle_counts_from_string", "rle_mask"]
@@ -244,6 +244,9 @@ def prepare_coco(
             n_other_category += 1
         else:
             by_image[image_id].append((name, annotation))
+    planned = [out / sub / name for record in records for sub, name in (
+        ("images", Path(str(record["file_name"])).name), ("labels", f"{stem_of(Path(str(record['file_name'])))}.tif"))]
+    kept = kept_splits(out, [split], planned)
     items, n_instances, n_problems, unannotated = [], 0, 0, []
     for record in tqdm(records, desc="coco", unit="image"):
         path = folder / str(record["file_name"])
@@ -279,4 +282,4 @@ def prepare_coco(
         say(f"coco: {len(unannotated)} image(s) without instances keep an empty label map: {preview(unannotated)}")
     skipped = f", {n_crowd} crowd annotation(s) skipped" + (f", {n_other_category} of other categories" if wanted is not None else "")
     say(f"coco: {len(items)} images -> {split!r}, {n_instances} instances{skipped}, {n_problems} annotation problem(s)")
-    return write_datalist(out, {split: items})
+    return write_datalist(out, {**kept, split: items})

@@ -7,22 +7,30 @@ The format is MONAI's decathlon style (see ``DESIGN.md``, "Data contract")::
      "validation": [...],
      "test": [{"image": ..., "label": ...}]}
 
-Paths are relative to the folder of the datalist file and may not leave it. Items may carry
-further keys (ids, spacing, ...), which are kept as they are.
+Relative paths are read from the datalist's folder, or from ``base_dir`` (the bundles'
+``data_root`` key) when given; absolute paths and ``..`` are allowed, as in MONAI's
+``load_decathlon_datalist``, so a datalist may name files anywhere. What stays refused: a listed
+path that is not a regular file (a folder, a device or a pipe, which would fail or never end to
+read), and, in :func:`export_split`, two items of one split with the same file stem (their copies
+would overwrite each other). Items may carry further keys (ids, spacing, ...), which are kept as
+they are.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from monai_uda.errors import UDAInputError
+from monai_uda.files import write_json
 
-__all__ = ["DATALIST_KEYS", "DATALIST_NAME", "PATH_KEYS", "Datalist", "export_split", "load_datalist", "get_split", "read_json", "write_datalist"]
+__all__ = [
+    "DATALIST_KEYS", "DATALIST_NAME", "PATH_KEYS", "Datalist", "check_unique_stems", "export_split", "load_datalist", "get_split",
+    "read_json", "write_datalist",
+]
 
 DATALIST_KEYS = ("source", "target", "validation", "test")
 """Top-level keys a datalist may have, in the order they are written."""
@@ -72,35 +80,48 @@ def _datalist_file(path: str | Path) -> Path:
     return path
 
 
-def _resolve_item_path(value: Any, where: str, root: Path, file: Path) -> str:
-    """Absolute path of one item's ``image``/``label`` entry, checked to exist inside ``root``."""
+def _resolve_item_path(value: Any, where: str, base: Path, default_base: bool, file: Path) -> str:
+    """Absolute path of one item's ``image``/``label`` entry, checked to be an existing regular file.
+
+    The folders are resolved (so ``..`` means what the file system says) but not the file itself:
+    a symlinked file keeps its own name, from which outputs are named.
+    """
     if not isinstance(value, str) or not value:
         raise UDAInputError(f"{where} must be a non-empty path string, got {value!r}", file)
-    resolved = (root / value).resolve()
-    if not resolved.is_relative_to(root):
-        raise UDAInputError(f"{where} {value!r} points outside the datalist folder {root}", file)
-    if not resolved.is_file():
-        raise UDAInputError(f"{where} {value!r} does not exist", file)
-    return str(resolved)
+    given = base / value  # an absolute value replaces base
+    path = Path(os.path.realpath(given.parent)) / given.name
+    if not path.exists():
+        if Path(value).is_absolute():
+            hint = ""
+        else:
+            hint = " (relative to the datalist's folder; data_root reads from another)" if default_base else f" in data_root {base}"
+        raise UDAInputError(f"{where} {value!r} does not exist{hint}", file)
+    if not path.is_file():
+        raise UDAInputError(f"{where} {value!r} is not a regular file (a folder, device or pipe)", file)
+    return str(path)
 
 
-def load_datalist(path: str | Path) -> Datalist:
+def load_datalist(path: str | Path, base_dir: str | Path | None = None) -> Datalist:
     """Read and check a datalist; every ``image``/``label`` becomes an absolute path string.
 
     Args:
         path: a datalist JSON file, or a folder containing ``datalist.json``.
+        base_dir: folder that relative item paths are read from (the bundles' ``data_root``);
+            ``None``: the datalist's folder. Absolute item paths are used as they are.
 
     Returns:
         A :class:`Datalist` with all four keys of :data:`DATALIST_KEYS` (absent ones empty).
 
     Raises:
         UDAInputError: naming the datalist file, for a missing file, invalid JSON, an unknown
-            top-level key, a list or item of the wrong type, an item without ``"image"``, a path
-            outside the datalist's folder (after resolving ``..`` and symlinks), a listed file
-            that does not exist, or a datalist whose lists are all empty.
+            top-level key, a list or item of the wrong type, an item without ``"image"``, a listed
+            path that does not exist or is not a regular file, or a datalist whose lists are all
+            empty; naming ``base_dir`` when it is not a folder.
     """
     file = _datalist_file(path)
-    root = file.parent.resolve()
+    if base_dir is not None and not Path(base_dir).is_dir():
+        raise UDAInputError("data_root is not a folder (relative datalist paths are read from it)", base_dir)
+    base = Path(os.path.abspath(file.parent if base_dir is None else base_dir))
     raw = read_json(file, "datalist")
     if not isinstance(raw, dict):
         raise UDAInputError(f"expected a JSON object with keys {', '.join(DATALIST_KEYS)}", file)
@@ -122,7 +143,7 @@ def load_datalist(path: str | Path) -> Datalist:
             entry = dict(item)
             for path_key in PATH_KEYS:
                 if path_key in entry:
-                    entry[path_key] = _resolve_item_path(entry[path_key], f"{where} {path_key}", root, file)
+                    entry[path_key] = _resolve_item_path(entry[path_key], f"{where} {path_key}", base, base_dir is None, file)
             loaded[key].append(entry)
     if not any(loaded.values()):
         raise UDAInputError("empty datalist", file)
@@ -155,21 +176,19 @@ def get_split(datalist: Mapping[str, list[dict[str, Any]]], key: str, require_la
 
 
 def _relative_to(value: Any, folder: Path, where: str, file: Path) -> str:
-    """``value`` (absolute, or already relative to ``folder``) as a POSIX path relative to ``folder``."""
+    """``value`` (absolute, or relative to ``folder``) relative to ``folder`` when inside it, else absolute (POSIX)."""
     if not isinstance(value, (str, os.PathLike)) or not str(value):
         raise UDAInputError(f"{where} must be a non-empty path, got {value!r}", file)
     absolute = Path(os.path.abspath(folder / value))
     relative = Path(os.path.relpath(absolute, folder))
-    if relative.parts[0] == "..":
-        raise UDAInputError(f"{where} {str(value)!r} is outside the datalist folder {folder}", file)
-    return relative.as_posix()
+    return (absolute if relative.parts[0] == ".." else relative).as_posix()
 
 
 def write_datalist(folder: str | Path, datalist: Mapping[str, list[dict[str, Any]]]) -> Path:
-    """Write ``folder/datalist.json`` atomically, with paths relative to ``folder``.
+    """Write ``folder/datalist.json`` atomically, with paths relative to ``folder`` (absolute for files outside it).
 
     Args:
-        folder: output folder (created if needed); every listed file must be inside it.
+        folder: output folder (created if needed).
         datalist: ``{key: [item, ...]}``; paths may be absolute or relative to ``folder``.
             Keys are written in :data:`DATALIST_KEYS` order; other item keys are kept.
 
@@ -177,8 +196,7 @@ def write_datalist(folder: str | Path, datalist: Mapping[str, list[dict[str, Any
         The path of the written file.
 
     Raises:
-        UDAInputError: unknown key, an item without ``"image"``, a path outside ``folder``,
-            or an unwritable folder.
+        UDAInputError: unknown key, an item without ``"image"``, or an unwritable folder.
     """
     folder = Path(os.path.abspath(folder))
     file = folder / DATALIST_NAME
@@ -196,20 +214,30 @@ def write_datalist(folder: str | Path, datalist: Mapping[str, list[dict[str, Any
                 if path_key in entry:
                     entry[path_key] = _relative_to(entry[path_key], folder, f"{key!r} item {index} {path_key}", file)
             out[key].append(entry)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    except OSError as exc:
-        raise UDAInputError(f"cannot write datalist ({exc.strerror or exc})", folder) from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(out, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp_name, file)
-    except OSError as exc:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise UDAInputError(f"cannot write datalist ({exc.strerror or exc})", file) from exc
+    write_json(file, out, what="datalist")
     return file
+
+
+def check_unique_stems(items: list[dict[str, Any]], key: str, file: Path | None = None) -> list[dict[str, Any]]:
+    """``items``, checked to have distinct image stems: files written per item are named by stem.
+
+    A datalist may name files in several folders (``a/x.png``, ``b/x.png``) or formats
+    (``x.png``, ``x.tif``); copies or outputs named by stem would overwrite one another.
+
+    Raises:
+        UDAInputError: naming ``file`` and both items.
+    """
+    from monai_uda.data.io import stem_of
+
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        stem = stem_of(item["image"])
+        if stem in seen:
+            raise UDAInputError(
+                f"{key!r} items {seen[stem]} and {index} have the same file stem {stem!r} "
+                f"({items[seen[stem]]['image']}, {item['image']}); files named by stem would overwrite each other", file)
+        seen[stem] = index
+    return items
 
 
 def export_split(datalist_path: str | Path, key: str, out_dir: str | Path) -> tuple[Path, Path]:
@@ -220,17 +248,22 @@ def export_split(datalist_path: str | Path, key: str, out_dir: str | Path) -> tu
 
     Returns:
         ``(images_dir, labels_dir)``.
+
+    Raises:
+        UDAInputError: the split is empty or unlabelled, or two of its items share a stem.
     """
     import shutil
 
     from monai_uda.data.io import stem_of
 
+    datalist = load_datalist(datalist_path)
+    items = check_unique_stems(get_split(datalist, key, require_labels=True), key, datalist.path)
     out_dir = Path(out_dir)
     images, labels = out_dir / "images", out_dir / "labels"
     for folder in (images, labels):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-    for item in get_split(load_datalist(datalist_path), key, require_labels=True):
+    for item in items:
         stem, label = stem_of(item["image"]), Path(item["label"])
         shutil.copy(item["image"], images / Path(item["image"]).name)
         shutil.copy(label, labels / f"{stem}{label.name[len(stem_of(label)):]}")

@@ -24,7 +24,7 @@ import numpy as np
 from skimage.color import rgb2hed
 from skimage.filters import threshold_otsu
 
-from monai_uda.data.datalist import write_datalist
+from monai_uda.data.datalist import check_unique_stems, write_datalist
 from monai_uda.data.io import read_image, read_label, stem_of, write_array
 from monai_uda.errors import UDAInputError
 
@@ -149,11 +149,12 @@ def write_synthesized_dataset(
         the written datalist file.
 
     Raises:
-        UDAInputError: an item without label, unreadable files, or image/label size mismatch.
+        UDAInputError: an item without label, two items with one stem, unreadable files, or
+            image/label size mismatch.
     """
     output_dir = Path(output_dir)
     written: list[dict[str, Any]] = []
-    for index, item in enumerate(items):
+    for index, item in enumerate(check_unique_stems(list(items), "source")):
         if "label" not in item:
             raise UDAInputError(f"source item {index} has no 'label'", item.get("image"))
         if load_image is None:

@@ -13,9 +13,6 @@ Every problem is raised as :class:`~monai_uda.errors.UDAInputError` naming the f
 
 from __future__ import annotations
 
-import os
-import stat
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from monai_uda.errors import UDAInputError
+from monai_uda.files import atomic_write
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -229,7 +227,7 @@ def read_label_with_meta(path: str | Path, spatial_dims: int | None = None) -> t
 
 
 def write_array(path: str | Path, array: np.ndarray, meta: dict[str, Any] | None = None) -> Path:
-    """Write ``array`` atomically (temporary file in the same folder, then rename).
+    """Write ``array`` atomically with :func:`monai_uda.files.atomic_write` (through symlinks; devices refused).
 
     The format follows the suffix: PNG (2D uint8/uint16), TIFF (any; compressed), NIfTI (3D with
     ``meta["affine"]`` when given, else from ``meta["spacing"]``), ``.npy``.
@@ -240,14 +238,9 @@ def write_array(path: str | Path, array: np.ndarray, meta: dict[str, Any] | None
     path = Path(path)
     meta = meta or {}
     suffix = _suffix(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise UDAInputError(f"cannot write output ({exc.strerror or exc})", path.parent) from exc
-    tmp = Path(tmp_name)
-    try:
+    if suffix not in (".png", ".tif", ".tiff", ".nii", ".nii.gz", ".npy"):
+        raise UDAInputError(f"unsupported output format {suffix!r}", path)
+    with atomic_write(path) as tmp:
         if suffix == ".png":
             from PIL import Image
 
@@ -263,16 +256,7 @@ def write_array(path: str | Path, array: np.ndarray, meta: dict[str, Any] | None
             if affine is None:
                 affine = np.diag(list(meta.get("spacing") or (1.0, 1.0, 1.0))[:3] + [1.0])
             nib.save(nib.Nifti1Image(np.asarray(array), np.asarray(affine)), str(tmp))
-        elif suffix == ".npy":
+        else:
             with open(tmp, "wb") as fh:
                 np.save(fh, array)
-        else:
-            raise UDAInputError(f"unsupported output format {suffix!r}", path)
-        os.chmod(tmp, os.stat(tmp).st_mode | stat.S_IRGRP | stat.S_IROTH)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    except BaseException as exc:  # also Ctrl-C: never leave the temporary file behind
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise UDAInputError(f"cannot write output ({exc.strerror or exc})", path) from exc
-        raise
     return path

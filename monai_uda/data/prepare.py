@@ -31,6 +31,7 @@ from monai_uda.data.io import list_images, read_array, read_image, read_label, s
 from monai_uda.data.prepare_utils import (
     UINT16_MAX,
     as_uint16,
+    kept_splits,
     output_folder,
     paint_instances,
     place_file,
@@ -116,6 +117,8 @@ def prepare_dsb(src: str | Path, out: str | Path, validation_fraction: float = 0
     samples = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not samples:
         raise UDAInputError("no DSB sample folders (<id>/images/<id>.png, <id>/masks/*.png) found", src)
+    planned = [out / sub / f"{sample.name}{ext}" for sample in samples for sub, ext in (("images", ".png"), ("images", ".tif"), ("labels", ".tif"))]
+    kept = kept_splits(out, ["source", "validation"], planned)
     items, n_nuclei, n_empty = [], 0, 0
     for sample in tqdm(samples, desc="dsb", unit="image"):
         images = list_images(sample / "images") if (sample / "images").is_dir() else []
@@ -139,6 +142,7 @@ def prepare_dsb(src: str | Path, out: str | Path, validation_fraction: float = 0
     n_val = _validation_count(len(items), validation_fraction)
     validation_ids = set(np.random.default_rng(seed).permutation(len(items))[:n_val].tolist())
     datalist = {
+        **kept,
         "source": [item for i, item in enumerate(items) if i not in validation_ids],
         "validation": [item for i, item in enumerate(items) if i in validation_ids],
     }
@@ -259,7 +263,8 @@ def prepare_monuseg(src: str | Path, out: str | Path, strict: bool = False) -> P
     shared = sorted({stem_of(p) for p in train} & {stem_of(p) for p in test})
     if shared:
         raise UDAInputError(f"image stem(s) in both train and test: {preview(shared)}", src)
-    datalist: dict[str, list[dict[str, str]]] = {"target": [], "test": []}
+    planned = [out / "images" / p.name for p in train + test] + [out / "labels" / f"{stem_of(p)}.tif" for p in test]
+    datalist: dict[str, list[dict[str, str]]] = {**kept_splits(out, ["target", "test"], planned), "target": [], "test": []}
     n_nuclei, n_problems = 0, 0
     train_set = set(train)
     for path in tqdm(train + test, desc="monuseg", unit="image"):
@@ -337,6 +342,9 @@ def prepare_folder(images: str | Path, labels: str | Path | None, out: str | Pat
             raise UDAInputError(f"no image for label stem(s) {preview(no_image)}", images)
     if (out / "images").resolve() == images.resolve():
         raise UDAInputError("output images/ folder is the input images folder; choose another output folder", out)
+    planned = [out / "images" / path.name for path in image_files.values()]
+    planned += [out / "labels" / f"{stem}.tif" for stem in label_files]
+    kept = kept_splits(out, [split], planned)
     items = []
     for stem in tqdm(sorted(image_files), desc="folder", unit="image"):
         _, meta = read_image(image_files[stem])
@@ -354,7 +362,7 @@ def prepare_folder(images: str | Path, labels: str | Path | None, out: str | Pat
             item["label"] = str(write_array(out / "labels" / f"{stem}.tif", label))
         items.append(item)
     say(f"folder: {len(items)} {'labelled ' if labels is not None else ''}images -> {split!r}")
-    return write_datalist(out, {split: items})
+    return write_datalist(out, {**kept, split: items})
 
 
 # --------------------------------------------------------------------------- dispatcher

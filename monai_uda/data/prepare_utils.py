@@ -1,7 +1,8 @@
 """Helpers shared by the dataset converters (:mod:`monai_uda.data.prepare`, :mod:`monai_uda.data.coco`).
 
 Messages go to stderr through :func:`say` (so progress bars stay intact), copied files are
-placed atomically by :func:`place_file`, and instance maps are checked to fit uint16
+placed atomically by :func:`place_file`, a datalist already in the output folder keeps its other splits
+(:func:`kept_splits`), and instance maps are checked to fit uint16
 (:func:`as_uint16`) or painted from per-instance pixel sets with the smaller instance on top
 (:func:`paint_instances`).
 """
@@ -11,15 +12,20 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from monai_uda.errors import UDAInputError
+from monai_uda.files import commit, output_target, temporary_sibling
 
-__all__ = ["UINT16_MAX", "as_uint16", "output_folder", "paint_instances", "place_file", "preview", "say", "shape_text", "source_folder"]
+__all__ = [
+    "UINT16_MAX", "as_uint16", "kept_splits", "output_folder", "paint_instances", "place_file", "preview", "say", "shape_text",
+    "source_folder",
+]
 
 UINT16_MAX = int(np.iinfo(np.uint16).max)
 
@@ -66,22 +72,22 @@ def paint_instances(shape: Sequence[int], regions: Sequence[tuple[np.ndarray, ..
 
 
 def place_file(src: Path, dst: Path, link: bool = False) -> None:
-    """Copy (or hard-link, falling back to a copy) ``src`` to ``dst`` atomically."""
-    tmp = dst.with_name(f".tmp-{dst.name}")
+    """Copy (or hard-link, falling back to a copy) ``src`` to ``dst`` atomically (:mod:`monai_uda.files`)."""
+    target = output_target(dst)
+    tmp = temporary_sibling(target)
     try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp.unlink(missing_ok=True)
         if link:
             try:
+                tmp.unlink()
                 os.link(src, tmp)
             except OSError:  # other file system, or hard links not permitted: copy
                 shutil.copyfile(src, tmp)
         else:
             shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise UDAInputError(f"cannot write output ({exc.strerror or exc})", dst) from exc
+    commit(tmp, target)
 
 
 def output_folder(path: str | Path) -> Path:
@@ -95,3 +101,43 @@ def source_folder(path: str | Path, what: str) -> Path:
     if not path.is_dir():
         raise UDAInputError(f"{what} folder does not exist", path)
     return path
+
+
+def kept_splits(out: Path, splits: Iterable[str], planned: Iterable[Path]) -> dict[str, list[dict[str, Any]]]:
+    """The splits of ``out/datalist.json`` a conversion writing ``splits`` keeps, checked before it writes a file.
+
+    ``monai-uda prepare`` into a folder that already has a datalist (e.g. ``--split target`` after
+    ``--split source``) merges: the splits it writes replace those of the same name, every other split
+    is kept as it is. A file it would write (``planned``) that an entry of a kept split names would change
+    that entry's data: refused before anything is written.
+
+    Returns:
+        ``{split: items}`` of the kept splits, paths as in the file (relative to ``out``).
+
+    Raises:
+        UDAInputError: a planned file is named by a kept split, or the existing datalist is unreadable.
+    """
+    from monai_uda.data.datalist import DATALIST_NAME, PATH_KEYS, read_json
+
+    file = out / DATALIST_NAME
+    if not file.is_file():
+        return {}
+    existing = read_json(file, "datalist")
+    if not isinstance(existing, dict):
+        raise UDAInputError("existing datalist is not a JSON object; move it away to prepare into this folder", file)
+    kept = {key: items for key, items in existing.items() if key not in set(splits)}
+    named = {
+        Path(os.path.abspath(out / str(item[key]))): (split, item[key])
+        for split, items in kept.items() if isinstance(items, list)
+        for item in items if isinstance(item, dict)
+        for key in PATH_KEYS if key in item
+    }
+    for path in planned:
+        if Path(os.path.abspath(path)) in named:
+            split, name = named[Path(os.path.abspath(path))]
+            raise UDAInputError(
+                f"would replace {name}, which split {split!r} of the existing datalist still names; "
+                "prepare into another folder or rename the file",
+                file,
+            )
+    return kept

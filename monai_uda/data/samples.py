@@ -32,6 +32,7 @@ from monai_uda.data.datalist import export_split, write_datalist
 from monai_uda.data.io import read_image, read_label, write_array
 from monai_uda.data.synthetic import random_ellipses
 from monai_uda.errors import UDAInputError
+from monai_uda.files import write_text
 
 __all__ = [
     "SAMPLE_NAMES",
@@ -306,10 +307,7 @@ def make_sample_dataset(out_dir: str | Path, spatial_dims: int = 2, seed: int = 
     datalist, notes = build(folder, int(seed), origin)
     used = "stardist" if origin == "stardist" or (origin is None and samples_origin() == "stardist") else "phantom"
     readme = [f"monai-uda {spatial_dims}D sample dataset (origin: {used}, seed {seed})", *notes, ""]
-    try:
-        (folder / "README.txt").write_text("\n".join(readme), encoding="utf-8")
-    except OSError as exc:
-        raise UDAInputError(f"cannot write output ({exc.strerror or exc})", folder) from exc
+    write_text(folder / "README.txt", "\n".join(readme))
     logger.info("sample dataset (%dD, origin %s) written to %s", spatial_dims, used, folder)
     return write_datalist(folder, datalist)
 

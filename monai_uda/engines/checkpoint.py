@@ -10,21 +10,20 @@ optimiser, the trainer state (iteration/epoch) and the torch RNG state, see
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import stat
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
 from monai_uda.engines.distributed import is_main_process
 from monai_uda.errors import UDAInputError
+from monai_uda.files import atomic_write
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -69,6 +68,33 @@ class AtomicCheckpointSaver(CheckpointSaver):
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
                 checkpoint.save_handler._atomic = True
+
+    def attach(self, engine: Engine) -> None:
+        """Attach, first adopting the periodic checkpoints already in ``save_dir`` (see :meth:`adopt_saved`)."""
+        self.adopt_saved()
+        super().attach(engine)
+
+    def adopt_saved(self) -> list[Path]:
+        """Count the periodic checkpoints on disk as saved by this saver, keeping only the newest ``n_saved``.
+
+        Ignite's ``Checkpoint`` deletes only files it wrote itself, so after ``--resume true`` the
+        checkpoints of the interrupted run would stay forever and accumulate, one set per resume. Here
+        they join its list, ordered by iteration: the next saves delete them oldest first, and any beyond
+        ``n_saved`` are deleted now. Returns the checkpoints kept.
+        """
+        checkpoint = self._interval_checkpoint
+        if checkpoint is None:
+            return []
+        folder = Path(checkpoint.save_handler.dirname)
+        score = "epoch" if self.epoch_level else "iteration"
+        prefix = f"{checkpoint.filename_prefix}_" if checkpoint.filename_prefix else ""
+        pattern = re.compile(rf"{re.escape(prefix)}checkpoint_{score}=(\d+)\.pt")
+        found = sorted((int(m.group(1)), p.name) for p in folder.glob("*.pt") if (m := pattern.fullmatch(p.name)))
+        keep = found if checkpoint.n_saved is None else found[max(len(found) - checkpoint.n_saved, 0):]
+        for _, name in found[: len(found) - len(keep)]:
+            (folder / name).unlink(missing_ok=True)
+        checkpoint._saved = [Checkpoint.Item(priority, name) for priority, name in keep]
+        return [folder / name for _, name in keep]
 
 
 class ResumeCheckpointLoader(CheckpointLoader):
@@ -137,23 +163,10 @@ def latest_checkpoint(output_dir: str | Path, required: bool = True) -> str | No
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename (never half-written)."""
+    """``torch.save`` to a temporary file in the same folder, then rename (never half-written; :mod:`monai_uda.files`)."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise UDAInputError(f"cannot write checkpoint ({exc.strerror or exc})", path.parent) from exc
-    try:
+    with atomic_write(path, what="checkpoint") as tmp:
         torch.save(obj, tmp)
-        os.chmod(tmp, os.stat(tmp).st_mode | stat.S_IRGRP | stat.S_IROTH)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):  # disk full, quota, read-only file system
-            raise UDAInputError(f"cannot write checkpoint ({exc.strerror or exc})", path) from exc
-        raise
     return path
 
 

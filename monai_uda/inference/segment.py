@@ -78,11 +78,30 @@ def volume_geometry(affine: np.ndarray | None, spacing: Sequence[float] | None) 
     return {"spacing": tuple(spacing)} if spacing and len(spacing) == 3 else {}
 
 
+def output_stems(inputs: Iterable[Path]) -> dict[Path, str]:
+    """The name each input's outputs start with: its stem, or ``<stem>_<ext>`` when inputs share a stem.
+
+    ``x.png`` and ``x.tif`` in one folder would otherwise both write ``x_mask.png``, the second
+    replacing the first; they get ``x_png_*`` and ``x_tif_*`` (``x.nii.gz``: ``x_nii_gz_*``). A lone
+    ``x.png`` keeps ``x_*``, the names evaluation pairs with ground truth ``x``.
+    """
+    inputs = [Path(p) for p in inputs]
+    counts: dict[str, int] = {}
+    for path in inputs:
+        counts[stem_of(path)] = counts.get(stem_of(path), 0) + 1
+    stems = {}
+    for path in inputs:
+        stem = stem_of(path)
+        stems[path] = stem if counts[stem] == 1 else f"{stem}_{path.name[len(stem):].lstrip('.').replace('.', '_').lower()}"
+    return stems
+
+
 def check_outputs(output_dir: str | Path, outputs: Iterable[Path], inputs: Iterable[Path], kind: str = "image") -> None:
-    """Refuse to run when an output would overwrite an input or ``output_dir`` is not writable.
+    """Refuse to run when an output would overwrite an input or another output, or ``output_dir`` is not writable.
 
     Shared by the folder inferers (:class:`FolderSegmenter`,
-    :class:`~monai_uda.inference.synthesis.FolderSynthesizer`); creates ``output_dir``.
+    :class:`~monai_uda.inference.synthesis.FolderSynthesizer`); creates ``output_dir``. Runs before anything
+    is written, so a refused run leaves the folder as it was.
 
     Args:
         output_dir: the output folder.
@@ -91,13 +110,18 @@ def check_outputs(output_dir: str | Path, outputs: Iterable[Path], inputs: Itera
         kind: what the inputs are, for the message (``"image"``, ``"mask"``).
 
     Raises:
-        UDAInputError: an output path is an input, or the folder cannot be created or written.
+        UDAInputError: an output path is an input or is written twice, or the folder cannot be created or written.
     """
     output_dir = Path(output_dir)
     input_set = {Path(p).resolve() for p in inputs}
+    seen: set[Path] = set()
     for out in outputs:
-        if Path(out).resolve() in input_set:
+        resolved = Path(out).resolve()
+        if resolved in input_set:
             raise UDAInputError(f"output {Path(out).name} would overwrite an input {kind}; choose another output_dir", out)
+        if resolved in seen:
+            raise UDAInputError(f"two inputs would write output {Path(out).name}; rename one of them", out)
+        seen.add(resolved)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=output_dir):
@@ -111,8 +135,11 @@ class FolderSegmenter:
 
     For every input ``<stem>.<ext>`` it writes ``<stem>_mask`` (2D: PNG ``uint8`` 0/255; 3D:
     NIfTI), ``<stem>_instances`` (2D: TIFF ``uint16``/``uint32``; 3D: NIfTI, with the input's
-    affine or spacing) and, for 2D with ``overlay``, ``<stem>_overlay.png``. An input file is
-    never overwritten.
+    affine or spacing) and, for 2D with ``overlay``, ``<stem>_overlay.png``. Inputs sharing a stem
+    (``x.png``, ``x.tif``) get distinct names (:func:`output_stems`). An input file is never
+    overwritten, nor one output by another (checked before anything is written); outputs of earlier
+    runs with the same names in ``output_dir`` are replaced (atomically, through symlinks, see
+    :mod:`monai_uda.files`), any other file there is left alone.
 
     Args:
         network: the segmentation network (``spatial_dims`` and ``channels`` must match it).
@@ -200,8 +227,12 @@ class FolderSegmenter:
         self.overlay = overlay and spatial_dims == 2
         self.amp = amp
 
+    def _stem(self, image_path: Path) -> str:
+        """The output name of an input (:func:`output_stems` of the run's inputs)."""
+        return getattr(self, "_stems", {}).get(Path(image_path)) or stem_of(image_path)
+
     def _output_paths(self, image_path: Path) -> dict[str, Path]:
-        stem = stem_of(image_path)
+        stem = self._stem(image_path)
         paths = {
             "mask": self.output_dir / f"{stem}_mask{self.mask_ext}",
             "instances": self.output_dir / f"{stem}_instances{self.instance_ext}",
@@ -280,7 +311,7 @@ class FolderSegmenter:
         write_array(paths["instances"], instances, write_meta)
         if self.overlay:
             save_overlay(paths["overlay"], image.numpy(), instances)
-        record: dict[str, Any] = {"stem": stem_of(path), "image": str(path)}
+        record: dict[str, Any] = {"stem": self._stem(path), "image": str(path)}
         record.update({key: str(p) for key, p in paths.items()})
         record.update(n_instances=n_instances, seconds=time.perf_counter() - start)
         return record
@@ -299,6 +330,7 @@ class FolderSegmenter:
         inputs = list_images(self.input_dir)
         if not inputs:
             raise UDAInputError("no images found", self.input_dir)
+        self._stems = output_stems(inputs)
         self._check_outputs(inputs)
         start = time.perf_counter()
         with tqdm(inputs, desc="segmenting", unit="image") as progress:  # closed (line ended) also on errors

@@ -35,9 +35,7 @@ import csv
 import ctypes
 import functools
 import itertools
-import os
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -54,6 +52,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from monai_uda.errors import UDAInputError
+from monai_uda.files import atomic_write
 from monai_uda.inference.postprocess import binary_to_instances, ternary_to_instances
 from monai_uda.inference.segment import FolderSegmenter, to_probabilities
 
@@ -263,14 +262,8 @@ class NucleiTable:
 def nuclei_table(path: Path, axis_names: Sequence[str]) -> Iterator[NucleiTable]:
     """Write the nuclei CSV (columns of :func:`record_fields`) atomically: a temporary file in the same
     folder, renamed to ``path`` when the block ends without an error and removed otherwise."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            yield NucleiTable(handle, axis_names)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as handle:
+        yield NucleiTable(handle, axis_names)
 
 
 class StreamingInstanceLabeller:

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,8 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai_uda.data.io import read_array, stem_of
+from monai_uda.data.io import read_array
 from monai_uda.errors import UDAInputError
+from monai_uda.files import commit, output_target, temporary_sibling
 from monai_uda.inference.tiles import StreamingInstanceLabeller, StreamingSegmenter, nuclei_table, window_starts
 from monai_uda.inference.wsi import percentile_from_histogram
 from monai_uda.transforms.intensity import PERCENTILES
@@ -148,10 +147,8 @@ class MemmapVolumeWriter:
         suffix = ".npy" if path.suffix.lower() == ".npy" else ".nii"
         if suffix == ".nii" and not path.name.lower().endswith((".nii", ".nii.gz")):
             raise UDAInputError(f"volume outputs must be .nii, .nii.gz or .npy, got {path.name}", path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self.target = output_target(path)  # through a symlink; devices and FIFOs refused (monai_uda.files)
+        self.tmp = temporary_sibling(self.target.with_name(self.target.name[:-3]) if self.gzip else self.target)
         if suffix == ".npy":
             self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=dtype, shape=shape)
             return
@@ -179,7 +176,7 @@ class MemmapVolumeWriter:
                 shutil.copyfileobj(source, target, length=1 << 24)
             self.tmp.unlink()
             self.tmp = self.tmp.with_suffix(".gz")
-        os.replace(self.tmp, self.path)
+        commit(self.tmp, self.target)
         return self.path
 
     def discard(self) -> None:
@@ -207,7 +204,7 @@ class VolumeSegmenter(StreamingSegmenter):
 
     def _output_paths(self, image_path: Path) -> dict[str, Path]:
         paths = super()._output_paths(image_path)
-        paths["table"] = self.output_dir / f"{stem_of(image_path)}_nuclei.csv"
+        paths["table"] = self.output_dir / f"{self._stem(image_path)}_nuclei.csv"
         return paths
 
     def segment_file(self, path: str | Path) -> dict[str, Any]:
@@ -228,7 +225,7 @@ class VolumeSegmenter(StreamingSegmenter):
             n_instances = self._write_outputs(reader, windows, scale, paths, geometry, axes)
         finally:
             reader.close()
-        record: dict[str, Any] = {"stem": stem_of(path), "image": str(path), **{key: str(p) for key, p in paths.items()}}
+        record: dict[str, Any] = {"stem": self._stem(path), "image": str(path), **{key: str(p) for key, p in paths.items()}}
         record.update(n_instances=n_instances, seconds=time.perf_counter() - start_time, network_seconds=self.network_seconds)
         return record
 

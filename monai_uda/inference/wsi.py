@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,8 +42,9 @@ import torch
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from monai_uda.data.io import read_array, stem_of
+from monai_uda.data.io import read_array
 from monai_uda.errors import UDAInputError
+from monai_uda.files import atomic_write
 from monai_uda.inference.tiles import (
     SLIDE_AXES,
     NucleiTable,
@@ -260,20 +259,12 @@ def write_tiled_tiff(
     takes 2.0 ms a tile instead of 9.8 ms at zlib's default 6, for files 1.4x larger (13% of the
     raw ``uint32`` size instead of 9%).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tif", dir=path.parent)
-    os.close(fd)
-    try:
-        bigtiff = shape[0] * shape[1] * np.dtype(dtype).itemsize > 2**31
-        with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as writer:
-            writer.write(
-                tiles, shape=shape, dtype=dtype, tile=(tile, tile), compression="zlib", compressionargs={"level": ZLIB_LEVEL},
-                maxworkers=workers, buffersize=4 * 2**20,
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    bigtiff = shape[0] * shape[1] * np.dtype(dtype).itemsize > 2**31
+    with atomic_write(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as writer:
+        writer.write(
+            tiles, shape=shape, dtype=dtype, tile=(tile, tile), compression="zlib", compressionargs={"level": ZLIB_LEVEL},
+            maxworkers=workers, buffersize=4 * 2**20,
+        )
     return path
 
 
@@ -324,7 +315,7 @@ class SlideInference:
         self.tile = tile
 
     def _output_paths(self, image_path: Path) -> dict[str, Path]:
-        stem = stem_of(image_path)
+        stem = self._stem(image_path)
         names = {"mask": f"{stem}_mask.tif", "instances": f"{stem}_instances.tif", "table": f"{stem}_nuclei.csv"}
         return {key: self.output_dir / name for key, name in names.items()}
 
@@ -367,7 +358,7 @@ class SlideInference:
             n_instances = self._write_outputs(reader, windows, self._scaler(a_min, a_max), paths)
         seconds = time.perf_counter() - start
         skipped = len(all_windows) - len(windows)
-        record: dict[str, Any] = {"stem": stem_of(path), "image": str(path), **{key: str(p) for key, p in paths.items()}}
+        record: dict[str, Any] = {"stem": self._stem(path), "image": str(path), **{key: str(p) for key, p in paths.items()}}
         record.update(
             n_instances=n_instances, seconds=seconds, windows=len(all_windows), windows_skipped=skipped,
             fraction_skipped=skipped / len(all_windows), network_seconds=self.network_seconds,

@@ -8,21 +8,20 @@ matched to ground truth ``<stem>``, and its ``_mask`` / ``_overlay`` companions 
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from skimage.measure import label as label_components_of
 
 from monai_uda.data.io import list_images, read_label, stem_of
 from monai_uda.errors import UDAInputError
+from monai_uda.files import write_json
 from monai_uda.metrics.instance import instance_metrics
 from monai_uda.metrics.pixel import pixel_metrics
 
-__all__ = ["METRIC_KEYS", "compute_metrics", "match_files", "evaluate_dirs", "format_table"]
+__all__ = ["METRIC_KEYS", "compute_metrics", "match_files", "evaluate_dirs", "format_table", "check_instance_map"]
 
 METRIC_KEYS = ("aji", "aji_plus", "pq", "sq", "dq", "object_f1", "dice", "precision", "recall", "iou")
 INSTANCES_SUFFIX = "_instances"
@@ -132,23 +131,41 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON atomically (temporary file in the same folder, then rename)."""
-    tmp: Path | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-        tmp = Path(tmp_name)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        raise UDAInputError(f"cannot write output ({exc.strerror or exc})", path) from exc
+def check_instance_map(pred: np.ndarray, path: str | Path, label_components: bool = False) -> np.ndarray:
+    """``pred`` as an instance map: refuse one that looks like a binary (or ternary) mask, or label its components.
+
+    A binary 0/255 mask scored as an instance map is one giant nucleus per image: every score is then
+    near zero, silently. Such a map has at most two foreground ids and one of them spreads over several
+    separate regions (``skimage.measure.label``, full connectivity). A real instance map with one
+    fragmented nucleus among many is not affected.
+
+    Args:
+        pred: the predicted map.
+        path: its file (named in the error).
+        label_components: give every connected region of one id its own id first (``--label_components true``).
+
+    Raises:
+        UDAInputError: ``pred`` looks like a mask and ``label_components`` is false.
+    """
+    if label_components:
+        return label_components_of(pred, background=0)
+    ids = np.unique(pred)
+    ids = ids[ids != 0]
+    if 0 < ids.size <= 2:
+        for value in ids:
+            regions = int(label_components_of(pred == value).max())
+            if regions > 1:
+                raise UDAInputError(
+                    f"looks like a binary mask, not an instance map: id {int(value)} covers {regions} separate regions "
+                    "(scored as one nucleus); pass --label_components true to give each connected region its own id",
+                    path,
+                )
+    return pred
 
 
-def evaluate_dirs(pred: str | Path, gt: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+def evaluate_dirs(
+    pred: str | Path, gt: str | Path, out: str | Path | None = None, label_components: bool | str = False
+) -> dict[str, Any]:
     """Score every prediction in ``pred`` against the ground truth of the same stem in ``gt``.
 
     Prints the per-image table and the mean row (:func:`format_table`).
@@ -156,8 +173,11 @@ def evaluate_dirs(pred: str | Path, gt: str | Path, out: str | Path | None = Non
     Args:
         pred: folder of predicted instance maps (see :func:`match_files` for naming).
         gt: folder of ground-truth instance maps.
-        out: JSON file to write the result to (atomically); an existing folder receives
+        out: JSON file to write the result to (atomically, through a symlink to the file it names;
+            devices and FIFOs are refused, see :mod:`monai_uda.files`); an existing folder receives
             ``metrics.json``; ``None`` writes nothing.
+        label_components: label the connected regions of every prediction first (for binary masks);
+            otherwise a prediction that looks like a binary mask is refused (:func:`check_instance_map`).
 
     Returns:
         ``{"per_image": {stem: {metric: float}}, "mean": {metric: float}}`` with the metrics
@@ -165,12 +185,16 @@ def evaluate_dirs(pred: str | Path, gt: str | Path, out: str | Path | None = Non
 
     Raises:
         UDAInputError: see :func:`match_files`; unreadable files; a prediction whose shape
-            differs from its ground truth (naming both files).
+            differs from its ground truth (naming both files); a prediction that looks like a binary mask.
     """
+    from monai_uda import flag
+
+    label_components = flag(label_components)
     per_image: dict[str, dict[str, float]] = {}
     for stem, (pred_path, gt_path) in match_files(pred, gt).items():
         try:
-            per_image[stem] = compute_metrics(read_label(pred_path), read_label(gt_path))
+            prediction = check_instance_map(read_label(pred_path), pred_path, label_components)
+            per_image[stem] = compute_metrics(prediction, read_label(gt_path))
         except UDAInputError as exc:
             if exc.path is not None:
                 raise
@@ -179,6 +203,6 @@ def evaluate_dirs(pred: str | Path, gt: str | Path, out: str | Path | None = Non
     results = {"per_image": per_image, "mean": mean}
     if out is not None:
         out_path = Path(out)
-        _write_json(out_path / "metrics.json" if out_path.is_dir() else out_path, results)
+        write_json(out_path / "metrics.json" if out_path.is_dir() else out_path, results)
     print(format_table(results))
     return results

@@ -80,8 +80,10 @@ def test_resume_override_continues_from_newest_checkpoint(sample_2d, tmp_path):
     ckpt = torch.load(max(tmp_path.glob("*checkpoint*.pt"), key=lambda p: p.stat().st_mtime), weights_only=True)
     assert ckpt["trainer"]["iteration"] == 3
     # the word "false", as fire hands it over from `python -m monai.bundle run ... --resume false`,
-    # starts afresh (a resumed run would already be past max_iterations=1 and stay at 3)
-    run("training", max_iterations=1, resume="false", **common)
+    # starts afresh (a resumed run would already be past max_iterations=1 and stay at 3); over another run's
+    # checkpoints only with --overwrite true, which deletes them
+    run("training", max_iterations=1, resume="false", overwrite="true", **common)
+    assert sorted(p.name for p in tmp_path.glob("*checkpoint*.pt")) == ["checkpoint_iteration=1.pt"]
     ckpt = torch.load(max(tmp_path.glob("*checkpoint*.pt"), key=lambda p: p.stat().st_mtime), weights_only=True)
     assert ckpt["trainer"]["iteration"] == 1
 

@@ -131,7 +131,7 @@ def test_multi_gpu_config_disables_rank_local_outputs_and_waits_for_synthesis():
     parser.read_config(_cfg("train.yaml", "multi_gpu_train.yaml"))
     for stage in ("cyclegan_handlers", "pdam_handlers"):
         handlers = parser[stage]
-        rank0_only = [h["_target_"] for h in handlers if h.get("_disabled_") == "$not @is_main"]
+        rank0_only = [h["_target_"] for h in handlers if isinstance(h, dict) and h.get("_disabled_") == "$not @is_main"]
         assert rank0_only == ["CheckpointSaver", "StatsHandler", "TensorBoardStatsHandler", "ignite.handlers.ProgressBar"]
         assert handlers[0]["_target_"] == "monai_uda.engines.ResumeCheckpointLoader"  # every rank resumes
     assert parser["run"] == ["@run_cyclegan", "@run_synthesis", "$torch.distributed.barrier()", "@run_pdam"]

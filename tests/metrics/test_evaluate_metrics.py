@@ -137,3 +137,57 @@ def test_real_dsb_labels_against_themselves_and_merged() -> None:
     assert merged["aji"] == pytest.approx(1 / len(areas))
     assert merged["aji_plus"] == pytest.approx(areas.max() / (2 * areas.sum() - areas.max()))
     assert merged["dice"] == 1.0
+
+
+def _binary_case(tmp_path: Path) -> tuple[Path, Path]:
+    """GT with two nuclei; the prediction a 0/255 mask of both (one id over two separate regions)."""
+    gt = np.zeros((12, 12), dtype=np.uint16)
+    gt[1:5, 1:5], gt[7:11, 6:10] = 1, 2
+    write_array(tmp_path / "gt" / "x.png", gt)
+    write_array(tmp_path / "pred" / "x.png", (gt > 0).astype(np.uint8) * 255)
+    return tmp_path / "pred", tmp_path / "gt"
+
+
+def test_binary_mask_prediction_is_refused_or_labelled(tmp_path: Path) -> None:
+    pred_dir, gt_dir = _binary_case(tmp_path)
+    with pytest.raises(UDAInputError) as info:
+        evaluate_dirs(pred_dir, gt_dir)
+    assert str(info.value) == (
+        f"{pred_dir / 'x.png'}: looks like a binary mask, not an instance map: id 255 covers 2 separate regions "
+        "(scored as one nucleus); pass --label_components true to give each connected region its own id"
+    )
+    results = evaluate_dirs(pred_dir, gt_dir, label_components="true")
+    assert results["mean"]["aji"] == 1.0 and results["mean"]["pq"] == 1.0
+
+
+def test_instance_map_with_one_fragmented_nucleus_is_scored(tmp_path: Path) -> None:
+    """Only maps with at most two ids are taken for masks: many nuclei, one in two pieces, is an instance map."""
+    gt = np.zeros((12, 12), dtype=np.uint16)
+    gt[0:2, 0:2], gt[4:6, 4:6], gt[8:10, 8:10] = 1, 2, 3
+    pred = gt.copy()
+    pred[0:2, 10:12] = 1  # nucleus 1 also here
+    write_array(tmp_path / "gt" / "x.png", gt)
+    write_array(tmp_path / "pred" / "x.png", pred)
+    assert evaluate_dirs(tmp_path / "pred", tmp_path / "gt")["mean"]["dice"] < 1.0
+
+
+def test_out_writes_through_a_symlink_refuses_a_fifo_and_respects_umask(tmp_path: Path) -> None:
+    pred_dir, gt_dir = _write_case(tmp_path)
+    real = tmp_path / "real.json"
+    real.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    evaluate_dirs(pred_dir, gt_dir, link)
+    assert link.is_symlink() and set(json.loads(real.read_text())) == {"per_image", "mean"}
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    with pytest.raises(UDAInputError, match="fifo.json: is a FIFO, not a regular file; refusing to replace it"):
+        evaluate_dirs(pred_dir, gt_dir, fifo)
+    assert fifo.exists() and not fifo.is_file()
+    old = os.umask(0o027)
+    try:
+        evaluate_dirs(pred_dir, gt_dir, tmp_path / "new.json")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o640
+    assert not list(tmp_path.glob(".tmp-*"))

@@ -107,7 +107,7 @@ def test_disk_full_during_periodic_checkpoint_keeps_the_last_one(dataset: Path, 
     assert code == 2 and kit.error_line(stderr) == "error: cannot write (No space left on device)"
     monkeypatch.undo()
     # Ignite deletes the oldest of the n_saved=2 checkpoints before writing a new one: the newest good one stays
-    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["checkpoint_iteration=2.pt"]
+    assert sorted(p.name for p in out.glob("*.pt")) == ["checkpoint_iteration=2.pt"]
     assert torch.load(latest_checkpoint(out), weights_only=True)["trainer"]["iteration"] == 2
     code, stderr = kit.run("train", "--dataset_dir", dataset, "--output_dir", out, *kit.tiny_args(max_iterations=5, ckpt_interval=1),
                            "--resume", "true")
@@ -120,7 +120,8 @@ def test_disk_full_while_saving_the_final_model_keeps_the_previous_one(dataset: 
     assert kit.run("train", "--dataset_dir", dataset, "--output_dir", out, *kit.tiny_args(max_iterations=1))[0] == 0
     before = (out / "model.pt").read_bytes()
     _fail_nth_save(monkeypatch, 1, match=".tmp-")  # save_atomic's temporary file for model.pt
-    code, stderr = kit.run("train", "--dataset_dir", dataset, "--output_dir", out, *kit.tiny_args(max_iterations=2, seed=7))
+    code, stderr = kit.run("train", "--dataset_dir", dataset, "--output_dir", out, *kit.tiny_args(max_iterations=2, seed=7),
+                           "--overwrite", "true")
     assert code == 2 and kit.error_line(stderr).endswith("model.pt: cannot write checkpoint (No space left on device)")
     assert (out / "model.pt").read_bytes() == before
     assert not list(out.glob(".tmp-*"))
