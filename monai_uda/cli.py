@@ -61,7 +61,7 @@ class Commands:
         """Score instance maps in ``pred`` against ``gt`` (matched by file stem); write JSON to ``out``."""
         from monai_uda.metrics.evaluate import evaluate_dirs
 
-        evaluate_dirs(pred, gt, out, label_components)
+        evaluate_dirs(pred, gt, out, word_to_bool(label_components))
 
     def benchmark(self, **kwargs: Any) -> None:
         """Same data, splits, seeds and time budget for every method; see ``scripts/benchmark.py``."""
@@ -105,8 +105,11 @@ def _check_command_line(argv: list[str]) -> None:
         if key not in names:
             near = difflib.get_close_matches(key, names, n=1)
             raise UDAInputError(f"unknown option --{key}" + (f" (did you mean --{near[0]}?)" if near else ""))
-        if params[key].default is None and "int" in str(params[key].annotation):
+        default = params[key].default
+        if default is None and "int" in str(params[key].annotation):
             check_value(key, value, 1)
+        elif isinstance(default, (bool, int, float)):
+            check_value(key, value, default)
 
 
 def main(argv: list[str] | None = None) -> int:
