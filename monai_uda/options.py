@@ -290,6 +290,8 @@ def excepthook(kind: type[BaseException], error: BaseException, tb: TracebackTyp
     if cause is None:
         _previous_hook(kind, error, tb)
         return
+    if sys.__stderr__ is not None:  # torch.distributed's hook hands us a buffer it would print after we return
+        sys.stderr = sys.__stderr__
     if os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
         traceback.print_exception(kind, error, tb)
     code = report_user_error(cause)

@@ -195,3 +195,18 @@ def test_every_config_users_run_checks_its_command_line_first(bundle: str):
         parser = ConfigParser()
         parser.read_config([str(configs / f) for f in files])
         assert parser["initialize"][0] == "$monai_uda.check_command_line()", (bundle, files)
+
+
+def test_input_error_in_a_distributed_worker_is_its_last_line(dataset: Path, tmp_path: Path, kit):
+    """torch.distributed wraps sys.excepthook and buffers stderr: the error line must still be printed (torchrun worker)."""
+    _mismatch(dataset)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29531"}
+    configs = f"['{TRAIN}','{TRAIN.with_name('multi_gpu_train.yaml')}']"
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", configs, "--dataset_dir", str(dataset),
+         "--output_dir", str(tmp_path / "run"), *kit.tiny_args(max_iterations=1)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert _last_line(result).startswith("error: ") and "does not match image shape" in _last_line(result)
