@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["flag", "word_to_bool"]
+__all__ = ["check_command_line", "flag", "word_to_bool"]
 
 _BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}
 
@@ -34,3 +34,19 @@ def flag(value: Any) -> bool:
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
     raise ValueError(f"expected true or false, got {value!r}")
+
+
+def check_command_line() -> None:
+    """Refuse unknown or wrong-typed overrides of ``python -m monai.bundle run`` (first step of ``initialize``).
+
+    See :func:`monai_uda.options.check_command_line`; does nothing in any other process.
+    """
+    from monai_uda.options import check_command_line as check
+
+    check()
+
+
+from monai_uda.options import install_excepthook, under_bundle_run  # noqa: E402  (light: no torch, no monai)
+
+if under_bundle_run():  # a bundle config imported us in ``python -m monai.bundle run``: input errors become one line
+    install_excepthook()

@@ -9,7 +9,7 @@ from typing import Any
 
 from monai_uda.errors import UDAInputError
 
-__all__ = ["bundles_dir", "bundle_names", "bundle_path", "bundle_listing", "config_files", "run_config"]
+__all__ = ["RUN_OPTIONS", "bundles_dir", "bundle_names", "bundle_path", "bundle_listing", "config_files", "run_config"]
 
 #: config of each run id, and the override files a variant adds
 _RUN_CONFIG = {"training": "train.yaml", "inference": "inference.yaml", "evaluate": "evaluate.yaml"}
@@ -89,11 +89,23 @@ def config_files(bundle: str, run_id: str, spatial_dims: int = 2, preset: str | 
     return [str(f) for f in files]
 
 
+#: options of ``monai-uda train|infer`` that choose the config files rather than override them
+RUN_OPTIONS = ("bundle", "spatial_dims", "preset")
+
+
 def run_config(bundle: str, run_id: str, spatial_dims: int = 2, preset: str | None = None, **overrides: Any) -> None:
-    """``python -m monai.bundle run <run_id> --config_file <files> --<key> <value> ...`` in-process."""
+    """``python -m monai.bundle run <run_id> --config_file <files> --<key> <value> ...`` in-process.
+
+    Raises:
+        UDAInputError: unknown bundle, run, preset, or an override that is not a key of the
+            merged configs or has the wrong type (checked before anything runs).
+    """
     from monai.bundle import run
 
+    from monai_uda.options import check_options, config_defaults
+
     files: Sequence[str] = config_files(bundle, run_id, spatial_dims, preset)
+    check_options(overrides, config_defaults(files), own=RUN_OPTIONS)
     if run_id == "evaluate":
         overrides.setdefault("spatial_dims", spatial_dims)
     run(run_id, config_file=list(files), meta_file=str(Path(files[0]).parent / "metadata.json"), **overrides)

@@ -15,12 +15,11 @@ is passed to ``monai.bundle`` as a config override.
 
 from __future__ import annotations
 
-import errno
 import sys
 from typing import Any
 
 from monai_uda import word_to_bool
-from monai_uda.errors import UDAInputError
+from monai_uda.errors import UDAInputError, report_user_error, user_error
 
 __all__ = ["Commands", "main", "user_error"]
 
@@ -62,7 +61,7 @@ class Commands:
         """Score instance maps in ``pred`` against ``gt`` (matched by file stem); write JSON to ``out``."""
         from monai_uda.metrics.evaluate import evaluate_dirs
 
-        evaluate_dirs(pred, gt, out, label_components)
+        evaluate_dirs(pred, gt, out, word_to_bool(label_components))
 
     def benchmark(self, **kwargs: Any) -> None:
         """Same data, splits, seeds and time budget for every method; see ``scripts/benchmark.py``."""
@@ -77,58 +76,67 @@ def _booleans(options: dict[str, Any]) -> dict[str, Any]:
     return {k: word_to_bool(v) for k, v in options.items()}
 
 
+def _commands() -> list[str]:
+    return [name for name in vars(Commands) if not name.startswith("_")]
+
+
+def _check_command_line(argv: list[str]) -> None:
+    """Refuse an unknown command, or an unknown option of a command whose options are all named, before fire runs.
+
+    ``train``/``infer`` check their config overrides in :func:`~monai_uda.bundle_runner.run_config`;
+    ``prepare`` and ``benchmark`` check theirs per format/recipe.
+    """
+    import difflib
+    import inspect
+
+    from monai_uda.options import check_value, parse_argv
+
+    command = argv[0]
+    if command not in _commands():
+        near = difflib.get_close_matches(command, _commands(), n=1)
+        hint = f" (did you mean {near[0]}?)" if near else f" (choose one of {', '.join(_commands())})"
+        raise UDAInputError(f"unknown command {command!r}{hint}")
+    params = inspect.signature(getattr(Commands, command)).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    names = [n for n in params if n != "self"]
+    for key, value in parse_argv(argv[1:])[1].items():
+        key = key.replace("-", "_")
+        if key not in names:
+            near = difflib.get_close_matches(key, names, n=1)
+            raise UDAInputError(f"unknown option --{key}" + (f" (did you mean --{near[0]}?)" if near else ""))
+        default = params[key].default
+        if default is None and "int" in str(params[key].annotation):
+            check_value(key, value, 1)
+        elif isinstance(default, (bool, int, float)):
+            check_value(key, value, default)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: bad input is reported as one ``error:`` line (exit 2), divergence as exit 3."""
+    """Entry point: ``--help`` prints usage (exit 0, nothing runs); bad input is one ``error:`` line (exit 2),
+    divergence exit 3."""
     import fire
 
-    from monai_uda.engines.trainer import TrainingDivergedError
+    from monai_uda.cli_help import command_help, main_help, wants_help
 
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
+        if not argv or argv[0] in ("--help", "-h"):
+            print(main_help(Commands))
+            return 0
+        if wants_help(argv):
+            _check_command_line(argv[:1])
+            print(command_help(Commands, argv[0], argv[1:]))
+            return 0
+        if not argv[0].startswith("-"):
+            _check_command_line(argv)
         fire.Fire(Commands, command=argv, name="monai-uda", serialize=lambda result: None)
     except Exception as exc:  # MONAI's config parser wraps errors: look down the chain
         cause = user_error(exc)
         if cause is None:
             raise
-        _close_progress_bars()
-        print(f"error: {_one_line(cause)}", file=sys.stderr)
-        return 3 if isinstance(cause, TrainingDivergedError) else 2
+        return report_user_error(cause)
     return 0
-
-
-#: errors of the machine rather than the program: reported in one line like bad input
-_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
-
-
-def _close_progress_bars() -> None:
-    """End the line of any progress bar an error interrupted, so the ``error:`` line stands alone."""
-    from tqdm import tqdm
-
-    for bar in list(getattr(tqdm, "_instances", ())):
-        bar.close()
-
-
-def _one_line(error: BaseException) -> str:
-    """The ``error:`` line's text: the message, or for a disk error the file (when known) and reason."""
-    if isinstance(error, OSError):
-        where = f"{error.filename}: " if error.filename else ""
-        return f"{where}cannot write ({error.strerror or error})"
-    return str(error)
-
-
-def user_error(exc: BaseException) -> BaseException | None:
-    """The :class:`UDAInputError`, ``TrainingDivergedError`` or disk-full ``OSError`` behind ``exc``, if any."""
-    from monai_uda.engines.trainer import TrainingDivergedError
-
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, (UDAInputError, TrainingDivergedError)):
-            return current
-        if isinstance(current, OSError) and current.errno in _DISK_ERRNOS:
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
 
 
 if __name__ == "__main__":

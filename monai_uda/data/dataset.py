@@ -11,7 +11,9 @@ uninterrupted run.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -22,7 +24,7 @@ from monai.transforms import Compose, MapTransform
 from monai_uda.errors import UDAInputError
 from monai_uda.transforms.errors import unwrap_input_errors
 
-__all__ = ["UnpairedDataset", "select_labelled_targets", "item_seed"]
+__all__ = ["UnpairedDataset", "StoppingCacheDataset", "select_labelled_targets", "item_seed"]
 
 
 def item_seed(*parts: int) -> int:
@@ -63,6 +65,32 @@ def select_labelled_targets(target: Sequence[Mapping[str, Any]], fraction: float
         if "label" not in target[index]:
             raise UDAInputError(f"target item {index} is chosen as labelled but has no 'label'", target[index].get("image"))
     return [index in chosen for index in range(len(target))]
+
+
+class StoppingCacheDataset(CacheDataset):
+    """MONAI's ``CacheDataset`` whose cache-filling threads have all stopped when an item fails.
+
+    MONAI fills the cache in a ``multiprocessing.pool.ThreadPool``; when an item fails, its
+    ``terminate()`` cannot stop threads, so the error reaches the caller while a thread still
+    decodes or transforms the next item. A process that reports the error and exits then kills
+    that thread inside a torch call, which aborts the process (``terminate called without an
+    active exception``, exit 134) instead of ending with the error's exit code. Here one worker
+    fills the cache in the calling thread, and several run in an executor that, on error, cancels
+    the items not started and waits for the running ones before the error propagates.
+    """
+
+    def _fill_cache(self, indices: Sequence[int] | None = None) -> list:
+        if self.cache_num <= 0:
+            return []
+        indices = list(range(self.cache_num)) if indices is None else list(indices)
+        workers = self.num_workers or os.cpu_count() or 1
+        if workers == 1 or len(indices) == 1:
+            return [self._load_cache_item(index) for index in indices]
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="monai-uda-cache")
+        try:
+            return list(pool.map(self._load_cache_item, indices))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class UnpairedDataset(torch.utils.data.Dataset):
@@ -155,7 +183,7 @@ class UnpairedDataset(torch.utils.data.Dataset):
             transform = Compose(transform)
         if cache:
             with unwrap_input_errors():
-                return CacheDataset(items, transform, cache_rate=1.0, num_workers=workers, progress=False)
+                return StoppingCacheDataset(items, transform, cache_rate=1.0, num_workers=workers, progress=False)
         return Dataset(items, transform)
 
     @staticmethod

@@ -97,6 +97,7 @@ def read_array(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
             with Image.open(path) as im:
                 tiff_content = im.format == "TIFF"
                 array = None if tiff_content else np.asarray(im)
+                meta["channels_last"] = not tiff_content  # Pillow's colour images are (H, W, C), however small
             if tiff_content:  # a TIFF under another name: Pillow would drop samples beyond RGBA
                 array, meta["spacing"] = _read_tiff(path)
     except UDAInputError:
@@ -143,7 +144,7 @@ def _as_channel_first(array: np.ndarray, path: Path, meta: dict[str, Any], spati
     if array.ndim == 2:
         return array[None]
     if array.ndim == 3:
-        channels_last = array.shape[-1] in (1, 2, 3, 4) and min(array.shape[:2]) > 4
+        channels_last = array.shape[-1] in (1, 2, 3, 4) and (meta.get("channels_last") or min(array.shape[:2]) > 4)
         if channels_last and spatial_dims == 3:
             raise UDAInputError(f"expected a 3D volume, got a 2D image with {array.shape[-1]} channel(s) (shape {array.shape})", path)
         if channels_last:

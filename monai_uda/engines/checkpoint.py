@@ -181,8 +181,20 @@ def _unsafe_checkpoint(exc: pickle.UnpicklingError, path: str | Path) -> UDAInpu
     )
 
 
+#: how a ``torch.save`` file starts: a zip archive (the default format), or the legacy pickle's magic number
+_TORCH_FILE_HEADS = (b"PK\x03\x04", b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19")
+
+
 def _load_checkpoint(path: Path, map_location: Any) -> Any:
-    """``torch.load(weights_only=True)`` with one-line errors for unsafe and damaged files."""
+    """``torch.load(weights_only=True)`` with one-line errors for other files, unsafe and damaged ones.
+
+    A file that does not start like a ``torch.save`` file (an image, a text file) is "not a
+    checkpoint"; ``torch.load`` alone would call it unsafe pickle or fail with a bare ``KeyError``.
+    """
+    with open(path, "rb") as f:
+        head = f.read(len(_TORCH_FILE_HEADS[1]))
+    if not head.startswith(_TORCH_FILE_HEADS):
+        raise UDAInputError("not a checkpoint (not a file written by torch.save)", path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:

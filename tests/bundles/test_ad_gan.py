@@ -113,7 +113,7 @@ def test_multi_gpu_config_parses_without_ddp_wrapping():
 
     parser = ConfigParser()
     parser.read_config(_cfg("train.yaml", "multi_gpu_train.yaml"))
-    assert parser["device"].startswith("$") and "init_distributed" in parser["initialize"][0]
+    assert parser["device"].startswith("$") and any("init_distributed" in step for step in parser["initialize"])
     assert parser["trainer"]["method"] == "@method"  # ADGAN averages gradients itself, no DDP wrapper
     assert "$import monai_uda.methods.ad_gan" in parser["imports"]
 

@@ -93,8 +93,9 @@ def error_line(stderr: str) -> str:
 
 def infer_args(input_dir: Path, output_dir: Path, ckpt: Path, **extra: object) -> list[str]:
     """``monai-uda infer`` arguments for the tiny segmenter."""
+    inference = {key: value for key, value in TINY.items() if key in ("widths", "target_patch")}  # keys of inference.yaml
     return ["infer", "--input_dir", str(input_dir), "--output_dir", str(output_dir), "--ckpt_path", str(ckpt),
-            *tiny_args(**extra)]
+            *[f"--{key}={json.dumps(value) if isinstance(value, (list, bool)) else value}" for key, value in {**inference, **extra}.items()]]
 
 
 class Kit:

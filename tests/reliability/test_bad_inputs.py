@@ -218,7 +218,7 @@ def test_infer_bad_checkpoint(kind: str, tmp_path: Path, model_file: Path, kit):
         reason = "cannot read checkpoint: truncated, corrupt or not a PyTorch file"
     else:
         ckpt.write_text("segmenter weights")
-        reason = "cannot read checkpoint: truncated, corrupt or not a PyTorch file"
+        reason = "not a checkpoint (not a file written by torch.save)"
     code, stderr = kit.run(*kit.infer_args(images, tmp_path / "out", ckpt))
     line = kit.error_line(stderr)
     assert code == 2 and f"bad.pt: {reason}" in line, line
