@@ -82,6 +82,9 @@ def config_files(bundle: str, run_id: str, spatial_dims: int = 2, preset: str | 
         elif spatial_dims != 2:
             raise UDAInputError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         if preset:
+            presets = sorted(f.stem[len("train_"):] for f in configs.glob("train_*.yaml") if f.stem != "train_3d")
+            if str(preset) not in presets:
+                raise UDAInputError(f"unknown preset {preset!r} for bundle {bundle!r}; choose one of {', '.join(presets)}")
             files.append(configs / f"train_{preset}.yaml")
     for f in files:
         if not f.is_file():

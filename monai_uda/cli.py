@@ -15,6 +15,7 @@ is passed to ``monai.bundle`` as a config override.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -112,6 +113,14 @@ def _check_command_line(argv: list[str]) -> None:
             check_value(key, value, default)
 
 
+def _print_help(text: str) -> None:
+    """Print usage; a reader that stops early (``monai-uda train --help | head``) is not an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")  # the interpreter's final flush must not fail either
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ``--help`` prints usage (exit 0, nothing runs); bad input is one ``error:`` line (exit 2),
     divergence exit 3."""
@@ -122,11 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
         if not argv or argv[0] in ("--help", "-h"):
-            print(main_help(Commands))
+            _print_help(main_help(Commands))
             return 0
         if wants_help(argv):
             _check_command_line(argv[:1])
-            print(command_help(Commands, argv[0], argv[1:]))
+            _print_help(command_help(Commands, argv[0], argv[1:]))
             return 0
         if not argv[0].startswith("-"):
             _check_command_line(argv)

@@ -36,3 +36,21 @@ def test_evaluate_writes_contract_json_and_missing_stem_is_one_line(tmp_path, ca
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "b" in err[0]
+
+
+def test_unknown_preset_names_the_presets_of_the_bundle(capsys):
+    assert main(["train", "--bundle", "darcnn", "--preset", "gpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: unknown preset 'gpu' for bundle 'darcnn'; choose one of cpu"]
+
+
+def test_help_piped_into_a_reader_that_stops_early_exits_0(monkeypatch):
+    class ClosedPipe:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert main(["train", "--help"]) == 0  # `monai-uda train --help | head -1`: no traceback
