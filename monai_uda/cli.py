@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         if cause is None:
             raise
         return report_user_error(cause)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not the traceback of wherever the work was
+        print("\ninterrupted; a training continues from its newest checkpoint with --resume true", file=sys.stderr)
+        return 130
     return 0
 
 

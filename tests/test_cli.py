@@ -54,3 +54,14 @@ def test_help_piped_into_a_reader_that_stops_early_exits_0(monkeypatch):
 
     monkeypatch.setattr("sys.stdout", ClosedPipe())
     assert main(["train", "--help"]) == 0  # `monai-uda train --help | head -1`: no traceback
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    import monai_uda.bundle_runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(monai_uda.bundle_runner, "run_config", interrupted)
+    assert main(["train", "--max_iterations", "2"]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["interrupted; a training continues from its newest checkpoint with --resume true"]

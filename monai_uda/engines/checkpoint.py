@@ -10,6 +10,7 @@ optimiser, the trainer state (iteration/epoch) and the torch RNG state, see
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import zipfile
@@ -235,9 +236,21 @@ def load_network_weights(network: torch.nn.Module, ckpt_path: str | Path, key: s
             f"missing '{missing[0]}'" if missing else f"unexpected '{unexpected[0]}'" if unexpected
             else f"'{wrong[0]}' has shape {tuple(state[wrong[0]].shape)}, network expects {tuple(own[wrong[0]].shape)}"
         )
-        raise UDAInputError(f"checkpoint does not fit the network ({detail}; from another bundle or configuration?)", path)
+        raise UDAInputError(f"checkpoint does not fit the network ({detail}; from another bundle or configuration?{_trained_with(path)})", path)
     network.load_state_dict(state)
     return network
+
+
+def _trained_with(path: Path) -> str:
+    """Where a checkpoint's training folder records how it was trained: the settings inference must repeat."""
+    record = path.parent / "run_config.json"
+    try:
+        command = json.loads(record.read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if not isinstance(command, list) or not command:
+        return ""
+    return f" it was trained by: {' '.join(str(word) for word in command[1:])} (see {record})"
 
 
 class FinalModelSaver:

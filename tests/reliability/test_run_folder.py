@@ -141,3 +141,21 @@ def test_every_train_config_claims_its_output_folder(bundle: str):
     assert config[lists[-1]][-1] == "@run_folder"
     if len(lists) == 2:
         assert config[lists[0]][-1] == "$@run_folder.hold"
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_command_that_trained_it(tmp_path):
+    import json
+
+    import pytest
+    import torch
+
+    from monai_uda.engines.checkpoint import load_network_weights
+    from monai_uda.errors import UDAInputError
+
+    torch.save({"segmenter": torch.nn.Conv2d(3, 16, 3).state_dict()}, tmp_path / "model.pt")
+    (tmp_path / "run_config.json").write_text(json.dumps({"command": ["monai-uda", "train", "--preset", "cpu"]}))
+    with pytest.raises(UDAInputError, match=r"expects \(64, 3, 3, 3\).*it was trained by: train --preset cpu \(see .*run_config.json\)"):
+        load_network_weights(torch.nn.Conv2d(3, 64, 3), tmp_path / "model.pt", key="segmenter")
+    (tmp_path / "run_config.json").unlink()  # no record: the message stops at the question
+    with pytest.raises(UDAInputError, match=r"configuration\?\)$"):
+        load_network_weights(torch.nn.Conv2d(3, 64, 3), tmp_path / "model.pt", key="segmenter")
