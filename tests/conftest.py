@@ -12,7 +12,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 # the sample cache of the inference/evaluate config defaults goes to a throw-away folder
-os.environ.setdefault("MONAI_UDA_HOME", tempfile.mkdtemp(prefix="monai_uda_home_"))
+# (one per pytest-xdist worker: workers inherit the controller's environment)
+if "PYTEST_XDIST_WORKER" in os.environ or "MONAI_UDA_HOME" not in os.environ:
+    os.environ["MONAI_UDA_HOME"] = tempfile.mkdtemp(prefix="monai_uda_home_")
 
 # two cores shared by everything: keep torch from oversubscribing them
 torch.set_num_threads(min(2, torch.get_num_threads()))
