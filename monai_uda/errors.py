@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import errno
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["UDAInputError", "report_user_error", "user_error"]
+__all__ = ["TrainingDivergedError", "UDAInputError", "report_user_error", "unwrap_input_errors", "user_error"]
 
 
 class UDAInputError(ValueError):
@@ -27,6 +29,35 @@ class UDAInputError(ValueError):
         super().__init__(reason if path is None else f"{path}: {reason}")
 
 
+class TrainingDivergedError(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is left untouched."""
+
+
+@contextmanager
+def unwrap_input_errors() -> Iterator[None]:
+    """Re-raise the :class:`UDAInputError` wrapped in a MONAI ``RuntimeError`` (other errors pass unchanged).
+
+    MONAI's ``apply_transform`` re-raises every exception of a transform as
+    ``RuntimeError("applying transform ...")``, with the original as ``__cause__``; without this,
+    a bad file deep inside a ``Compose`` would reach the user as a long chained traceback instead
+    of the one ``error:`` line.
+
+    Example::
+
+        with unwrap_input_errors():
+            item = transforms({"image": "missing.png"})  # raises "missing.png: file does not exist"
+    """
+    try:
+        yield
+    except RuntimeError as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, UDAInputError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None
+
+
 #: errors of the machine rather than the program: reported in one line like bad input
 _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
@@ -37,8 +68,6 @@ def user_error(exc: BaseException) -> BaseException | None:
     MONAI's config parser wraps errors (``RuntimeError: Failed to instantiate component``), so the
     whole ``__cause__``/``__context__`` chain is searched.
     """
-    from monai_uda.engines.trainer import TrainingDivergedError
-
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -73,8 +102,6 @@ def _close_progress_bars() -> None:
 
 def report_user_error(cause: BaseException) -> int:
     """Print ``error: <message>`` as the last line of stderr; the exit code: 3 for a diverged training, else 2."""
-    from monai_uda.engines.trainer import TrainingDivergedError
-
     _close_progress_bars()
     sys.stdout.flush()
     print(f"error: {_one_line(cause)}", file=sys.stderr, flush=True)

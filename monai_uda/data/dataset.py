@@ -21,8 +21,7 @@ import torch
 from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose, MapTransform
 
-from monai_uda.errors import UDAInputError
-from monai_uda.transforms.errors import unwrap_input_errors
+from monai_uda.errors import UDAInputError, unwrap_input_errors
 
 __all__ = ["UnpairedDataset", "StoppingCacheDataset", "select_labelled_targets", "item_seed"]
 

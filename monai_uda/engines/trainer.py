@@ -25,14 +25,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from monai_uda.engines.memory import MemoryPlan, batch_length, plan_training, split_batch
 from monai_uda.engines.method import AdaptationMethod
+from monai_uda.errors import TrainingDivergedError
 
 __all__ = ["AdaptationTrainer", "TrainingDivergedError", "ResumableSampler", "IndexedEpochDataset", "make_train_loader"]
 
 logger = logging.getLogger(__name__)
-
-
-class TrainingDivergedError(RuntimeError):
-    """A loss became NaN or infinite; the last good checkpoint is left untouched."""
 
 
 class IndexedEpochDataset(Dataset):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from monai_uda.errors import unwrap_input_errors
 from monai_uda.transforms.croppad import BackgroundPadd
-from monai_uda.transforms.errors import unwrap_input_errors
 from monai_uda.transforms.intensity import LUMINANCE_WEIGHTS, ChannelPolicy, ChannelPolicyd, scale_intensity_percentiles
 from monai_uda.transforms.loading import LoadUDAImaged, filename_of
 from monai_uda.transforms.pipelines import default_rotation_axes, inference_transforms, train_transforms
