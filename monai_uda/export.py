@@ -17,7 +17,7 @@ For CellSegUDA MONAI's own command gives the same TorchScript file:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,48 @@ def load_exported(path: str | Path) -> torch.nn.Module:
     if path.suffix == ".pt2":
         return torch.export.load(str(path)).module()
     return torch.jit.load(str(path), map_location="cpu")
+
+
+def _load_network(
+    bundle_dir: str | Path, ckpt_path: str | None, config_files: Sequence[str], net_id: str, overrides: dict[str, Any]
+) -> tuple[ConfigParser, torch.nn.Module]:
+    """The bundle's parsed configs and its ``net_id`` network on CPU in eval mode, with the trained weights."""
+    configs = Path(bundle_dir) / "configs"
+    if not (configs / "metadata.json").is_file():
+        raise UDAInputError("not a bundle (no configs/metadata.json)", bundle_dir)
+    parser = ConfigParser()
+    parser.read_meta(str(configs / "metadata.json"))
+    parser.read_config([str(configs / name) for name in config_files])
+    if ckpt_path is not None:
+        overrides["ckpt_path"] = str(ckpt_path)
+    parser.update(overrides)
+    ckpt_key = parser.get("segmenter#ckpt_key") if parser.get("segmenter") else None
+    network = parser.get_parsed_content(net_id)
+    if ckpt_path is not None and ckpt_key is not None:
+        load_network_weights(network, ckpt_path, ckpt_key)
+    return parser, network.cpu().eval()
+
+
+def _writer(method: str, network: torch.nn.Module, example: torch.Tensor, parser: ConfigParser) -> Callable[[str], None]:
+    """A function writing ``network`` traced (TorchScript with the bundle's metadata) or exported to a file."""
+    if method == "torchscript":
+        traced = torch.jit.trace(network, example)
+        config = json.dumps(parser.get(), default=str).encode()
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as stream:
+                save_net_with_metadata(
+                    traced, stream, meta_values=parser.get("_meta_"), more_extra_files={"inference.json": config}
+                )
+
+        return write
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(network, (example,), dynamic_shapes=({0: batch},))
+
+    def write(tmp: str) -> None:
+        torch.export.save(program, tmp)
+
+    return write
 
 
 def export_bundle(
@@ -95,40 +137,12 @@ def export_bundle(
     """
     if method not in METHODS:
         raise UDAInputError(f"method must be one of {METHODS}, got {method!r}")
-    configs = Path(bundle_dir) / "configs"
-    if not (configs / "metadata.json").is_file():
-        raise UDAInputError("not a bundle (no configs/metadata.json)", bundle_dir)
-    parser = ConfigParser()
-    parser.read_meta(str(configs / "metadata.json"))
-    parser.read_config([str(configs / name) for name in config_files])
-    if ckpt_path is not None:
-        overrides["ckpt_path"] = str(ckpt_path)
-    parser.update(overrides)
-    ckpt_key = parser.get("segmenter#ckpt_key") if parser.get("segmenter") else None
-    network = parser.get_parsed_content(net_id)
-    if ckpt_path is not None and ckpt_key is not None:
-        load_network_weights(network, ckpt_path, ckpt_key)
-    network = network.cpu().eval()
+    parser, network = _load_network(bundle_dir, ckpt_path, config_files, net_id, overrides)
     shape = tuple(int(s) for s in (input_shape or _input_shape(parser)))
     example = torch.rand(shape)
     path = Path(filepath)
     with torch.no_grad():
-        if method == "torchscript":
-            traced = torch.jit.trace(network, example)
-            config = json.dumps(parser.get(), default=str).encode()
-
-            def write(tmp: str) -> None:
-                with open(tmp, "wb") as stream:
-                    save_net_with_metadata(traced, stream, meta_values=parser.get("_meta_"), more_extra_files={"inference.json": config})
-
-        else:
-            batch = torch.export.Dim("batch", min=1, max=4096)
-            program = torch.export.export(network, (example,), dynamic_shapes=({0: batch},))
-
-            def write(tmp: str) -> None:
-                torch.export.save(program, tmp)
-
-        _save_atomic(path, write)
+        _save_atomic(path, _writer(method, network, example, parser))
         check = torch.rand((shape[0] + 1, *shape[1:]))
         diff = float((load_exported(path)(check) - network(check)).abs().max())
     if not diff <= atol:

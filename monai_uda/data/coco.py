@@ -23,7 +23,16 @@ from tqdm import tqdm
 
 from monai_uda.data.datalist import DATALIST_KEYS, read_json, write_datalist
 from monai_uda.data.io import read_image, stem_of, write_array
-from monai_uda.data.prepare_utils import kept_splits, output_folder, paint_instances, place_file, preview, say, shape_text, source_folder
+from monai_uda.data.prepare_utils import (
+    kept_splits,
+    output_folder,
+    paint_instances,
+    place_file,
+    preview,
+    say,
+    shape_text,
+    source_folder,
+)
 from monai_uda.errors import UDAInputError
 
 __all__ = ["decode_segmentation", "polygon_mask", "prepare_coco", "rle_counts_from_string", "rle_mask"]
@@ -219,6 +228,32 @@ def prepare_coco(
     folder = _images_folder(images, src)
     if (out / "images").resolve() == folder.resolve():
         raise UDAInputError("output images/ folder is the input images folder; choose another output folder", out)
+    _check_image_files(records, folder, src)
+    by_image, n_crowd, n_other_category = _group_annotations(records, annotations, wanted, include_crowd, src)
+    planned = [out / sub / name for record in records for sub, name in (
+        ("images", Path(str(record["file_name"])).name), ("labels", f"{stem_of(Path(str(record['file_name'])))}.tif"))]
+    kept = kept_splits(out, [split], planned)
+    items, n_instances, n_problems, unannotated = [], 0, 0, []
+    for record in tqdm(records, desc="coco", unit="image"):
+        path = folder / str(record["file_name"])
+        label, n_regions, instances, problems = _instance_map(record, path, by_image[record["id"]], src)
+        n_instances, n_problems = n_instances + instances, n_problems + problems
+        if not n_regions:
+            unannotated.append(str(record["file_name"]))
+        image_out = out / "images" / Path(str(record["file_name"])).name
+        place_file(path, image_out, link=link)
+        label_out = write_array(out / "labels" / f"{stem_of(image_out)}.tif", label)
+        items.append({"image": str(image_out), "label": str(label_out)})
+    if unannotated:
+        say(f"coco: {len(unannotated)} image(s) without instances keep an empty label map: {preview(unannotated)}")
+    skipped = f", {n_crowd} crowd annotation(s) skipped" + (
+        f", {n_other_category} of other categories" if wanted is not None else "")
+    say(f"coco: {len(items)} images -> {split!r}, {n_instances} instances{skipped}, {n_problems} annotation problem(s)")
+    return write_datalist(out, {**kept, split: items})
+
+
+def _check_image_files(records: list[dict[str, Any]], folder: Path, src: Path) -> None:
+    """Refuse two images with one file stem (outputs are named by stem) and listed images that are missing."""
     stems: dict[str, Any] = {}
     for record in records:
         stem = stem_of(Path(str(record["file_name"])).name)
@@ -228,10 +263,20 @@ def prepare_coco(
     missing = [record for record in records if not (folder / str(record["file_name"])).is_file()]
     if missing:
         raise UDAInputError(
-            f"image file not found (COCO image id {missing[0]['id']}; {len(missing)} of {len(records)} listed images are not in "
-            f"{folder}; set the images folder with --images DIR)",
+            f"image file not found (COCO image id {missing[0]['id']}; {len(missing)} of {len(records)} listed images "
+            f"are not in {folder}; set the images folder with --images DIR)",
             folder / str(missing[0]["file_name"]),
         )
+
+
+def _group_annotations(
+    records: list[dict[str, Any]],
+    annotations: list[dict[str, Any]],
+    wanted: set[int] | None,
+    include_crowd: bool,
+    src: Path,
+) -> tuple[dict[int | str, list[tuple[Any, dict[str, Any]]]], int, int]:
+    """The kept ``(name, annotation)`` pairs of every image id, and the counts of crowd and other-category ones."""
     by_image: dict[int | str, list[tuple[Any, dict[str, Any]]]] = {record["id"]: [] for record in records}
     n_crowd = n_other_category = 0
     for index, annotation in enumerate(annotations):
@@ -244,42 +289,33 @@ def prepare_coco(
             n_other_category += 1
         else:
             by_image[image_id].append((name, annotation))
-    planned = [out / sub / name for record in records for sub, name in (
-        ("images", Path(str(record["file_name"])).name), ("labels", f"{stem_of(Path(str(record['file_name'])))}.tif"))]
-    kept = kept_splits(out, [split], planned)
-    items, n_instances, n_problems, unannotated = [], 0, 0, []
-    for record in tqdm(records, desc="coco", unit="image"):
-        path = folder / str(record["file_name"])
-        _, meta = read_image(path, spatial_dims=2)
-        shape = tuple(meta["spatial_shape"])
-        expected = (record.get("height", shape[0]), record.get("width", shape[1]))
-        if expected != shape:
-            raise UDAInputError(f"image is {shape_text(shape)}, its COCO record (id {record['id']}) says {expected[0]}x{expected[1]}", path)
-        regions = []
-        for name, annotation in by_image[record["id"]]:
-            try:
-                mask = decode_segmentation(annotation.get("segmentation"), shape)
-            except ValueError as exc:
-                raise UDAInputError(f"annotation {name}: {exc}", src) from exc
-            if mask.any():
-                regions.append((name, np.nonzero(mask)))
-            else:
-                say(f"warning: {src}: annotation {name}: zero area inside the {shape_text(shape)} image")
-                n_problems += 1
-        label = paint_instances(shape, [pixels for _, pixels in regions], src)
-        pixel_counts = np.bincount(label.ravel(), minlength=len(regions) + 1)
-        for i in np.flatnonzero(pixel_counts[1:] == 0):
-            say(f"warning: {src}: annotation {regions[i][0]}: completely covered by smaller overlapping annotations")
+    return by_image, n_crowd, n_other_category
+
+
+def _instance_map(
+    record: dict[str, Any], path: Path, annotations: list[tuple[Any, dict[str, Any]]], src: Path
+) -> tuple[np.ndarray, int, int, int]:
+    """One image's uint16 instance map, its numbers of regions with pixels and of instances, and its warnings."""
+    _, meta = read_image(path, spatial_dims=2)
+    shape = tuple(meta["spatial_shape"])
+    expected = (record.get("height", shape[0]), record.get("width", shape[1]))
+    if expected != shape:
+        raise UDAInputError(
+            f"image is {shape_text(shape)}, its COCO record (id {record['id']}) says {expected[0]}x{expected[1]}", path)
+    regions, n_problems = [], 0
+    for name, annotation in annotations:
+        try:
+            mask = decode_segmentation(annotation.get("segmentation"), shape)
+        except ValueError as exc:
+            raise UDAInputError(f"annotation {name}: {exc}", src) from exc
+        if mask.any():
+            regions.append((name, np.nonzero(mask)))
+        else:
+            say(f"warning: {src}: annotation {name}: zero area inside the {shape_text(shape)} image")
             n_problems += 1
-        n_instances += int(np.count_nonzero(pixel_counts[1:]))
-        if not regions:
-            unannotated.append(str(record["file_name"]))
-        image_out = out / "images" / Path(str(record["file_name"])).name
-        place_file(path, image_out, link=link)
-        label_out = write_array(out / "labels" / f"{stem_of(image_out)}.tif", label)
-        items.append({"image": str(image_out), "label": str(label_out)})
-    if unannotated:
-        say(f"coco: {len(unannotated)} image(s) without instances keep an empty label map: {preview(unannotated)}")
-    skipped = f", {n_crowd} crowd annotation(s) skipped" + (f", {n_other_category} of other categories" if wanted is not None else "")
-    say(f"coco: {len(items)} images -> {split!r}, {n_instances} instances{skipped}, {n_problems} annotation problem(s)")
-    return write_datalist(out, {**kept, split: items})
+    label = paint_instances(shape, [pixels for _, pixels in regions], src)
+    pixel_counts = np.bincount(label.ravel(), minlength=len(regions) + 1)
+    for i in np.flatnonzero(pixel_counts[1:] == 0):
+        say(f"warning: {src}: annotation {regions[i][0]}: completely covered by smaller overlapping annotations")
+        n_problems += 1
+    return label, len(regions), int(np.count_nonzero(pixel_counts[1:])), n_problems

@@ -157,26 +157,35 @@ def write_synthesized_dataset(
     for index, item in enumerate(check_unique_stems(list(items), "source")):
         if "label" not in item:
             raise UDAInputError(f"source item {index} has no 'label'", item.get("image"))
-        if load_image is None:
-            image, _ = read_image(item["image"])
-            peak = float(image.max(initial=0.0))
-            image = image / (255.0 if peak <= 255.0 else peak) if peak > 1.0 else image  # 8-bit or deeper -> [0, 1]
-        else:
-            image = np.asarray(load_image(str(item["image"])), dtype=np.float32)
+        image = _source_image(item, load_image)
         label = read_label(item["label"])
         if label.shape != image.shape[1:]:
             raise UDAInputError(f"label shape {label.shape} does not match image shape {image.shape[1:]}", item["label"])
         synthesized = np.clip(translate(image) if translate is not None else image, 0.0, 1.0)
         if inpaint:
             synthesized, _ = inpaint_nuclei(synthesized, label, stain, bright_nuclei, radius)
-        stem = stem_of(item["image"])
-        channels_last = np.moveaxis(np.rint(synthesized * 255.0).astype(np.uint8), 0, -1)
-        if channels_last.shape[-1] == 1:
-            channels_last = channels_last[..., 0]
-        suffix = ".png" if label.ndim == 2 else ".tif"
-        image_path = write_array(output_dir / "images" / f"{stem}{suffix}", channels_last)
-        label_path = write_array(output_dir / "labels" / f"{stem}.tif", label.astype(np.uint32 if label.max(initial=0) > 65535 else np.uint16))
-        written.append({"image": str(image_path), "label": str(label_path)})
+        written.append(_write_pair(output_dir, stem_of(item["image"]), synthesized, label))
     if not written:
         raise UDAInputError("no source images to synthesize", output_dir)
     return write_datalist(output_dir, {"source": written})
+
+def _source_image(item: dict[str, Any], load_image: Callable[[str], np.ndarray] | None) -> np.ndarray:
+    """The item's image, channel-first float in [0, 1]: ``load_image``'s, else read and scaled from its range."""
+    if load_image is not None:
+        return np.asarray(load_image(str(item["image"])), dtype=np.float32)
+    image, _ = read_image(item["image"])
+    peak = float(image.max(initial=0.0))
+    return image / (255.0 if peak <= 255.0 else peak) if peak > 1.0 else image  # 8-bit or deeper -> [0, 1]
+
+
+def _write_pair(output_dir: Path, stem: str, synthesized: np.ndarray, label: np.ndarray) -> dict[str, str]:
+    """Write the 8-bit synthesized image (PNG in 2D, TIFF in 3D) and its instance map; their datalist item."""
+    channels_last = np.moveaxis(np.rint(synthesized * 255.0).astype(np.uint8), 0, -1)
+    if channels_last.shape[-1] == 1:
+        channels_last = channels_last[..., 0]
+    suffix = ".png" if label.ndim == 2 else ".tif"
+    image_path = write_array(output_dir / "images" / f"{stem}{suffix}", channels_last)
+    label_dtype = np.uint32 if label.max(initial=0) > 65535 else np.uint16
+    label_path = write_array(output_dir / "labels" / f"{stem}.tif", label.astype(label_dtype))
+    return {"image": str(image_path), "label": str(label_path)}
+

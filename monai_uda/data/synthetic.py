@@ -68,6 +68,21 @@ def _ellipsoid_voxels(
     return tuple(grid[inside].T)
 
 
+def _random_object(
+    rng: np.random.Generator, shape: tuple[int, ...], axis_range: tuple[float, float], ecc_range: tuple[float, float]
+) -> tuple[np.ndarray, ...]:
+    """Pixel coordinates of one random ellipse (2D) or ellipsoid (3D), clipped to ``shape``."""
+    a = rng.uniform(*axis_range)
+    eccentricities = rng.uniform(*ecc_range, size=len(shape) - 1)
+    centre = rng.uniform(0, shape)
+    if len(shape) == 2:
+        b = np.sqrt(1.0 - eccentricities[0] ** 2) * a
+        return ellipse(centre[0], centre[1], a, b, shape=shape, rotation=rng.uniform(-np.pi, np.pi))
+    semi_axes = np.concatenate([[a], np.sqrt(1.0 - eccentricities**2) * a])
+    rotation = Rotation.random(random_state=rng).as_matrix()
+    return _ellipsoid_voxels(shape, centre, semi_axes, rotation)
+
+
 def random_ellipses(
     shape: Sequence[int],
     axis_range: Sequence[float] = (13, 18),
@@ -105,24 +120,15 @@ def random_ellipses(
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     count = int(rng.integers(int(n_min), int(n_max) + 1))
     instances = np.zeros(shape, dtype=np.uint16)
-    for label in range(1, count + 1):
+    for object_id in range(1, count + 1):
         for _ in range(max_retries):
-            a = rng.uniform(a_min, a_max)
-            eccentricities = rng.uniform(e_min, e_max, size=len(shape) - 1)
-            centre = rng.uniform(0, shape)
-            if len(shape) == 2:
-                b = np.sqrt(1.0 - eccentricities[0] ** 2) * a
-                coords = ellipse(centre[0], centre[1], a, b, shape=shape, rotation=rng.uniform(-np.pi, np.pi))
-            else:
-                semi_axes = np.concatenate([[a], np.sqrt(1.0 - eccentricities**2) * a])
-                rotation = Rotation.random(random_state=rng).as_matrix()
-                coords = _ellipsoid_voxels(shape, centre, semi_axes, rotation)
+            coords = _random_object(rng, shape, (a_min, a_max), (e_min, e_max))
             if coords[0].size and not instances[coords].any():
-                instances[coords] = label
+                instances[coords] = object_id
                 break
         else:
             warnings.warn(
-                f"random_ellipses: placed {label - 1} of {count} objects; no free place after "
+                f"random_ellipses: placed {object_id - 1} of {count} objects; no free place after "
                 f"{max_retries} attempts (image {shape} too small or too crowded for a <= {a_max})",
                 RuntimeWarning,
                 stacklevel=2,

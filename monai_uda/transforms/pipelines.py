@@ -8,6 +8,7 @@ with the random part (pad, crop, flips, 90 degree rotations) that runs for every
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from monai.transforms import Compose, EnsureTyped, RandFlipd, RandRotate90d, RandSpatialCropd, SpatialPadd
@@ -32,6 +33,20 @@ def default_rotation_axes(spatial_dims: int) -> tuple[int, int]:
     """
     _check_dims(spatial_dims)
     return (0, 1) if spatial_dims == 2 else (1, 2)
+
+
+def _augmentations(keys: list[str], patch: tuple[int, ...], axes: tuple[int, ...], missing: bool) -> list[Any]:
+    """Random flips along every axis, and 90 degree rotations in ``axes`` when the patch is square there."""
+    spatial_dims = len(patch)
+    chain: list[Any] = [
+        RandFlipd(keys, prob=0.5, spatial_axis=axis, allow_missing_keys=missing) for axis in range(spatial_dims)
+    ]
+    if len(axes) != 2 or not all(0 <= a < spatial_dims for a in axes) or axes[0] == axes[1]:
+        raise UDAInputError(f"rotation_axes must be two different axes of {spatial_dims}D, got {axes}")
+    if patch[axes[0]] == patch[axes[1]]:
+        # prob 0.75 with k in {1, 2, 3}: each of the four orientations with probability 1/4
+        chain.append(RandRotate90d(keys, prob=0.75, max_k=3, spatial_axes=axes, allow_missing_keys=missing))
+    return chain
 
 
 def train_transforms(
@@ -93,12 +108,7 @@ def train_transforms(
         chain.append(SpatialPadd(label_key, spatial_size=patch, mode="constant", allow_missing_keys=missing))
     chain.append(RandSpatialCropd(keys, roi_size=patch, random_size=False, allow_missing_keys=missing))
     if augment:
-        chain += [RandFlipd(keys, prob=0.5, spatial_axis=axis, allow_missing_keys=missing) for axis in range(spatial_dims)]
-        if len(axes) != 2 or not all(0 <= a < spatial_dims for a in axes) or axes[0] == axes[1]:
-            raise UDAInputError(f"rotation_axes must be two different axes of {spatial_dims}D, got {axes}")
-        if patch[axes[0]] == patch[axes[1]]:
-            # prob 0.75 with k in {1, 2, 3}: each of the four orientations with probability 1/4
-            chain.append(RandRotate90d(keys, prob=0.75, max_k=3, spatial_axes=axes, allow_missing_keys=missing))
+        chain += _augmentations(keys, patch, axes, missing)
     chain.append(EnsureTyped(image_key, dtype=torch.float32, track_meta=False))
     if label_key is not None:
         chain.append(EnsureTyped(label_key, dtype=torch.int32, track_meta=False, allow_missing_keys=allow_missing_label))

@@ -12,7 +12,8 @@ from PIL import Image
 
 from monai_uda.data.datalist import load_datalist
 from monai_uda.data.io import read_array, read_label
-from monai_uda.data.prepare import prepare, prepare_dsb, prepare_folder, prepare_monuseg, rasterize_aperio_xml
+from monai_uda.data.monuseg import prepare_monuseg, rasterize_aperio_xml
+from monai_uda.data.prepare import prepare, prepare_dsb, prepare_folder
 from monai_uda.errors import UDAInputError
 
 
