@@ -101,7 +101,8 @@ def _bundle_help(command: str, func: Callable[..., Any], argv: Sequence[str]) ->
         "nested keys as --section#key; 'computed' defaults are derived in the config):",
     ]
     for key, value in config_defaults(files).items():
-        if "#" in key or key.startswith("_") or key in (*RUN_OPTIONS, "imports", "bundle_root") or not _plain(value):
+        hidden = "#" in key or key.startswith("_") or key in (*RUN_OPTIONS, "imports", "bundle_root")
+        if hidden or not _is_listable_default(value):
             continue
         if isinstance(value, str) and value.startswith("$"):
             value = "computed" if "@" in value else value[1:].strip()
@@ -112,7 +113,7 @@ def _bundle_help(command: str, func: Callable[..., Any], argv: Sequence[str]) ->
     return lines + ([""] + comments if comments else [])
 
 
-def _plain(value: Any) -> bool:
+def _is_listable_default(value: Any) -> bool:
     """A default worth listing: a scalar, a list of scalars, an expression or a reference (not a section)."""
     if isinstance(value, list):
         return all(isinstance(v, (int, float, bool)) for v in value)

@@ -46,6 +46,7 @@ __all__ = [
     "available_memory",
     "fit_line",
     "measure_step",
+    "meminfo_bytes",
     "plan_batches",
     "plan_training",
     "split_batch",
@@ -66,13 +67,15 @@ def _gib(nbytes: float) -> str:
     return f"{nbytes / GIB:.1f} GiB"
 
 
-def _meminfo_available() -> int:
+def meminfo_bytes(field: str = "MemAvailable") -> int:
+    """Bytes of a ``/proc/meminfo`` field (``MemAvailable`` or ``MemTotal``); psutil's figure off Linux."""
     for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     import psutil  # not Linux: psutil, if installed
 
-    return int(psutil.virtual_memory().available)
+    memory = psutil.virtual_memory()
+    return int(memory.total if field == "MemTotal" else memory.available)
 
 
 def available_memory(device: torch.device | str) -> int:
@@ -85,7 +88,7 @@ def available_memory(device: torch.device | str) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    return _meminfo_available() // max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), 1)
+    return meminfo_bytes() // max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), 1)
 
 
 def _status_kib(field: str) -> int:

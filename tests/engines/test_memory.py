@@ -17,6 +17,7 @@ from monai_uda.engines.memory import (
     MemoryPlanError,
     fit_line,
     measure_step,
+    meminfo_bytes,
     plan_batches,
     plan_training,
     split_batch,
@@ -169,14 +170,6 @@ def test_plan_training_measures_the_real_step_and_restores_the_method():
 FIRST_TRAINER = {"ad_gan": "trainer", "cellseg_uda": "trainer", "cyc_pdam": "cyclegan_trainer", "darcnn": "stage1_trainer"}
 
 
-def _machine_memory() -> int:
-    """This machine's RAM (MemTotal): the plan is checked against the machine, not the moment's load."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no MemTotal")
-
-
 @pytest.mark.parametrize("bundle", sorted(FIRST_TRAINER))
 def test_default_train_config_plans_to_fit_this_machine(bundle, tmp_path):
     parser = ConfigParser()
@@ -192,7 +185,7 @@ def test_default_train_config_plans_to_fit_this_machine(bundle, tmp_path):
     sizes = [1, 2] if batch_size > 1 else [1]
     peaks = measure_step(lambda micro: trainer.method.step(engine, micro), trainer.method, batch, sizes, "cpu")
     fixed, per_sample = fit_line(peaks[0], peaks[1] if len(peaks) > 1 else None)
-    machine = _machine_memory()
+    machine = meminfo_bytes("MemTotal")  # checked against the machine, not the moment's load
     alone = plan_batches(batch_size, fixed, per_sample, machine, hint=trainer.memory_hint)
     assert alone.steps == 1 and alone.needed <= HEADROOM * machine  # the configured batch as it is
     shared = plan_batches(batch_size, fixed, per_sample, machine // 2, hint=trainer.memory_hint)  # torchrun, 2 processes
