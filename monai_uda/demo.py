@@ -1,4 +1,4 @@
-"""``monai-uda demo``: the main job on the built-in sample, end to end, in a few minutes on a CPU.
+"""``monai-uda demo``: the main job on the built-in sample, end to end, sized for a CPU.
 
 1. writes the built-in 2D sample dataset (real DSB2018 fluorescence + H&E images when the
    ``[samples]`` extra is installed, else phantoms; which one is printed),

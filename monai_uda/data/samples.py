@@ -275,7 +275,7 @@ def _dataset_3d(folder: Path, seed: int, origin: str | None) -> tuple[dict[str, 
 
 
 def make_sample_dataset(out_dir: str | Path, spatial_dims: int = 2, seed: int = 0, origin: str | None = None) -> Path:
-    """Write a tiny but real dataset folder with ``datalist.json``, trainable on CPU in minutes.
+    """Write a tiny but real dataset folder with ``datalist.json``, small enough to train on a CPU.
 
     2D: source = 4 random 256x256 fluorescence crops (labels relabelled per crop) from the
     left three quarters of ``fluo_2d``, validation = the bottom strip of that part, target =

@@ -1,8 +1,10 @@
 """GAN losses on raw discriminator logits: least squares (LSGAN) and binary cross-entropy.
 
-Written here rather than taken from :class:`monai.losses.PatchAdversarialLoss` because that
-class applies a LeakyReLU before the least-squares criterion (LSGAN/CycleGAN use the raw
-output) and a sigmoid followed by ``BCELoss`` (less stable than ``*_with_logits``).
+Both criteria take the raw logits, as LSGAN (Mao et al., 2017) and CycleGAN define them.
+:class:`monai.losses.PatchAdversarialLoss` computes the same least-squares loss only with
+``no_activation_leastsq=True`` (by default it applies a LeakyReLU to the logits first), and its
+``bce`` criterion is a sigmoid followed by ``BCELoss``, which saturates for large logits where
+``binary_cross_entropy_with_logits`` stays exact; hence these few lines.
 """
 
 from __future__ import annotations
