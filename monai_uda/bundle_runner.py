@@ -39,7 +39,10 @@ def bundles_dir() -> Path:
     for folder in (_INSTALLED_BUNDLES, _CHECKOUT_BUNDLES):
         if folder.is_dir():
             return folder
-    raise UDAInputError("bundles folder not found (reinstall monai-uda, or set MONAI_UDA_BUNDLES to a bundles/ folder)", _INSTALLED_BUNDLES)
+    raise UDAInputError(
+        "bundles folder not found (reinstall monai-uda, or set MONAI_UDA_BUNDLES to a bundles/ folder)",
+        _INSTALLED_BUNDLES,
+    )
 
 
 def bundle_names() -> list[str]:
@@ -82,9 +85,11 @@ def config_files(bundle: str, run_id: str, spatial_dims: int = 2, preset: str | 
         elif spatial_dims != 2:
             raise UDAInputError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         if preset:
-            presets = sorted(f.stem[len("train_"):] for f in configs.glob("train_*.yaml") if f.stem != "train_3d")
+            presets = sorted(f.stem[len("train_") :] for f in configs.glob("train_*.yaml") if f.stem != "train_3d")
             if str(preset) not in presets:
-                raise UDAInputError(f"unknown preset {preset!r} for bundle {bundle!r}; choose one of {', '.join(presets)}")
+                raise UDAInputError(
+                    f"unknown preset {preset!r} for bundle {bundle!r}; choose one of {', '.join(presets)}"
+                )
             files.append(configs / f"train_{preset}.yaml")
     for f in files:
         if not f.is_file():

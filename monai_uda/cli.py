@@ -11,7 +11,7 @@
 
 ``train``/``infer`` are thin conveniences over the bundle configs: any further ``--key value``
 is passed to ``monai.bundle`` as a config override.
-"""
+"""  # noqa: E501 (the usage lines are printed as they are by ``monai-uda --help``)
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ __all__ = ["Commands", "main", "user_error"]
 class Commands:
     """Domain-adaptive nuclei segmentation: demo, prepare, train, infer, evaluate, benchmark."""
 
-    def demo(self, output_dir: str = "monai_uda_demo", max_iterations: int | None = None, device: str | None = None) -> str:
+    def demo(
+        self, output_dir: str = "monai_uda_demo", max_iterations: int | None = None, device: str | None = None
+    ) -> str:
         """Train CellSegUDA on the built-in sample, segment the target test images, write overlays and metrics."""
         from monai_uda.demo import run_demo
 
@@ -40,20 +42,27 @@ class Commands:
 
         return str(prepare(fmt, src, out, **_booleans(kwargs)))
 
-    def train(self, bundle: str = "cellseg_uda", spatial_dims: int = 2, preset: str | None = None, **overrides: Any) -> None:
+    def train(
+        self, bundle: str = "cellseg_uda", spatial_dims: int = 2, preset: str | None = None, **overrides: Any
+    ) -> None:
         """Run a bundle's train.yaml (+ train_3d.yaml for 3D, + train_<preset>.yaml) with overrides."""
         from monai_uda.bundle_runner import run_config
 
         run_config(bundle, "training", spatial_dims, preset, **_booleans(overrides))
 
-    def infer(self, bundle: str = "cellseg_uda", spatial_dims: int = 2, preset: str | None = None, **overrides: Any) -> None:
+    def infer(
+        self, bundle: str = "cellseg_uda", spatial_dims: int = 2, preset: str | None = None, **overrides: Any
+    ) -> None:
         """Run a bundle's inference.yaml (--input_dir, --output_dir, --ckpt_path, ...)."""
         from monai_uda.bundle_runner import run_config
 
         run_config(bundle, "inference", spatial_dims, preset, **_booleans(overrides))
 
     def bundles(self, name: str | None = None) -> None:
-        """Print each bundle's folder (NAME's alone with NAME): ``--config_file $(monai-uda bundles NAME)/configs/train.yaml``."""
+        """Print each bundle's folder (NAME's alone with NAME).
+
+        For MONAI's commands: ``--config_file $(monai-uda bundles NAME)/configs/train.yaml``.
+        """
         from monai_uda.bundle_runner import bundle_listing
 
         print(bundle_listing(name))

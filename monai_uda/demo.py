@@ -26,7 +26,9 @@ __all__ = ["run_demo", "DEMO_ITERATIONS"]
 DEMO_ITERATIONS = 150
 
 
-def run_demo(output_dir: str | Path = "monai_uda_demo", max_iterations: int | None = None, device: str | None = None) -> Path:
+def run_demo(
+    output_dir: str | Path = "monai_uda_demo", max_iterations: int | None = None, device: str | None = None
+) -> Path:
     """Run the demo; returns the path of the metrics JSON."""
     start = time.perf_counter()
     out = Path(output_dir).resolve()
@@ -37,16 +39,29 @@ def run_demo(output_dir: str | Path = "monai_uda_demo", max_iterations: int | No
     common = {"preset": "demo", "device": device, "output_dir": str(out / "train")}
     print(f"[demo] training CellSegUDA for {max_iterations or DEMO_ITERATIONS} iterations on {device}", flush=True)
     run_config(
-        "cellseg_uda", "training", dataset_dir=str(Path(datalist).parent),
-        max_iterations=int(max_iterations or DEMO_ITERATIONS), ckpt_interval=max(int(max_iterations or DEMO_ITERATIONS) // 2, 1), **common,
+        "cellseg_uda",
+        "training",
+        dataset_dir=str(Path(datalist).parent),
+        max_iterations=int(max_iterations or DEMO_ITERATIONS),
+        ckpt_interval=max(int(max_iterations or DEMO_ITERATIONS) // 2, 1),
+        **common,
         overwrite=True,  # the demo's own folder: a second demo replaces the first
     )
     print("[demo] segmenting the target test images", flush=True)
     run_config(
-        "cellseg_uda", "inference", preset="demo", device=device, input_dir=str(test_images),
-        output_dir=str(out / "predictions"), ckpt_path=str(out / "train" / "model.pt"),
+        "cellseg_uda",
+        "inference",
+        preset="demo",
+        device=device,
+        input_dir=str(test_images),
+        output_dir=str(out / "predictions"),
+        ckpt_path=str(out / "train" / "model.pt"),
     )
     metrics_path = out / "metrics.json"
     evaluate_dirs(out / "predictions", test_labels, metrics_path)
-    print(f"[demo] done in {time.perf_counter() - start:.0f} s: overlays and masks in {out / 'predictions'}, metrics in {metrics_path}", flush=True)
+    print(
+        f"[demo] done in {time.perf_counter() - start:.0f} s: overlays and masks in {out / 'predictions'}, "
+        f"metrics in {metrics_path}",
+        flush=True,
+    )
     return metrics_path

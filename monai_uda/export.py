@@ -77,7 +77,9 @@ def _load_network(
     return parser, network.cpu().eval()
 
 
-def _writer(method: str, network: torch.nn.Module, example: torch.Tensor, parser: ConfigParser) -> Callable[[str], None]:
+def _writer(
+    method: str, network: torch.nn.Module, example: torch.Tensor, parser: ConfigParser
+) -> Callable[[str], None]:
     """A function writing ``network`` traced (TorchScript with the bundle's metadata) or exported to a file."""
     if method == "torchscript":
         traced = torch.jit.trace(network, example)

@@ -35,7 +35,9 @@ def _command(configs: list[str], dataset: Path, out: Path, overrides: dict[str, 
     command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(configs),
                "--meta_file", str(CONFIGS / "metadata.json"), "--dataset_dir", str(dataset), "--output_dir", str(out)]
     for key, value in {**overrides, "resume": resume}.items():
-        command.append(f"--{key}={json.dumps(value) if isinstance(value, list) else value}")  # True/False: fire's booleans
+        command.append(
+            f"--{key}={json.dumps(value) if isinstance(value, list) else value}"
+        )  # True/False: fire's booleans
     return command
 
 
@@ -55,8 +57,13 @@ def _check_folder(out: Path) -> tuple[list[str], int]:
     return problems, len([p for p in out.glob("tmp*") if p.is_file()])
 
 
-def _run_and_kill(command: list[str], out: Path, log: Path, delay: float, rng: random.Random, env: dict[str, str]) -> str:
-    """Start ``command``; once it has written a new checkpoint, SIGKILL it after a random pause. Returns what happened."""
+def _run_and_kill(
+    command: list[str], out: Path, log: Path, delay: float, rng: random.Random, env: dict[str, str]
+) -> str:
+    """Start ``command``; once it has written a new checkpoint, SIGKILL it after a random pause.
+
+    Returns what happened.
+    """
     before = max(_checkpoints(out), default=0)
     with open(log, "a") as log_file:
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
@@ -131,8 +138,13 @@ def main(
 
     start = time.perf_counter()
     with open(root / "full.log", "w") as log_file:
-        subprocess.run(_command(configs, dataset, full, settings, resume=False), check=True, env=env,
-                       stdout=log_file, stderr=subprocess.STDOUT)
+        subprocess.run(
+            _command(configs, dataset, full, settings, resume=False),
+            check=True,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     full_seconds = time.perf_counter() - start
 
     events, problems, ignite_temps = [], [], 0
@@ -144,18 +156,34 @@ def main(
         ignite_temps = max(ignite_temps, temps)
         print(f"kill {attempt + 1}/{kills}: {events[-1]}; {len(found)} problem(s), {temps} Ignite temp file(s)")
     with open(root / "killed.log", "a") as log_file:
-        subprocess.run(_command(configs, dataset, killed, settings, resume=kills > 0), check=True, env=env,
-                       stdout=log_file, stderr=subprocess.STDOUT)
+        subprocess.run(
+            _command(configs, dataset, killed, settings, resume=kills > 0),
+            check=True,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
 
     differences = _compare(_load(full / "model.pt"), _load(killed / "model.pt"))
     last = max(_checkpoints(full))
-    differences += [f"checkpoint.{d}" for d in _compare(_load(_checkpoints(full)[last]), _load(_checkpoints(killed)[last]))]
-    report = {"kills": events, "problems": problems, "ignite_temp_files_left": ignite_temps, "differences": differences,
-              "uninterrupted_seconds": round(full_seconds, 1), "total_seconds": round(time.perf_counter() - start, 1),
-              "settings": settings, "configs": configs}
+    differences += [
+        f"checkpoint.{d}" for d in _compare(_load(_checkpoints(full)[last]), _load(_checkpoints(killed)[last]))
+    ]
+    report = {
+        "kills": events,
+        "problems": problems,
+        "ignite_temp_files_left": ignite_temps,
+        "differences": differences,
+        "uninterrupted_seconds": round(full_seconds, 1),
+        "total_seconds": round(time.perf_counter() - start, 1),
+        "settings": settings,
+        "configs": configs,
+    }
     (root / "report.json").write_text(json.dumps(report, indent=2))
     verdict = "IDENTICAL" if not differences else f"{len(differences)} tensors differ (e.g. {differences[:3]})"
-    print(f"final weights vs uninterrupted run: {verdict}; damaged files: {len(problems)}; report: {root / 'report.json'}")
+    print(
+        f"final weights vs uninterrupted run: {verdict}; damaged files: {len(problems)}; report: {root / 'report.json'}"
+    )
     return 0 if not differences and not problems else 1
 
 

@@ -37,7 +37,9 @@ def main() -> None:
         grey = -grey if args.invert else grey
         foreground = (grey > threshold_otsu(grey)).astype(np.float32)
         instances = binary_to_instances(foreground, threshold=0.5, min_size=args.min_size)
-        write_array(args.out / f"{stem_of(path)}.tif", instances.astype(np.uint32 if instances.max() >= 2**16 else np.uint16))
+        write_array(
+            args.out / f"{stem_of(path)}.tif", instances.astype(np.uint32 if instances.max() >= 2**16 else np.uint16)
+        )
     mean = evaluate_dirs(args.out, args.labels, args.out / "metrics.json")["mean"]
     print(" ".join(f"{key}={value:.3f}" for key, value in mean.items()))
 

@@ -29,7 +29,20 @@ def test_evaluate_writes_contract_json_and_missing_stem_is_one_line(tmp_path, ca
     pred[5:7, 5:7] = 0  # one nucleus missed: DQ = 2*1/(2*1+0+1) = 2/3
     write_array(tmp_path / "gt" / "a.tif", gt)
     write_array(tmp_path / "pred" / "a_instances.tif", pred)
-    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--out", str(tmp_path / "m.json")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(tmp_path / "pred"),
+                "--gt",
+                str(tmp_path / "gt"),
+                "--out",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "m.json").read_text())
     assert abs(result["per_image"]["a"]["dq"] - 2 / 3) < 1e-9 and abs(result["mean"]["aji"] - 9 / 13) < 1e-9
     write_array(tmp_path / "gt" / "b.tif", gt)
@@ -64,4 +77,6 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
 
     monkeypatch.setattr(monai_uda.bundle_runner, "run_config", interrupted)
     assert main(["train", "--max_iterations", "2"]) == 130
-    assert capsys.readouterr().err.strip().splitlines() == ["interrupted; a training continues from its newest checkpoint with --resume true"]
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "interrupted; a training continues from its newest checkpoint with --resume true"
+    ]

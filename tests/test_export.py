@@ -42,10 +42,18 @@ def test_ad_gan_translator_export_matches_eager(tmp_path):
     torch.manual_seed(0)
     generator = AdaINGenerator(2, 1, channels=GENERATOR["gen_widths"], num_res_blocks=1, mlp_channels=8).eval()
     torch.save({"generator": generator.state_dict()}, tmp_path / "model.pt")
-    export_bundle(BUNDLES / "ad_gan", tmp_path / "model.ts", ckpt_path=str(tmp_path / "model.pt"), input_shape=(2, 1, 64, 64), **GENERATOR)
+    export_bundle(
+        BUNDLES / "ad_gan",
+        tmp_path / "model.ts",
+        ckpt_path=str(tmp_path / "model.pt"),
+        input_shape=(2, 1, 64, 64),
+        **GENERATOR,
+    )
     x = torch.rand(2, 1, 64, 64) * 2 - 1
     with torch.no_grad():
-        torch.testing.assert_close(load_exported(tmp_path / "model.ts")(x), DomainTranslator(generator)(x), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            load_exported(tmp_path / "model.ts")(x), DomainTranslator(generator)(x), atol=1e-4, rtol=1e-4
+        )
 
 
 def test_monai_ckpt_export_and_verify_net_in_out(tmp_path):
@@ -54,8 +62,15 @@ def test_monai_ckpt_export_and_verify_net_in_out(tmp_path):
     configs = BUNDLES / "cellseg_uda" / "configs"
     common = dict(meta_file=str(configs / "metadata.json"), config_file=str(configs / "inference.yaml"), **UNET)
     verify_net_in_out("network_def", device="cpu", **common)
-    ckpt_export("network_def", filepath=str(tmp_path / "monai.ts"), ckpt_file=str(tmp_path / "model.pt"), key_in_ckpt="segmenter",
-                use_trace=True, input_shape=[1, 3, 64, 64], **common)
+    ckpt_export(
+        "network_def",
+        filepath=str(tmp_path / "monai.ts"),
+        ckpt_file=str(tmp_path / "model.pt"),
+        key_in_ckpt="segmenter",
+        use_trace=True,
+        input_shape=[1, 3, 64, 64],
+        **common,
+    )
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.load(str(tmp_path / "monai.ts"))(x), net(x), atol=1e-4, rtol=1e-4)
@@ -67,4 +82,10 @@ def test_bad_export_requests(tmp_path):
     with pytest.raises(UDAInputError, match="not a bundle"):
         export_bundle(tmp_path, tmp_path / "m.ts")
     with pytest.raises(UDAInputError, match="does not exist"):
-        export_bundle(BUNDLES / "cellseg_uda", tmp_path / "m.ts", ckpt_path=str(tmp_path / "missing.pt"), input_shape=(2, 3, 64, 64), **UNET)
+        export_bundle(
+            BUNDLES / "cellseg_uda",
+            tmp_path / "m.ts",
+            ckpt_path=str(tmp_path / "missing.pt"),
+            input_shape=(2, 3, 64, 64),
+            **UNET,
+        )

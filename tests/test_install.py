@@ -78,8 +78,11 @@ def test_cli_bundles_prints_the_folders(capsys):
 
 def _build(source: Path, out: Path) -> Path:
     """``pip wheel`` of ``source`` (a folder or an sdist) with the running setuptools, offline."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
+        check=True,
+        capture_output=True,
+    )
     return next(out.glob("monai_uda-*.whl"))
 
 
@@ -93,9 +96,16 @@ def test_wheel_carries_every_bundle_and_an_installed_package_finds_them(tmp_path
             shutil.copytree(REPO / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(REPO / name, tree / name)
-    expected = {f"monai_uda/bundles/{p.relative_to(REPO / 'bundles').as_posix()}" for p in (REPO / "bundles").rglob("*") if p.is_file()}
-    assert {f"monai_uda/bundles/{b}/configs/{f}" for b in ("cellseg_uda", "ad_gan", "cyc_pdam", "darcnn")
-            for f in ("train.yaml", "inference.yaml", "evaluate.yaml", "metadata.json", "logging.conf")} <= expected
+    expected = {
+        f"monai_uda/bundles/{p.relative_to(REPO / 'bundles').as_posix()}"
+        for p in (REPO / "bundles").rglob("*")
+        if p.is_file()
+    }
+    assert {
+        f"monai_uda/bundles/{b}/configs/{f}"
+        for b in ("cellseg_uda", "ad_gan", "cyc_pdam", "darcnn")
+        for f in ("train.yaml", "inference.yaml", "evaluate.yaml", "metadata.json", "logging.conf")
+    } <= expected
 
     from setuptools import build_meta
 
@@ -116,9 +126,13 @@ def test_wheel_carries_every_bundle_and_an_installed_package_finds_them(tmp_path
         wheel.extractall(site)
     env = {**os.environ, "PYTHONPATH": str(site)}
     env.pop("MONAI_UDA_BUNDLES", None)
-    script = ("import monai_uda; from monai_uda.bundle_runner import bundles_dir, config_files; "
-              "print(monai_uda.__file__); print(bundles_dir()); print(*config_files('cellseg_uda', 'training', preset='cpu'))")
-    lines = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, check=True, capture_output=True, text=True).stdout.splitlines()
+    script = (
+        "import monai_uda; from monai_uda.bundle_runner import bundles_dir, config_files; "
+        "print(monai_uda.__file__); print(bundles_dir()); print(*config_files('cellseg_uda', 'training', preset='cpu'))"
+    )
+    lines = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, check=True, capture_output=True, text=True
+    ).stdout.splitlines()
     assert lines[0] == str(site / "monai_uda" / "__init__.py")
     assert lines[1] == str(site / "monai_uda" / "bundles")
     configs = site / "monai_uda" / "bundles" / "cellseg_uda" / "configs"

@@ -135,7 +135,9 @@ def decode_segmentation(segmentation: Any, shape: Sequence[int]) -> np.ndarray:
 def _load(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """``(images, annotations, categories)`` of a COCO instances file, structure checked."""
     if path.is_dir():
-        raise UDAInputError("is a folder; give the COCO instances JSON file (e.g. annotations/instances_train2017.json)", path)
+        raise UDAInputError(
+            "is a folder; give the COCO instances JSON file (e.g. annotations/instances_train2017.json)", path
+        )
     if not path.is_file():
         raise UDAInputError("COCO annotation file does not exist", path)
     data = read_json(path, "annotations")
@@ -162,7 +164,10 @@ def _category_ids(value: Any, categories: list[dict[str, Any]], path: Path) -> s
         return None
     parts = [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value
     parts = parts if isinstance(parts, (list, tuple, set)) else [parts]
-    if not parts or not all((isinstance(p, int) and not isinstance(p, bool)) or (isinstance(p, str) and p.lstrip("-").isdigit()) for p in parts):
+    if not parts or not all(
+        (isinstance(p, int) and not isinstance(p, bool)) or (isinstance(p, str) and p.lstrip("-").isdigit())
+        for p in parts
+    ):
         raise UDAInputError(f"category_ids must be integers such as 1,2; got {value!r}")
     wanted = {int(p) for p in parts}
     known = {c.get("id"): c.get("name", "") for c in categories}
@@ -230,8 +235,14 @@ def prepare_coco(
         raise UDAInputError("output images/ folder is the input images folder; choose another output folder", out)
     _check_image_files(records, folder, src)
     by_image, n_crowd, n_other_category = _group_annotations(records, annotations, wanted, include_crowd, src)
-    planned = [out / sub / name for record in records for sub, name in (
-        ("images", Path(str(record["file_name"])).name), ("labels", f"{stem_of(Path(str(record['file_name'])))}.tif"))]
+    planned = [
+        out / sub / name
+        for record in records
+        for sub, name in (
+            ("images", Path(str(record["file_name"])).name),
+            ("labels", f"{stem_of(Path(str(record['file_name'])))}.tif"),
+        )
+    ]
     kept = kept_splits(out, [split], planned)
     items, n_instances, n_problems, unannotated = [], 0, 0, []
     for record in tqdm(records, desc="coco", unit="image"):
@@ -247,7 +258,8 @@ def prepare_coco(
     if unannotated:
         say(f"coco: {len(unannotated)} image(s) without instances keep an empty label map: {preview(unannotated)}")
     skipped = f", {n_crowd} crowd annotation(s) skipped" + (
-        f", {n_other_category} of other categories" if wanted is not None else "")
+        f", {n_other_category} of other categories" if wanted is not None else ""
+    )
     say(f"coco: {len(items)} images -> {split!r}, {n_instances} instances{skipped}, {n_problems} annotation problem(s)")
     return write_datalist(out, {**kept, split: items})
 
@@ -301,7 +313,8 @@ def _instance_map(
     expected = (record.get("height", shape[0]), record.get("width", shape[1]))
     if expected != shape:
         raise UDAInputError(
-            f"image is {shape_text(shape)}, its COCO record (id {record['id']}) says {expected[0]}x{expected[1]}", path)
+            f"image is {shape_text(shape)}, its COCO record (id {record['id']}) says {expected[0]}x{expected[1]}", path
+        )
     regions, n_problems = [], 0
     for name, annotation in annotations:
         try:

@@ -28,8 +28,16 @@ from monai_uda.errors import UDAInputError
 from monai_uda.files import write_json
 
 __all__ = [
-    "DATALIST_KEYS", "DATALIST_NAME", "PATH_KEYS", "Datalist", "check_unique_stems", "export_split", "load_datalist", "get_split",
-    "read_json", "write_datalist",
+    "DATALIST_KEYS",
+    "DATALIST_NAME",
+    "PATH_KEYS",
+    "Datalist",
+    "check_unique_stems",
+    "export_split",
+    "load_datalist",
+    "get_split",
+    "read_json",
+    "write_datalist",
 ]
 
 DATALIST_KEYS = ("source", "target", "validation", "test")
@@ -94,7 +102,11 @@ def _resolve_item_path(value: Any, where: str, base: Path, default_base: bool, f
         if Path(value).is_absolute():
             hint = ""
         else:
-            hint = " (relative to the datalist's folder; data_root reads from another)" if default_base else f" in data_root {base}"
+            hint = (
+                " (relative to the datalist's folder; data_root reads from another)"
+                if default_base
+                else f" in data_root {base}"
+            )
         raise UDAInputError(f"{where} {value!r} does not exist{hint}", file)
     if not path.is_file():
         raise UDAInputError(f"{where} {value!r} is not a regular file (a folder, device or pipe)", file)
@@ -143,14 +155,18 @@ def load_datalist(path: str | Path, base_dir: str | Path | None = None) -> Datal
             entry = dict(item)
             for path_key in PATH_KEYS:
                 if path_key in entry:
-                    entry[path_key] = _resolve_item_path(entry[path_key], f"{where} {path_key}", base, base_dir is None, file)
+                    entry[path_key] = _resolve_item_path(
+                        entry[path_key], f"{where} {path_key}", base, base_dir is None, file
+                    )
             loaded[key].append(entry)
     if not any(loaded.values()):
         raise UDAInputError("empty datalist", file)
     return Datalist(loaded, file)
 
 
-def get_split(datalist: Mapping[str, list[dict[str, Any]]], key: str, require_labels: bool = False) -> list[dict[str, Any]]:
+def get_split(
+    datalist: Mapping[str, list[dict[str, Any]]], key: str, require_labels: bool = False
+) -> list[dict[str, Any]]:
     """One list of a datalist, checked to be non-empty (and labelled when asked).
 
     Args:
@@ -235,7 +251,9 @@ def check_unique_stems(items: list[dict[str, Any]], key: str, file: Path | None 
         if stem in seen:
             raise UDAInputError(
                 f"{key!r} items {seen[stem]} and {index} have the same file stem {stem!r} "
-                f"({items[seen[stem]]['image']}, {item['image']}); files named by stem would overwrite each other", file)
+                f"({items[seen[stem]]['image']}, {item['image']}); files named by stem would overwrite each other",
+                file,
+            )
         seen[stem] = index
     return items
 
@@ -266,5 +284,5 @@ def export_split(datalist_path: str | Path, key: str, out_dir: str | Path) -> tu
     for item in items:
         stem, label = stem_of(item["image"]), Path(item["label"])
         shutil.copy(item["image"], images / Path(item["image"]).name)
-        shutil.copy(label, labels / f"{stem}{label.name[len(stem_of(label)):]}")
+        shutil.copy(label, labels / f"{stem}{label.name[len(stem_of(label)) :]}")
     return images, labels

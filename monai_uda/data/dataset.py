@@ -62,7 +62,9 @@ def select_labelled_targets(target: Sequence[Mapping[str, Any]], fraction: float
     chosen = set(sorted(range(len(target)), key=rank)[:count])
     for index in sorted(chosen):
         if "label" not in target[index]:
-            raise UDAInputError(f"target item {index} is chosen as labelled but has no 'label'", target[index].get("image"))
+            raise UDAInputError(
+                f"target item {index} is chosen as labelled but has no 'label'", target[index].get("image")
+            )
     return [index in chosen for index in range(len(target))]
 
 

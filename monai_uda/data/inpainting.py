@@ -160,7 +160,9 @@ def write_synthesized_dataset(
         image = _source_image(item, load_image)
         label = read_label(item["label"])
         if label.shape != image.shape[1:]:
-            raise UDAInputError(f"label shape {label.shape} does not match image shape {image.shape[1:]}", item["label"])
+            raise UDAInputError(
+                f"label shape {label.shape} does not match image shape {image.shape[1:]}", item["label"]
+            )
         synthesized = np.clip(translate(image) if translate is not None else image, 0.0, 1.0)
         if inpaint:
             synthesized, _ = inpaint_nuclei(synthesized, label, stain, bright_nuclei, radius)
@@ -168,6 +170,7 @@ def write_synthesized_dataset(
     if not written:
         raise UDAInputError("no source images to synthesize", output_dir)
     return write_datalist(output_dir, {"source": written})
+
 
 def _source_image(item: dict[str, Any], load_image: Callable[[str], np.ndarray] | None) -> np.ndarray:
     """The item's image, channel-first float in [0, 1]: ``load_image``'s, else read and scaled from its range."""
@@ -188,4 +191,3 @@ def _write_pair(output_dir: Path, stem: str, synthesized: np.ndarray, label: np.
     label_dtype = np.uint32 if label.max(initial=0) > 65535 else np.uint16
     label_path = write_array(output_dir / "labels" / f"{stem}.tif", label.astype(label_dtype))
     return {"image": str(image_path), "label": str(label_path)}
-

@@ -57,7 +57,9 @@ def list_images(folder: str | Path, suffixes: Iterable[str] = IMAGE_SUFFIXES) ->
     if not folder.is_dir():
         raise UDAInputError("folder does not exist", folder)
     suffixes = tuple(s.lower() for s in suffixes)
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(suffixes))
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(suffixes)
+    )
 
 
 def read_array(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
@@ -146,7 +148,9 @@ def _as_channel_first(array: np.ndarray, path: Path, meta: dict[str, Any], spati
     if array.ndim == 3:
         channels_last = array.shape[-1] in (1, 2, 3, 4) and (meta.get("channels_last") or min(array.shape[:2]) > 4)
         if channels_last and spatial_dims == 3:
-            raise UDAInputError(f"expected a 3D volume, got a 2D image with {array.shape[-1]} channel(s) (shape {array.shape})", path)
+            raise UDAInputError(
+                f"expected a 3D volume, got a 2D image with {array.shape[-1]} channel(s) (shape {array.shape})", path
+            )
         if channels_last:
             if array.shape[-1] == 4:  # RGBA: alpha carries no image content
                 array = array[..., :3]
@@ -155,7 +159,9 @@ def _as_channel_first(array: np.ndarray, path: Path, meta: dict[str, Any], spati
             return np.moveaxis(array, -1, 0)
         if spatial_dims == 2:
             raise UDAInputError(
-                f"expected a 2D image (grey, RGB or RGBA), got shape {array.shape}: a 3D volume or an unsupported channel count", path
+                f"expected a 2D image (grey, RGB or RGBA), got shape {array.shape}: "
+                "a 3D volume or an unsupported channel count",
+                path,
             )
         return array[None]  # (Z, Y, X) stack
     if array.ndim == 4 and array.shape[-1] in (1, 3):
@@ -206,7 +212,12 @@ def read_label_with_meta(path: str | Path, spatial_dims: int | None = None) -> t
     path = Path(path)
     array, meta = read_array(path)
     array = np.asarray(array)
-    if meta["format"] not in (".nii", ".nii.gz") and array.ndim == 3 and array.shape[-1] in (3, 4) and min(array.shape[:2]) > 4:
+    if (
+        meta["format"] not in (".nii", ".nii.gz")
+        and array.ndim == 3
+        and array.shape[-1] in (3, 4)
+        and min(array.shape[:2]) > 4
+    ):
         rgb = array[..., :3]
         if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
             raise UDAInputError("label map has several different channels; expected one instance-id channel", path)

@@ -51,7 +51,9 @@ def _region_vertices(region: ET.Element) -> tuple[np.ndarray | None, str]:
     return coords, ""
 
 
-def rasterize_aperio_xml(xml_path: str | Path, shape: Sequence[int], strict: bool = False) -> tuple[np.ndarray, list[str]]:
+def rasterize_aperio_xml(
+    xml_path: str | Path, shape: Sequence[int], strict: bool = False
+) -> tuple[np.ndarray, list[str]]:
     """Rasterise an Aperio ImageScope XML (one ``<Region>`` polygon per nucleus) to instance ids.
 
     Polygons are filled with :func:`skimage.draw.polygon` (vertex ``X`` = column, ``Y`` = row),
@@ -142,7 +144,11 @@ def prepare_monuseg(src: str | Path, out: str | Path, strict: bool = False) -> P
     if shared:
         raise UDAInputError(f"image stem(s) in both train and test: {preview(shared)}", src)
     planned = [out / "images" / p.name for p in train + test] + [out / "labels" / f"{stem_of(p)}.tif" for p in test]
-    datalist: dict[str, list[dict[str, str]]] = {**kept_splits(out, ["target", "test"], planned), "target": [], "test": []}
+    datalist: dict[str, list[dict[str, str]]] = {
+        **kept_splits(out, ["target", "test"], planned),
+        "target": [],
+        "test": [],
+    }
     n_nuclei, n_problems = 0, 0
     train_set = set(train)
     for path in tqdm(train + test, desc="monuseg", unit="image"):
@@ -162,5 +168,8 @@ def prepare_monuseg(src: str | Path, out: str | Path, strict: bool = False) -> P
         n_nuclei += len(np.unique(label)) - 1
         label_out = write_array(out / "labels" / f"{stem_of(path)}.tif", label)
         datalist["test"].append({"image": str(image_out), "label": str(label_out)})
-    say(f"monuseg: {len(train)} target images, {len(test)} test images, {n_nuclei} nuclei, {n_problems} annotation problem(s)")
+    say(
+        f"monuseg: {len(train)} target images, {len(test)} test images, {n_nuclei} nuclei, "
+        f"{n_problems} annotation problem(s)"
+    )
     return write_datalist(out, datalist)

@@ -72,7 +72,9 @@ def _dsb_instances(mask_files: Sequence[Path], shape: tuple[int, ...]) -> tuple[
     for instance_id, mask_file in enumerate(mask_files, start=1):
         mask = read_label(mask_file)
         if mask.shape != shape:
-            raise UDAInputError(f"mask/image size mismatch: image {shape_text(shape)}, label {shape_text(mask.shape)}", mask_file)
+            raise UDAInputError(
+                f"mask/image size mismatch: image {shape_text(shape)}, label {shape_text(mask.shape)}", mask_file
+            )
         free = (mask > 0) & (label == 0)
         if not free.any():
             empty.append(mask_file)
@@ -115,7 +117,11 @@ def prepare_dsb(src: str | Path, out: str | Path, validation_fraction: float = 0
     samples = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not samples:
         raise UDAInputError("no DSB sample folders (<id>/images/<id>.png, <id>/masks/*.png) found", src)
-    planned = [out / sub / f"{sample.name}{ext}" for sample in samples for sub, ext in (("images", ".png"), ("images", ".tif"), ("labels", ".tif"))]
+    planned = [
+        out / sub / f"{sample.name}{ext}"
+        for sample in samples
+        for sub, ext in (("images", ".png"), ("images", ".tif"), ("labels", ".tif"))
+    ]
     kept = kept_splits(out, ["source", "validation"], planned)
     items, n_nuclei, n_empty = [], 0, 0
     for sample in tqdm(samples, desc="dsb", unit="image"):
@@ -144,7 +150,10 @@ def prepare_dsb(src: str | Path, out: str | Path, validation_fraction: float = 0
         "source": [item for i, item in enumerate(items) if i not in validation_ids],
         "validation": [item for i, item in enumerate(items) if i in validation_ids],
     }
-    say(f"dsb: {len(items)} images ({len(items) - n_val} source, {n_val} validation), {n_nuclei} nuclei, {n_empty} empty mask(s)")
+    say(
+        f"dsb: {len(items)} images ({len(items) - n_val} source, {n_val} validation), {n_nuclei} nuclei, "
+        f"{n_empty} empty mask(s)"
+    )
     return write_datalist(out, datalist)
 
 
@@ -164,7 +173,9 @@ def _by_stem(folder: Path) -> dict[str, Path]:
     return files
 
 
-def prepare_folder(images: str | Path, labels: str | Path | None, out: str | Path, split: str = "source", link: bool = False) -> Path:
+def prepare_folder(
+    images: str | Path, labels: str | Path | None, out: str | Path, split: str = "source", link: bool = False
+) -> Path:
     """Pair ``images/<stem>.*`` with ``labels/<stem>.*`` and write a one-list datalist.
 
     Images are copied unchanged (``link=True``: hard-linked when the file system allows,
@@ -215,7 +226,8 @@ def prepare_folder(images: str | Path, labels: str | Path | None, out: str | Pat
             label = read_label(label_files[stem])
             if label.shape != tuple(meta["spatial_shape"]):
                 raise UDAInputError(
-                    f"mask/image size mismatch: image {shape_text(meta['spatial_shape'])}, label {shape_text(label.shape)}",
+                    f"mask/image size mismatch: image {shape_text(meta['spatial_shape'])}, "
+                    f"label {shape_text(label.shape)}",
                     label_files[stem],
                 )
             label = as_uint16(label, label_files[stem])

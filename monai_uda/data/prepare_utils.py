@@ -23,7 +23,15 @@ from monai_uda.errors import UDAInputError
 from monai_uda.files import commit, output_target, temporary_sibling
 
 __all__ = [
-    "UINT16_MAX", "as_uint16", "kept_splits", "output_folder", "paint_instances", "place_file", "preview", "say", "shape_text",
+    "UINT16_MAX",
+    "as_uint16",
+    "kept_splits",
+    "output_folder",
+    "paint_instances",
+    "place_file",
+    "preview",
+    "say",
+    "shape_text",
     "source_folder",
 ]
 
@@ -128,9 +136,12 @@ def kept_splits(out: Path, splits: Iterable[str], planned: Iterable[Path]) -> di
     kept = {key: items for key, items in existing.items() if key not in set(splits)}
     named = {
         Path(os.path.abspath(out / str(item[key]))): (split, item[key])
-        for split, items in kept.items() if isinstance(items, list)
-        for item in items if isinstance(item, dict)
-        for key in PATH_KEYS if key in item
+        for split, items in kept.items()
+        if isinstance(items, list)
+        for item in items
+        if isinstance(item, dict)
+        for key in PATH_KEYS
+        if key in item
     }
     for path in planned:
         if Path(os.path.abspath(path)) in named:

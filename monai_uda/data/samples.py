@@ -193,7 +193,9 @@ def _instances(label: np.ndarray) -> np.ndarray:
     return relabel_sequential(np.asarray(label))[0].astype(np.uint16)
 
 
-def _crop_corners(rng: np.random.Generator, region: tuple[int, ...], size: tuple[int, ...], count: int) -> list[tuple[int, ...]]:
+def _crop_corners(
+    rng: np.random.Generator, region: tuple[int, ...], size: tuple[int, ...], count: int
+) -> list[tuple[int, ...]]:
     return [tuple(int(rng.integers(0, r - s + 1)) for r, s in zip(region, size)) for _ in range(count)]
 
 
@@ -219,18 +221,23 @@ def _dataset_2d(folder: Path, seed: int, origin: str | None) -> tuple[dict[str, 
     source = []
     for k, (y, x) in enumerate(_crop_corners(rng, train_region, crop, 4)):
         window = (slice(y, y + crop[0]), slice(x, x + crop[1]))
-        source.append(_write_pair(folder / "source", f"fluo_crop{k}", fluo.image[(slice(None), *window)], fluo.label[window]))
+        source.append(
+            _write_pair(folder / "source", f"fluo_crop{k}", fluo.image[(slice(None), *window)], fluo.label[window])
+        )
     valid_window = (slice(split_row, height), slice(0, split_col))
     valid_image = fluo.image[(slice(None), *valid_window)]
     validation = [_write_pair(folder / "validation", "fluo_val", valid_image, fluo.label[valid_window])]
     target = [_write_pair(folder / "target", "he_tile", he.image, None)]
     he_crop = tuple(min(256, s) for s in he.image.shape[1:])
     for k, (y, x) in enumerate(_crop_corners(rng, he.image.shape[1:], he_crop, 3)):
-        target.append(_write_pair(folder / "target", f"he_crop{k}", he.image[:, y : y + he_crop[0], x : x + he_crop[1]], None))
+        target.append(
+            _write_pair(folder / "target", f"he_crop{k}", he.image[:, y : y + he_crop[0], x : x + he_crop[1]], None)
+        )
     held_out = fluo.image[:, :, split_col:]
     test = [_write_pair(folder / "test", "he_like_test", render_he_like(held_out, seed), fluo.label[:, split_col:])]
     notes = [
-        f"source: 4 random {crop[0]}x{crop[1]} crops (seed {seed}) of the top-left {split_row}x{split_col} of {fluo.description}",
+        f"source: 4 random {crop[0]}x{crop[1]} crops (seed {seed}) of the top-left {split_row}x{split_col} "
+        f"of {fluo.description}",
         f"validation: the bottom-left {height - split_row}x{split_col} strip of the same image, with labels",
         f"target: {he.description}: the whole tile and 3 random {he_crop[0]}x{he_crop[1]} crops, unlabelled",
         f"test: the held-out right quarter ({height}x{width - split_col}) of the fluorescence image rendered "

@@ -272,7 +272,9 @@ def estimate_mask_statistics(
     }
 
 
-def _scale_counts(counts: Sequence[int], preset_shape: Sequence[int], shape: Sequence[int], name: str) -> tuple[int, int]:
+def _scale_counts(
+    counts: Sequence[int], preset_shape: Sequence[int], shape: Sequence[int], name: str
+) -> tuple[int, int]:
     """Object counts of a preset (set for ``preset_shape``) rescaled to patches of ``shape`` by area/volume."""
     if len(preset_shape) != len(shape):
         raise UDAInputError(f"preset {name!r} is {len(preset_shape)}D; give count_range for {len(shape)}D masks")
@@ -321,7 +323,9 @@ class SyntheticMaskDataset(torch.utils.data.Dataset):
         if count_range is None and preset is not None:
             count_range = _scale_counts(defaults["count_range"], defaults["shape"], self.shape, preset)
         self.count_range = tuple(count_range) if count_range is not None else defaults["count_range"]
-        self.eccentricity_range = tuple(eccentricity_range) if eccentricity_range is not None else defaults["eccentricity_range"]
+        self.eccentricity_range = (
+            tuple(eccentricity_range) if eccentricity_range is not None else defaults["eccentricity_range"]
+        )
         self.ternary = ternary
         self.edge_fraction = edge_fraction
         self.seed = seed
@@ -376,7 +380,15 @@ class RandSyntheticMaskd(Randomizable, MapTransform):
         MapTransform.__init__(self, keys)
         self.image_key, self.label_key = self.keys
         self.masks = SyntheticMaskDataset(
-            shape, 1, preset, axis_range, count_range, eccentricity_range, ternary, edge_fraction, max_retries=max_retries
+            shape,
+            1,
+            preset,
+            axis_range,
+            count_range,
+            eccentricity_range,
+            ternary,
+            edge_fraction,
+            max_retries=max_retries,
         )
         self._seed = 0
 

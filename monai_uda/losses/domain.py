@@ -51,7 +51,9 @@ def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, bandwidths: Sequence[float
     return torch.exp(-dist2.unsqueeze(-1) * scales).sum(-1)
 
 
-def mmd_loss(source: torch.Tensor, target: torch.Tensor, bandwidths: Sequence[float] = DEFAULT_BANDWIDTHS) -> torch.Tensor:
+def mmd_loss(
+    source: torch.Tensor, target: torch.Tensor, bandwidths: Sequence[float] = DEFAULT_BANDWIDTHS
+) -> torch.Tensor:
     """Squared maximum mean discrepancy between two sample sets (DARCNN eq 2, L_sim).
 
     ``MMD^2 = E[k(s, s')] - 2 E[k(s, t)] + E[k(t, t')]`` with the (biased, non-negative)
@@ -91,7 +93,9 @@ def orthogonality_loss(shared: torch.Tensor, private: torch.Tensor, channel_frac
         scalar tensor.
     """
     if shared.shape != private.shape:
-        raise ValueError(f"shared and private features differ in shape: {tuple(shared.shape)} vs {tuple(private.shape)}")
+        raise ValueError(
+            f"shared and private features differ in shape: {tuple(shared.shape)} vs {tuple(private.shape)}"
+        )
     if not 0.0 < channel_fraction <= 1.0:
         raise ValueError(f"channel_fraction must be in (0, 1], got {channel_fraction}")
     channels = max(1, round(shared.shape[1] * channel_fraction))

@@ -77,7 +77,9 @@ class _ConvAdaIN(nn.Module):
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int, **conv) -> None:
         super().__init__()
-        self.conv = Convolution(spatial_dims, in_channels, out_channels, kernel_size=kernel_size, conv_only=True, **conv)
+        self.conv = Convolution(
+            spatial_dims, in_channels, out_channels, kernel_size=kernel_size, conv_only=True, **conv
+        )
         self.norm = AdaIN(out_channels)
         self.style_size = self.norm.style_size
 
@@ -123,7 +125,9 @@ class StyledStack(nn.Module):
         conditioned: ``False`` drops the MLP; every AdaIN becomes a plain instance norm.
     """
 
-    def __init__(self, layers: Sequence[nn.Module], num_domains: int, mlp_channels: int = 256, conditioned: bool = True) -> None:
+    def __init__(
+        self, layers: Sequence[nn.Module], num_domains: int, mlp_channels: int = 256, conditioned: bool = True
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.style_sizes = [layer.style_size for layer in self.layers]

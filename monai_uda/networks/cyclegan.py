@@ -24,7 +24,9 @@ __all__ = ["ResnetBlock", "ResnetGenerator", "ImagePool"]
 def _conv(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Module:
     """Convolution with reflection padding ("same" size for stride 1)."""
     conv_type = Conv[Conv.CONV, spatial_dims]
-    return conv_type(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, padding_mode="reflect")
+    return conv_type(
+        in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, padding_mode="reflect"
+    )
 
 
 def _norm(spatial_dims: int, channels: int, norm: str) -> nn.Module:
@@ -86,10 +88,18 @@ class ResnetGenerator(nn.Module):
         self.spatial_dims = spatial_dims
         self.divisor = 2**num_downsamplings
         relu = Act[Act.RELU]
-        layers: list[nn.Module] = [_conv(spatial_dims, in_channels, channels, 7), _norm(spatial_dims, channels, norm), relu(inplace=True)]
+        layers: list[nn.Module] = [
+            _conv(spatial_dims, in_channels, channels, 7),
+            _norm(spatial_dims, channels, norm),
+            relu(inplace=True),
+        ]
         width = channels
         for _ in range(num_downsamplings):
-            layers += [_conv(spatial_dims, width, width * 2, 3, stride=2), _norm(spatial_dims, width * 2, norm), relu(inplace=True)]
+            layers += [
+                _conv(spatial_dims, width, width * 2, 3, stride=2),
+                _norm(spatial_dims, width * 2, norm),
+                relu(inplace=True),
+            ]
             width *= 2
         layers += [ResnetBlock(spatial_dims, width, norm, dropout) for _ in range(num_blocks)]
         up_type = Conv[Conv.CONVTRANS, spatial_dims]
@@ -107,7 +117,8 @@ class ResnetGenerator(nn.Module):
         """``(B, in_channels, *spatial)`` in [-1, 1] -> ``(B, out_channels, *spatial)`` in [-1, 1]."""
         if x.ndim != self.spatial_dims + 2 or any(s % self.divisor for s in x.shape[2:]):
             raise ValueError(
-                f"expected a (B, C, *{self.spatial_dims} spatial) input with sizes divisible by {self.divisor}, got {tuple(x.shape)}"
+                f"expected a (B, C, *{self.spatial_dims} spatial) input with sizes divisible by {self.divisor}, "
+                f"got {tuple(x.shape)}"
             )
         return self.model(x)
 
@@ -155,6 +166,8 @@ class ImagePool:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; more images than ``pool_size`` is a ``ValueError``."""
         if len(state["images"]) > self.pool_size:
-            raise ValueError(f"image pool state holds {len(state['images'])} images, more than pool_size {self.pool_size}")
+            raise ValueError(
+                f"image pool state holds {len(state['images'])} images, more than pool_size {self.pool_size}"
+            )
         self.images = [image.clone() for image in state["images"]]
         self._random.setstate(state["random"])

@@ -109,18 +109,27 @@ class DomainSeparationMaskRCNN(nn.Module):
         return OrderedDict((k, 0.5 * (shared[k] + private[k])) for k in shared)
 
     def propose(
-        self, images: ImageList, shared: Mapping[str, torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
+        self,
+        images: ImageList,
+        shared: Mapping[str, torch.Tensor],
+        targets: list[dict[str, torch.Tensor]] | None = None,
     ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         """Shared RPN proposals on the shared features; RPN losses when training (``targets`` needed)."""
         return self.rpn(images, shared, targets)
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """L_sim samples of one ``(B, C, H, W)`` level: pooled to the grid, then projected, ``(N, D)``."""
-        pooled = F.adaptive_avg_pool2d(features, self.mmd_grid).flatten(2).transpose(1, 2).reshape(-1, features.shape[1])
+        pooled = (
+            F.adaptive_avg_pool2d(features, self.mmd_grid).flatten(2).transpose(1, 2).reshape(-1, features.shape[1])
+        )
         return self.sim_projection(pooled)
 
     def detect_with_features(
-        self, images: ImageList, shared: Mapping[str, torch.Tensor], private: Mapping[str, torch.Tensor], domain: str = "target"
+        self,
+        images: ImageList,
+        shared: Mapping[str, torch.Tensor],
+        private: Mapping[str, torch.Tensor],
+        domain: str = "target",
     ) -> tuple[list[dict[str, torch.Tensor]], list[torch.Tensor]]:
         """Detections of ``domain``'s head and the RoI features of their masks (for L_target).
 
@@ -162,7 +171,9 @@ class DomainSeparationMaskRCNN(nn.Module):
         image_list, targets = self.preprocess(images, targets)
         shared, private = self.encode(image_list, domain)
         proposals, rpn_losses = self.propose(image_list, shared, targets)
-        detections, head_losses = self.heads[domain](self.fuse(shared, private), proposals, image_list.image_sizes, targets)
+        detections, head_losses = self.heads[domain](
+            self.fuse(shared, private), proposals, image_list.image_sizes, targets
+        )
         if self.training:
             return {**rpn_losses, **head_losses}
         return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)

@@ -24,15 +24,30 @@ class OutputSpaceDiscriminator(nn.Sequential):
         kernel_size: convolution kernel size.
     """
 
-    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, channels: Sequence[int] = (64, 128, 256, 512), kernel_size: int = 4) -> None:
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        channels: Sequence[int] = (64, 128, 256, 512),
+        kernel_size: int = 4,
+    ) -> None:
         layers: list[nn.Module] = []
         widths = [in_channels, *channels]
         for cin, cout in zip(widths[:-1], widths[1:]):
             layers.append(
                 Convolution(
-                    spatial_dims, cin, cout, strides=2, kernel_size=kernel_size, padding=1,
-                    act=("leakyrelu", {"negative_slope": 0.2}), norm=None, bias=True,
+                    spatial_dims,
+                    cin,
+                    cout,
+                    strides=2,
+                    kernel_size=kernel_size,
+                    padding=1,
+                    act=("leakyrelu", {"negative_slope": 0.2}),
+                    norm=None,
+                    bias=True,
                 )
             )
-        layers.append(Convolution(spatial_dims, widths[-1], 1, strides=2, kernel_size=kernel_size, padding=1, conv_only=True))
+        layers.append(
+            Convolution(spatial_dims, widths[-1], 1, strides=2, kernel_size=kernel_size, padding=1, conv_only=True)
+        )
         super().__init__(*layers)

@@ -21,11 +21,11 @@ returns torchvision detections, so inference needs nothing else.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-import math
 from typing import Any
 
 import torch
@@ -60,7 +60,9 @@ def _norm(norm: str | None, channels: int) -> tuple | None:
     return norm
 
 
-def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, norm: str | None = "group", act: bool = True) -> nn.Module:
+def _conv(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, norm: str | None = "group", act: bool = True
+) -> nn.Module:
     """``kernel_size`` conv (same padding), optional norm, ReLU."""
     return Convolution(
         2,
@@ -153,12 +155,19 @@ class SemanticHead(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int = 256, channels: int = 128, num_classes: int = 2, levels: Sequence[str] = FPN_LEVELS, norm: str | None = "group"
+        self,
+        in_channels: int = 256,
+        channels: int = 128,
+        num_classes: int = 2,
+        levels: Sequence[str] = FPN_LEVELS,
+        norm: str | None = "group",
     ) -> None:
         super().__init__()
         self.levels = tuple(levels)
         self.branches = nn.ModuleList(
-            nn.ModuleList([_conv(in_channels if i == 0 else channels, channels, 3, norm=norm) for i in range(max(k, 1))])
+            nn.ModuleList(
+                [_conv(in_channels if i == 0 else channels, channels, 3, norm=norm) for i in range(max(k, 1))]
+            )
             for k in range(len(self.levels))
         )
         self.classifier = nn.Conv2d(channels, num_classes, 1)
@@ -211,7 +220,9 @@ class EntropyDiscriminator(nn.Module):
         norm: ``"group"`` or ``None``.
     """
 
-    def __init__(self, in_channels: int = 2, channels: Sequence[int] = (64, 128, 256, 512), norm: str | None = None) -> None:
+    def __init__(
+        self, in_channels: int = 2, channels: Sequence[int] = (64, 128, 256, 512), norm: str | None = None
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = in_channels
@@ -315,14 +326,18 @@ class PDAMDetector(nn.Module):
             return self.run_domain(images, targets)
         return self.detector(images)
 
-    def instance_features(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_sizes: list[tuple[int, int]]) -> torch.Tensor:
+    def instance_features(
+        self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_sizes: list[tuple[int, int]]
+    ) -> torch.Tensor:
         """Box-head feature + 2x2-pooled mask-branch feature of each RoI, ``(N, 1024)``."""
         heads = self.detector.roi_heads
         box = heads.box_head(heads.box_roi_pool(features, proposals, image_sizes))
         mask = heads.mask_head(heads.mask_roi_pool(features, proposals, image_sizes))
         return box + F.adaptive_avg_pool2d(mask, 2).flatten(1)
 
-    def run_domain(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None) -> DomainPass:
+    def run_domain(
+        self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
+    ) -> DomainPass:
         """One domain's pass: Mask R-CNN losses (when ``targets`` are given) and branch outputs.
 
         Args:

@@ -91,7 +91,9 @@ class ChannelPolicyd(MapTransform):
         allow_missing_keys: do not raise when a key is absent.
     """
 
-    def __init__(self, keys: KeysCollection, channels: int, invert: bool = False, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, channels: int, invert: bool = False, allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.policy = ChannelPolicy(channels, invert)
 

@@ -98,7 +98,10 @@ def train_transforms(
     axes = default_rotation_axes(spatial_dims) if rotation_axes is None else tuple(rotation_axes)
     chain = [
         LoadUDAImaged(
-            image_key, label_keys=() if label_key is None else label_key, spatial_dims=spatial_dims, allow_missing_keys=missing
+            image_key,
+            label_keys=() if label_key is None else label_key,
+            spatial_dims=spatial_dims,
+            allow_missing_keys=missing,
         ),
         scale_intensity_percentiles(image_key, value_range),
         ChannelPolicyd(image_key, channels, invert),
@@ -111,7 +114,9 @@ def train_transforms(
         chain += _augmentations(keys, patch, axes, missing)
     chain.append(EnsureTyped(image_key, dtype=torch.float32, track_meta=False))
     if label_key is not None:
-        chain.append(EnsureTyped(label_key, dtype=torch.int32, track_meta=False, allow_missing_keys=allow_missing_label))
+        chain.append(
+            EnsureTyped(label_key, dtype=torch.int32, track_meta=False, allow_missing_keys=allow_missing_label)
+        )
     return Compose(chain)
 
 

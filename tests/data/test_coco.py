@@ -80,10 +80,28 @@ def _coco(root: Path) -> Path:
         ],
         "annotations": [
             {"id": 10, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": A_POLYGONS},
-            {"id": 11, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": {"counts": A_RLE, "size": [8, 10]}},
+            {
+                "id": 11,
+                "image_id": 1,
+                "category_id": 1,
+                "iscrowd": 0,
+                "segmentation": {"counts": A_RLE, "size": [8, 10]},
+            },
             {"id": 12, "image_id": 1, "category_id": 1, "iscrowd": 1, "segmentation": [[0, 0, 10, 0, 10, 8, 0, 8]]},
-            {"id": 13, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": [[2, 2, 6, 6]]},  # 2 points: no area
-            {"id": 20, "image_id": 2, "category_id": 1, "iscrowd": 0, "segmentation": {"counts": B_RLE, "size": [6, 20]}},
+            {
+                "id": 13,
+                "image_id": 1,
+                "category_id": 1,
+                "iscrowd": 0,
+                "segmentation": [[2, 2, 6, 6]],
+            },  # 2 points: no area
+            {
+                "id": 20,
+                "image_id": 2,
+                "category_id": 1,
+                "iscrowd": 0,
+                "segmentation": {"counts": B_RLE, "size": [6, 20]},
+            },
             {"id": 21, "image_id": 2, "category_id": 2, "iscrowd": 0, "segmentation": [[10, 1, 13, 1, 13, 3, 10, 3]]},
         ],
         "categories": [{"id": 1, "name": "nucleus"}, {"id": 2, "name": "cell"}],
@@ -140,7 +158,9 @@ def test_prepare_coco_synthetic(tmp_path, capsys):
     assert "coco: 3 images -> 'source', 4 instances, 1 crowd annotation(s) skipped, 1 annotation problem(s)" in err
     assert "1 image(s) without instances keep an empty label map: 'c.png'" in err
 
-    datalist = load_datalist(prepare_coco(src, tmp_path / "crowd", include_crowd=True, category_ids="1", split="target", link=True))
+    datalist = load_datalist(
+        prepare_coco(src, tmp_path / "crowd", include_crowd=True, category_ids="1", split="target", link=True)
+    )
     np.testing.assert_array_equal(read_label(datalist["target"][0]["label"]), _expected_a(crowd=True))
     np.testing.assert_array_equal(read_label(datalist["target"][1]["label"]), _expected_b())  # category 2 dropped
     assert os.path.samefile(src.parent / "images" / "a.png", datalist["target"][0]["image"])
@@ -152,12 +172,25 @@ def test_prepare_coco_dispatcher_and_cli(tmp_path):
     moved = tmp_path / "annotations" / "instances.json"  # JSON away from its images: --images needed
     moved.parent.mkdir()
     src.rename(moved)
-    with pytest.raises(UDAInputError, match="a.png: image file not found \\(COCO image id 1; 3 of 3 listed images are not in"):
+    with pytest.raises(
+        UDAInputError, match="a.png: image file not found \\(COCO image id 1; 3 of 3 listed images are not in"
+    ):
         prepare("coco", moved, tmp_path / "out")
-    path = prepare("coco", str(moved), str(tmp_path / "out"), images=str(tmp_path / "coco" / "images"), **{"category-ids": (2,)})
+    path = prepare(
+        "coco", str(moved), str(tmp_path / "out"), images=str(tmp_path / "coco" / "images"), **{"category-ids": (2,)}
+    )
     labels = [read_label(i["label"]) for i in load_datalist(path)["source"]]
     assert [int(label.max()) for label in labels] == [0, 1, 0] and int((labels[1] == 1).sum()) == 6
-    argv = ["prepare", "coco", str(moved), str(tmp_path / "cli"), "--images", str(tmp_path / "coco" / "images"), "--category_ids", "1,2"]
+    argv = [
+        "prepare",
+        "coco",
+        str(moved),
+        str(tmp_path / "cli"),
+        "--images",
+        str(tmp_path / "coco" / "images"),
+        "--category_ids",
+        "1,2",
+    ]
     assert main(argv) == 0  # fire turns 1,2 into a tuple
     assert len(load_datalist(tmp_path / "cli")["source"]) == 3
     assert main(["prepare", "coco", str(moved), str(tmp_path / "bad"), "--category_ids", "9"]) == 2
@@ -173,12 +206,16 @@ def _edit(src: Path, change) -> Path:
 def test_prepare_coco_errors(tmp_path):
     src = _coco(tmp_path / "coco")
     (src.parent / "images" / "c.png").unlink()
-    with pytest.raises(UDAInputError, match="c.png: image file not found \\(COCO image id 3; 1 of 3 listed images are not in"):
+    with pytest.raises(
+        UDAInputError, match="c.png: image file not found \\(COCO image id 3; 1 of 3 listed images are not in"
+    ):
         prepare_coco(src, tmp_path / "out")
     Image.fromarray(np.zeros((4, 5), np.uint8)).save(src.parent / "images" / "c.png")
     with pytest.raises(UDAInputError, match="c.png: image is 4x5, its COCO record \\(id 3\\) says 4x4"):
         prepare_coco(src, tmp_path / "out")
-    with pytest.raises(UDAInputError, match="unknown category id\\(s\\) \\[9\\] \\(categories: 1 'nucleus', 2 'cell'\\)"):
+    with pytest.raises(
+        UDAInputError, match="unknown category id\\(s\\) \\[9\\] \\(categories: 1 'nucleus', 2 'cell'\\)"
+    ):
         prepare_coco(src, tmp_path / "out", category_ids="1,9")
     with pytest.raises(UDAInputError, match="category_ids must be integers such as 1,2; got 'x'"):
         prepare_coco(src, tmp_path / "out", category_ids="x")

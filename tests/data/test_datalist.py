@@ -34,19 +34,30 @@ def _error(path: Path | str, base_dir: Path | None = None) -> str:
 
 
 def test_load_resolves_paths_from_file_or_folder(tmp_path):
-    file = _dataset(tmp_path, {"source": [{"image": "images/a.png", "label": "labels/a.tif", "id": 7}], "target": [{"image": "./images/../images/b.png"}]})
+    file = _dataset(
+        tmp_path,
+        {
+            "source": [{"image": "images/a.png", "label": "labels/a.tif", "id": 7}],
+            "target": [{"image": "./images/../images/b.png"}],
+        },
+    )
     root = file.parent.resolve()
     for given in (file, file.parent, str(file)):
         datalist = load_datalist(given)
         assert isinstance(datalist, Datalist) and datalist.path == file
-        assert datalist["source"] == [{"image": str(root / "images" / "a.png"), "label": str(root / "labels" / "a.tif"), "id": 7}]
+        assert datalist["source"] == [
+            {"image": str(root / "images" / "a.png"), "label": str(root / "labels" / "a.tif"), "id": 7}
+        ]
         assert datalist["target"] == [{"image": str(root / "images" / "b.png")}]
         assert datalist["validation"] == [] and datalist["test"] == []
 
 
 def test_load_reads_absolute_and_parent_paths_outside_the_folder(tmp_path):
     outside = _touch(tmp_path / "elsewhere" / "c.png")
-    file = _dataset(tmp_path, {"source": [{"image": str(outside), "label": "../elsewhere/c.png"}], "target": [{"image": "images/b.png"}]})
+    file = _dataset(
+        tmp_path,
+        {"source": [{"image": str(outside), "label": "../elsewhere/c.png"}], "target": [{"image": "images/b.png"}]},
+    )
     datalist = load_datalist(file)
     assert datalist["source"] == [{"image": str(outside.resolve()), "label": str(outside.resolve())}]
     assert datalist["target"] == [{"image": str(file.parent.resolve() / "images" / "b.png")}]
@@ -55,7 +66,9 @@ def test_load_reads_absolute_and_parent_paths_outside_the_folder(tmp_path):
 def test_load_reads_relative_paths_from_base_dir(tmp_path, monkeypatch):
     data = tmp_path / "store"
     image, label = _touch(data / "img" / "a.png"), _touch(data / "lab" / "a.tif")
-    file = _dataset(tmp_path, {"source": [{"image": "img/a.png", "label": "lab/a.tif"}], "test": [{"image": "../store/img/a.png"}]})
+    file = _dataset(
+        tmp_path, {"source": [{"image": "img/a.png", "label": "lab/a.tif"}], "test": [{"image": "../store/img/a.png"}]}
+    )
     expected = {"image": str(image.resolve()), "label": str(label.resolve())}
     assert load_datalist(file, data)["source"] == [expected]
     assert load_datalist(file, str(data))["test"] == [{"image": str(image.resolve())}]  # '..' from base_dir
@@ -67,7 +80,10 @@ def test_load_reads_relative_paths_from_base_dir(tmp_path, monkeypatch):
     assert _error(file, tmp_path) == f"{file}: 'source' item 0 image '{data / 'gone.png'}' does not exist"
     file.write_text(json.dumps({"source": [{"image": "img/a.png"}]}))
     assert _error(file, tmp_path) == f"{file}: 'source' item 0 image 'img/a.png' does not exist in data_root {tmp_path}"
-    assert _error(file, tmp_path / "nope") == f"{tmp_path / 'nope'}: data_root is not a folder (relative datalist paths are read from it)"
+    assert (
+        _error(file, tmp_path / "nope")
+        == f"{tmp_path / 'nope'}: data_root is not a folder (relative datalist paths are read from it)"
+    )
     assert _error(file, image) == f"{image}: data_root is not a folder (relative datalist paths are read from it)"
 
 
@@ -87,7 +103,11 @@ def test_load_refuses_what_is_not_a_regular_file(tmp_path):
 def test_load_errors_name_the_file_and_reason(tmp_path):
     file = _dataset(tmp_path, {})
     file.write_text(json.dumps({"target": [{"image": "images/a.png"}, {"image": "images/missing.png"}]}))
-    assert _error(file) == f"{file}: 'target' item 1 image 'images/missing.png' does not exist (relative to the datalist's folder; data_root reads from another)"
+    assert (
+        _error(file)
+        == f"{file}: 'target' item 1 image 'images/missing.png' does not exist "
+        "(relative to the datalist's folder; data_root reads from another)"
+    )
     file.write_text(json.dumps({"source": [], "target": []}))
     assert _error(file) == f"{file}: empty datalist"
     file.write_text(json.dumps({}))
@@ -116,7 +136,10 @@ def test_load_keeps_the_name_of_a_symlinked_file(tmp_path):
 
 
 def test_get_split(tmp_path):
-    file = _dataset(tmp_path, {"source": [{"image": "images/a.png", "label": "labels/a.tif"}], "target": [{"image": "images/b.png"}]})
+    file = _dataset(
+        tmp_path,
+        {"source": [{"image": "images/a.png", "label": "labels/a.tif"}], "target": [{"image": "images/b.png"}]},
+    )
     datalist = load_datalist(file)
     assert [Path(i["image"]).name for i in get_split(datalist, "source", require_labels=True)] == ["a.png"]
     assert [Path(i["image"]).name for i in get_split(datalist, "target")] == ["b.png"]
@@ -137,7 +160,10 @@ def test_write_datalist_round_trip(tmp_path):
     image = _touch(root / "images" / "a.png")
     label = _touch(root / "labels" / "a.tif")
     _touch(root / "images" / "b.png")
-    written = write_datalist(root, {"test": [{"image": str(image), "label": str(label), "organ": "liver"}], "source": [{"image": "images/b.png"}]})
+    written = write_datalist(
+        root,
+        {"test": [{"image": str(image), "label": str(label), "organ": "liver"}], "source": [{"image": "images/b.png"}]},
+    )
     assert written == root / "datalist.json"
     raw = json.loads(written.read_text())
     assert list(raw) == ["source", "test"]  # canonical key order
@@ -151,17 +177,26 @@ def test_write_datalist_round_trip(tmp_path):
 def test_write_datalist_keeps_files_outside_the_folder_absolute(tmp_path):
     outside = _touch(tmp_path / "elsewhere.png")
     inside = _touch(tmp_path / "out" / "images" / "a.png")
-    written = write_datalist(tmp_path / "out", {"source": [{"image": str(outside), "label": "../elsewhere.png"}, {"image": str(inside)}]})
-    assert json.loads(written.read_text())["source"] == [{"image": outside.as_posix(), "label": outside.as_posix()}, {"image": "images/a.png"}]
+    written = write_datalist(
+        tmp_path / "out", {"source": [{"image": str(outside), "label": "../elsewhere.png"}, {"image": str(inside)}]}
+    )
+    assert json.loads(written.read_text())["source"] == [
+        {"image": outside.as_posix(), "label": outside.as_posix()},
+        {"image": "images/a.png"},
+    ]
     assert load_datalist(written)["source"][0] == {"image": str(outside.resolve()), "label": str(outside.resolve())}
 
 
 def test_same_stem_in_one_split_is_refused_before_writing(tmp_path):
     one, two = _touch(tmp_path / "a" / "x.png"), _touch(tmp_path / "b" / "x.tif")
     label = _touch(tmp_path / "a" / "x_label.tif")
-    file = _dataset(tmp_path, {"test": [{"image": str(one), "label": str(label)}, {"image": str(two), "label": str(label)}]})
-    expected = (f"{file}: 'test' items 0 and 1 have the same file stem 'x' ({one.resolve()}, {two.resolve()}); "
-                "files named by stem would overwrite each other")
+    file = _dataset(
+        tmp_path, {"test": [{"image": str(one), "label": str(label)}, {"image": str(two), "label": str(label)}]}
+    )
+    expected = (
+        f"{file}: 'test' items 0 and 1 have the same file stem 'x' ({one.resolve()}, {two.resolve()}); "
+        "files named by stem would overwrite each other"
+    )
     with pytest.raises(UDAInputError) as info:
         export_split(file, "test", tmp_path / "out")
     assert str(info.value) == expected
@@ -171,8 +206,16 @@ def test_same_stem_in_one_split_is_refused_before_writing(tmp_path):
 
 
 def test_export_split_copies_items_from_anywhere(tmp_path):
-    image, label = _touch(tmp_path / "far" / "x.png"), _touch(tmp_path / "far" / "x_mask.tif")
-    file = _dataset(tmp_path, {"test": [{"image": str(image), "label": "../far/x_mask.tif"}, {"image": "images/a.png", "label": "labels/a.tif"}]})
+    image, _ = _touch(tmp_path / "far" / "x.png"), _touch(tmp_path / "far" / "x_mask.tif")
+    file = _dataset(
+        tmp_path,
+        {
+            "test": [
+                {"image": str(image), "label": "../far/x_mask.tif"},
+                {"image": "images/a.png", "label": "labels/a.tif"},
+            ]
+        },
+    )
     images, labels = export_split(file, "test", tmp_path / "out")
     assert sorted(p.name for p in images.iterdir()) == ["a.png", "x.png"]
     assert sorted(p.name for p in labels.iterdir()) == ["a.tif", "x.tif"]  # named by the image stem, for evaluate
@@ -194,9 +237,13 @@ def test_bundle_train_config_reads_datalist_paths_from_data_root(bundle, tmp_pat
 
     data = tmp_path / "store"
     image, label = _touch(data / "img" / "a.png"), _touch(data / "lab" / "a.tif")
-    file = _dataset(tmp_path, {"source": [{"image": "img/a.png", "label": "lab/a.tif"}], "target": [{"image": "img/a.png"}]})
+    file = _dataset(
+        tmp_path, {"source": [{"image": "img/a.png", "label": "lab/a.tif"}], "target": [{"image": "img/a.png"}]}
+    )
     parser = ConfigParser()
     parser.read_config(str(bundles_dir() / bundle / "configs" / "train.yaml"))
     assert parser["data_root"] is None  # default: the datalist's own folder
     parser.update({"dataset_dir": str(file.parent), "data_root": str(data)})
-    assert parser.get_parsed_content("datalist")["source"] == [{"image": str(image.resolve()), "label": str(label.resolve())}]
+    assert parser.get_parsed_content("datalist")["source"] == [
+        {"image": str(image.resolve()), "label": str(label.resolve())}
+    ]

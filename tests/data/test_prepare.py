@@ -181,7 +181,8 @@ def test_prepare_folder_synthetic(tmp_path):
     np.testing.assert_array_equal(read_label(datalist["test"][0]["label"]), label)
     assert os.path.samefile(images / "x.png", datalist["test"][0]["image"])  # hard link, same file system
     unlabelled = load_datalist(prepare_folder(images, None, tmp_path / "target", split="target"))
-    assert unlabelled["target"] == [{"image": str((tmp_path / "target" / "images" / n).resolve())} for n in ("x.png", "y.png")]
+    expected = [{"image": str((tmp_path / "target" / "images" / n).resolve())} for n in ("x.png", "y.png")]
+    assert unlabelled["target"] == expected
     assert not os.path.samefile(images / "x.png", unlabelled["target"][0]["image"])  # a copy
     with pytest.raises(UDAInputError, match="unknown split 'train'"):
         prepare_folder(images, labels, tmp_path / "out", split="train")
@@ -233,11 +234,17 @@ def test_rasterize_real_monuseg():
 def test_prepare_monuseg_real_subset(tmp_path):
     data = _require("monuseg")
     src = tmp_path / "src"
-    for part, name in (("train", sorted((data / "train" / "images").glob("*.tif"))[0].name), ("test", "TCGA-2Z-A9J9-01A-01-TS1.tif")):
+    for part, name in (
+        ("train", sorted((data / "train" / "images").glob("*.tif"))[0].name),
+        ("test", "TCGA-2Z-A9J9-01A-01-TS1.tif"),
+    ):
         (src / part / "images").mkdir(parents=True)
         os.symlink(data / part / "images" / name, src / part / "images" / name)
     (src / "test" / "annotations").mkdir()
-    os.symlink(data / "test" / "annotations" / "TCGA-2Z-A9J9-01A-01-TS1.xml", src / "test" / "annotations" / "TCGA-2Z-A9J9-01A-01-TS1.xml")
+    os.symlink(
+        data / "test" / "annotations" / "TCGA-2Z-A9J9-01A-01-TS1.xml",
+        src / "test" / "annotations" / "TCGA-2Z-A9J9-01A-01-TS1.xml",
+    )
     datalist = load_datalist(prepare("monuseg", src, tmp_path / "out"))
     assert len(datalist["target"]) == 1 and "label" not in datalist["target"][0]
     label = read_label(datalist["test"][0]["label"])

@@ -1,4 +1,7 @@
-"""``monai-uda prepare`` into a folder with a datalist: the new split joins it, no split is dropped, no listed file replaced."""
+"""``monai-uda prepare`` into a folder with a datalist.
+
+The new split joins it, no split is dropped, no listed file replaced.
+"""
 
 from __future__ import annotations
 
@@ -38,8 +41,13 @@ def test_prepare_folder_merges_splits_and_refuses_to_replace_listed_files(tmp_pa
     # a target image named like a source image would replace images/a.png (its label stays): refused, nothing written
     _png(clash / "a.png", np.full((4, 5), 1, np.uint8))
     before = (out / "images" / "a.png").read_bytes(), (out / "datalist.json").read_text()
-    with pytest.raises(UDAInputError, match=re.escape(
-            f"{out / 'datalist.json'}: would replace images/a.png, which split 'source' of the existing datalist still names")):
+    with pytest.raises(
+        UDAInputError,
+        match=re.escape(
+            f"{out / 'datalist.json'}: would replace images/a.png, "
+            "which split 'source' of the existing datalist still names"
+        ),
+    ):
         prepare_folder(clash, None, out, split="target")
     assert ((out / "images" / "a.png").read_bytes(), (out / "datalist.json").read_text()) == before
 
@@ -47,5 +55,7 @@ def test_prepare_folder_merges_splits_and_refuses_to_replace_listed_files(tmp_pa
     _png(tgt / "u.png", np.full((4, 5), 6, np.uint8))
     prepare_folder(tgt, None, out, split="target")
     written = json.loads((out / "datalist.json").read_text())
-    assert written == {"source": [{"image": "images/a.png", "label": "labels/a.tif"}],
-                       "target": [{"image": "images/t.png"}, {"image": "images/u.png"}]}
+    assert written == {
+        "source": [{"image": "images/a.png", "label": "labels/a.tif"}],
+        "target": [{"image": "images/t.png"}, {"image": "images/u.png"}],
+    }

@@ -46,7 +46,9 @@ def test_real_samples():
     assert vol.image.shape == (1, 31, 61, 57) and vol.label.shape == (31, 61, 57)
 
 
-@pytest.mark.parametrize("name,shape,channels", [("fluo_2d", (512, 512), 1), ("he_2d", (300, 500), 3), ("nuclei_3d", (31, 61, 57), 1)])
+@pytest.mark.parametrize(
+    "name,shape,channels", [("fluo_2d", (512, 512), 1), ("he_2d", (300, 500), 3), ("nuclei_3d", (31, 61, 57), 1)]
+)
 def test_phantoms(name, shape, channels):
     sample = samples.load_sample(name, origin="phantom")
     assert sample.origin == "phantom" and "phantom" in sample.description

@@ -86,7 +86,8 @@ def test_random_ellipses_crowded_stops_with_warning():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"shape": (4,)}, {"shape": (8, 8), "axis_range": (5, 2)}, {"shape": (8, 8), "eccentricity_range": (0.5, 1.0)}]
+    "kwargs",
+    [{"shape": (4,)}, {"shape": (8, 8), "axis_range": (5, 2)}, {"shape": (8, 8), "eccentricity_range": (0.5, 1.0)}],
 )
 def test_random_ellipses_bad_input(kwargs):
     with pytest.raises(UDAInputError):
@@ -133,7 +134,9 @@ def test_mask_domain_round_trip_semantic_and_ternary():
     np.testing.assert_array_equal(domain_image_to_classes(semantic), instances > 0)
     ternary = mask_to_domain_image(instances, ternary=True, edge_fraction=0.4)
     assert ternary[0, 0] == -1.0 and ternary[1, 1] == 0.0 and ternary[3, 3] == 1.0
-    noisy = torch.from_numpy(ternary + 0.3 * np.sign(np.random.default_rng(0).standard_normal(ternary.shape)).astype(np.float32))
+    noisy = torch.from_numpy(
+        ternary + 0.3 * np.sign(np.random.default_rng(0).standard_normal(ternary.shape)).astype(np.float32)
+    )
     np.testing.assert_array_equal(domain_image_to_classes(noisy, ternary=True), edge_class_map(instances, 0.4))
 
 
@@ -157,7 +160,9 @@ def test_estimate_mask_statistics_recovers_generator_ranges():
     stats = estimate_mask_statistics(images, patch_shape=(128, 128))
     assert 7.0 <= stats["axis_range"][0] <= stats["axis_range"][1] <= 13.0
     # counts rescaled to a quarter of the area; touching ellipses may merge into one component
-    assert stats["count_range"][1] <= np.ceil(max(counts) / 4) and stats["count_range"][0] >= np.floor(min(counts) / 4) - 2
+    assert (
+        stats["count_range"][1] <= np.ceil(max(counts) / 4) and stats["count_range"][0] >= np.floor(min(counts) / 4) - 2
+    )
     dark = estimate_mask_statistics([255.0 - images[0][0]])  # dark objects on bright background
     assert 7.0 <= dark["axis_range"][0] <= dark["axis_range"][1] <= 13.0
     with pytest.raises(UDAInputError):

@@ -83,7 +83,9 @@ def test_background_consistency_hand_computed_and_score_filter():
 def test_background_consistency_no_confident_proposals_is_zero_with_count():
     features = torch.randn(3, 4, 2, 2, requires_grad=True)
     empty = background_consistency_loss(
-        [features, features[:0]], [torch.zeros(3, 1, 4, 4), torch.zeros(0, 1, 4, 4)], [torch.full((3,), 0.2), torch.zeros(0)]
+        [features, features[:0]],
+        [torch.zeros(3, 1, 4, 4), torch.zeros(0, 1, 4, 4)],
+        [torch.full((3,), 0.2), torch.zeros(0)],
     )
     assert empty.loss.item() == 0.0 and empty.num_proposals == 0 and empty.num_empty_images == 2
     assert torch.isfinite(empty.loss)

@@ -54,6 +54,8 @@ def test_image_pool_state_round_trip_continues_identically():
     assert got == expected
     assert any(v < 10.0 for pair in got for v in pair)  # some queries returned images stored before the save
     fresh = ImagePool(pool_size=3, seed=5)
-    assert [fresh.query(torch.full((2, 1, 2, 2), 10.0 + k))[:, 0, 0, 0].tolist() for k in range(8)] != expected  # the state matters
+    assert [
+        fresh.query(torch.full((2, 1, 2, 2), 10.0 + k))[:, 0, 0, 0].tolist() for k in range(8)
+    ] != expected  # the state matters
     with pytest.raises(ValueError, match="more than pool_size 2"):
         ImagePool(pool_size=2).load_state_dict(uninterrupted.state_dict())

@@ -7,7 +7,6 @@ from monai_uda.data.pseudo_labels import instance_targets
 from monai_uda.networks.domain_separation import DomainSeparationMaskRCNN
 
 
-
 @pytest.fixture(scope="module")
 def net(tiny_rcnn) -> DomainSeparationMaskRCNN:
     torch.manual_seed(0)

@@ -57,7 +57,8 @@ def test_resnet18_backbone_for_cpu_budgets_trains():
     torch.manual_seed(0)
     model = build_mask_rcnn(backbone="resnet18", **SMALL).train()
     assert len(model.backbone.body.layer3) == 2 and model.backbone.out_channels == 256  # BasicBlock stages, same FPN
-    assert [m.in_channels for m in model.backbone.fpn.inner_blocks.modules() if isinstance(m, nn.Conv2d)] == [64, 128, 256, 512]
+    inner = [m.in_channels for m in model.backbone.fpn.inner_blocks.modules() if isinstance(m, nn.Conv2d)]
+    assert inner == [64, 128, 256, 512]
     losses = model([torch.rand(3, 64, 64)], [_target(2)])
     sum(losses.values()).backward()
     assert model.backbone.body.conv1.weight.grad.abs().sum() > 0
@@ -75,7 +76,10 @@ def test_user_weights_full_model_and_backbone(tmp_path):
     torch.save(resnet.state_dict(), tmp_path / "r50.pth")
     frozen = build_mask_rcnn(norm="frozen_batch", trainable_layers=3, weights_path=tmp_path / "r50.pth", **SMALL)
     assert torch.equal(frozen.backbone.body.layer4[0].conv1.weight, resnet.layer4[0].conv1.weight)
-    assert not frozen.backbone.body.conv1.weight.requires_grad and frozen.backbone.body.layer4[0].conv1.weight.requires_grad
+    assert (
+        not frozen.backbone.body.conv1.weight.requires_grad
+        and frozen.backbone.body.layer4[0].conv1.weight.requires_grad
+    )
 
 
 def test_bad_input_raises_uda_errors(tmp_path):

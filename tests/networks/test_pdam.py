@@ -16,7 +16,6 @@ from monai_uda.networks.pdam import (
 )
 
 
-
 def _fpn(batch: int = 2, size: int = 64) -> OrderedDict[str, torch.Tensor]:
     return OrderedDict((str(i), torch.randn(batch, 256, size // 4 >> i, size // 4 >> i)) for i in range(4))
 
@@ -33,9 +32,18 @@ def test_discriminator_and_branch_shapes():
     image_d = ImageLevelDiscriminator()
     pooled = image_d.pool(features)
     assert pooled.shape == (2, 256, 8, 8)
-    assert torch.allclose(pooled[:, :, 0, 0], sum(f[:, :, : f.shape[2] // 8 or 1, : f.shape[3] // 8 or 1].mean((2, 3)) for f in features.values()), atol=1e-5)
+    assert torch.allclose(
+        pooled[:, :, 0, 0],
+        sum(f[:, :, : f.shape[2] // 8 or 1, : f.shape[3] // 8 or 1].mean((2, 3)) for f in features.values()),
+        atol=1e-5,
+    )
     assert image_d(pooled).shape == (2, 1, 8, 8)
-    assert [m.out_channels for m in image_d.modules() if isinstance(m, torch.nn.Conv2d)] == [256, 512, 512, 1]  # Table 1
+    assert [m.out_channels for m in image_d.modules() if isinstance(m, torch.nn.Conv2d)] == [
+        256,
+        512,
+        512,
+        1,
+    ]  # Table 1
     assert InstanceLevelDiscriminator()(torch.randn(5, 1024)).shape == (5, 1)
     semantic = SemanticHead()(features, (64, 64))
     assert semantic.shape == (2, 2, 64, 64)
@@ -79,7 +87,10 @@ def test_gradient_reversal_in_front_of_the_discriminators(small_pdam):
         net.zero_grad()
         net.set_grl_alpha(alpha)
         net.image_logits(net.run_domain([image])).sum().backward()
-        grads[alpha] = (net.detector.backbone.fpn.layer_blocks[0][0].weight.grad.clone(), net.image_discriminator.classifier.weight.grad.clone())
+        grads[alpha] = (
+            net.detector.backbone.fpn.layer_blocks[0][0].weight.grad.clone(),
+            net.image_discriminator.classifier.weight.grad.clone(),
+        )
     assert torch.allclose(grads[0.5][0], 0.5 * grads[1.0][0], atol=1e-7)  # the detector sees -alpha * gradient
     assert torch.equal(grads[0.0][0], torch.zeros_like(grads[0.0][0]))
     assert torch.allclose(grads[0.0][1], grads[1.0][1])  # the discriminator's own gradient is not reversed

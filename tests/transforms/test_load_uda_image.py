@@ -15,9 +15,14 @@ from monai_uda.transforms import LoadUDAImaged, filename_of
 def test_loads_image_and_label_with_meta(tmp_path):
     image = np.arange(12, dtype=np.uint16).reshape(3, 4) * 1000
     label = np.array([[0, 0, 7, 7], [0, 3, 3, 0], [0, 0, 0, 0]], dtype=np.uint16)
-    item = {"image": str(write_array(tmp_path / "a.tif", image)), "label": str(write_array(tmp_path / "a_label.tif", label))}
+    item = {
+        "image": str(write_array(tmp_path / "a.tif", image)),
+        "label": str(write_array(tmp_path / "a_label.tif", label)),
+    }
     out = LoadUDAImaged("image", label_keys="label", spatial_dims=2)(item)
-    assert isinstance(out["image"], MetaTensor) and out["image"].shape == (1, 3, 4) and out["image"].dtype == torch.float32
+    assert (
+        isinstance(out["image"], MetaTensor) and out["image"].shape == (1, 3, 4) and out["image"].dtype == torch.float32
+    )
     assert float(out["image"][0, 2, 3]) == 11000.0
     assert out["label"].shape == (1, 3, 4) and out["label"].dtype == torch.int32
     np.testing.assert_array_equal(out["label"][0].numpy(), label)

@@ -17,7 +17,10 @@ def _blobs_2d(tmp_path, shape=(40, 50), dtype=np.uint16):
     label = np.zeros(shape, dtype=np.uint16)
     image[5:15, 5:15] = 3000 if dtype == np.uint16 else 250
     label[5:15, 5:15] = 4
-    return {"image": str(write_array(tmp_path / "img.tif", image)), "label": str(write_array(tmp_path / "lab.tif", label))}
+    return {
+        "image": str(write_array(tmp_path / "img.tif", image)),
+        "label": str(write_array(tmp_path / "lab.tif", label)),
+    }
 
 
 def test_train_2d_shapes_types_and_label_alignment(tmp_path):
@@ -37,7 +40,10 @@ def test_train_2d_shapes_types_and_label_alignment(tmp_path):
 def test_train_3d_shapes(tmp_path):
     volume = np.random.default_rng(0).integers(0, 60000, (10, 20, 24)).astype(np.uint16)
     label = (volume > 30000).astype(np.uint16)
-    item = {"image": str(write_array(tmp_path / "v.tif", volume)), "label": str(write_array(tmp_path / "v_lab.tif", label))}
+    item = {
+        "image": str(write_array(tmp_path / "v.tif", volume)),
+        "label": str(write_array(tmp_path / "v_lab.tif", label)),
+    }
     out = train_transforms(3, (8, 16, 16), channels=1)(item)
     assert out["image"].shape == (1, 8, 16, 16) and out["label"].shape == (1, 8, 16, 16)
 
