@@ -59,10 +59,7 @@ class Commands:
         run_config(bundle, "inference", spatial_dims, preset, **_booleans(overrides))
 
     def bundles(self, name: str | None = None) -> None:
-        """Print each bundle's folder (NAME's alone with NAME).
-
-        For MONAI's commands: ``--config_file $(monai-uda bundles NAME)/configs/train.yaml``.
-        """
+        """Print each bundle's folder (NAME's alone with NAME): ``--config_file $(monai-uda bundles NAME)/configs/train.yaml``."""  # noqa: E501 (printed by --help)
         from monai_uda.bundle_runner import bundle_listing
 
         print(bundle_listing(name))
