@@ -96,6 +96,43 @@ def _compare(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str
     return different
 
 
+def _dataset(root: Path, dataset_dir: str | None) -> Path:
+    """The dataset folder: ``dataset_dir``, or the built-in 2D sample written to ``root/data``."""
+    if dataset_dir is not None:
+        return Path(dataset_dir).resolve()
+    from monai_uda.data.samples import make_sample_dataset
+
+    return Path(make_sample_dataset(root / "data", spatial_dims=2)).parent
+
+
+def _run_to_end(command: list[str], log: Path, mode: str, env: dict[str, str]) -> None:
+    """Run ``command`` to its end with its output appended (``mode`` ``"a"``) or written (``"w"``) to ``log``."""
+    with open(log, mode) as log_file:
+        subprocess.run(command, check=True, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+
+
+def _compare_runs(full: Path, killed: Path) -> list[str]:
+    """The tensors that differ between the two runs' final models and their last checkpoints."""
+    differences = _compare(_load(full / "model.pt"), _load(killed / "model.pt"))
+    last = max(_checkpoints(full))
+    checkpoints = _compare(_load(_checkpoints(full)[last]), _load(_checkpoints(killed)[last]))
+    return differences + [f"checkpoint.{d}" for d in checkpoints]
+
+
+def _kill_repeatedly(
+    commands: list[list[str]], killed: Path, log: Path, kill_window: float, rng: random.Random, env: dict[str, str]
+) -> tuple[list[str], list[str], int]:
+    """Run and kill each command in turn; what happened, the damaged files found, the most Ignite temp files."""
+    events, problems, ignite_temps = [], [], 0
+    for attempt, command in enumerate(commands):
+        events.append(_run_and_kill(command, killed, log, kill_window, rng, env))
+        found, temps = _check_folder(killed)
+        problems += [f"after kill {attempt + 1}: {p}" for p in found]
+        ignite_temps = max(ignite_temps, temps)
+        print(f"kill {attempt + 1}/{len(commands)}: {events[-1]}; {len(found)} problem(s), {temps} Ignite temp file(s)")
+    return events, problems, ignite_temps
+
+
 def main(
     out: str = "runs/kill_resume_check",
     dataset_dir: str | None = None,
@@ -122,12 +159,7 @@ def main(
     """
     root = Path(out).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    if dataset_dir is None:
-        from monai_uda.data.samples import make_sample_dataset
-
-        dataset = Path(make_sample_dataset(root / "data", spatial_dims=2)).parent
-    else:
-        dataset = Path(dataset_dir).resolve()
+    dataset = _dataset(root, dataset_dir)
     configs = [str(CONFIGS / "train.yaml")] + ([str(CONFIGS / f"train_{preset}.yaml")] if preset else [])
     extra = json.loads(overrides) if isinstance(overrides, str) else dict(overrides or {})
     settings = {"max_iterations": max_iterations, "ckpt_interval": ckpt_interval, **extra}
@@ -137,38 +169,14 @@ def main(
     rng = random.Random(seed)
 
     start = time.perf_counter()
-    with open(root / "full.log", "w") as log_file:
-        subprocess.run(
-            _command(configs, dataset, full, settings, resume=False),
-            check=True,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    _run_to_end(_command(configs, dataset, full, settings, resume=False), root / "full.log", "w", env)
     full_seconds = time.perf_counter() - start
 
-    events, problems, ignite_temps = [], [], 0
-    for attempt in range(kills):
-        command = _command(configs, dataset, killed, settings, resume=attempt > 0)
-        events.append(_run_and_kill(command, killed, root / "killed.log", kill_window, rng, env))
-        found, temps = _check_folder(killed)
-        problems += [f"after kill {attempt + 1}: {p}" for p in found]
-        ignite_temps = max(ignite_temps, temps)
-        print(f"kill {attempt + 1}/{kills}: {events[-1]}; {len(found)} problem(s), {temps} Ignite temp file(s)")
-    with open(root / "killed.log", "a") as log_file:
-        subprocess.run(
-            _command(configs, dataset, killed, settings, resume=kills > 0),
-            check=True,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    commands = [_command(configs, dataset, killed, settings, resume=attempt > 0) for attempt in range(kills)]
+    events, problems, ignite_temps = _kill_repeatedly(commands, killed, root / "killed.log", kill_window, rng, env)
+    _run_to_end(_command(configs, dataset, killed, settings, resume=kills > 0), root / "killed.log", "a", env)
 
-    differences = _compare(_load(full / "model.pt"), _load(killed / "model.pt"))
-    last = max(_checkpoints(full))
-    differences += [
-        f"checkpoint.{d}" for d in _compare(_load(_checkpoints(full)[last]), _load(_checkpoints(killed)[last]))
-    ]
+    differences = _compare_runs(full, killed)
     report = {
         "kills": events,
         "problems": problems,

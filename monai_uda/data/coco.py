@@ -233,30 +233,10 @@ def prepare_coco(
     folder = _images_folder(images, src)
     if (out / "images").resolve() == folder.resolve():
         raise UDAInputError("output images/ folder is the input images folder; choose another output folder", out)
-    _check_image_files(records, folder, src)
+    planned = _planned_outputs(records, folder, src, out)
     by_image, n_crowd, n_other_category = _group_annotations(records, annotations, wanted, include_crowd, src)
-    planned = [
-        out / sub / name
-        for record in records
-        for sub, name in (
-            ("images", Path(str(record["file_name"])).name),
-            ("labels", f"{stem_of(Path(str(record['file_name'])))}.tif"),
-        )
-    ]
     kept = kept_splits(out, [split], planned)
-    items, n_instances, n_problems, unannotated = [], 0, 0, []
-    for record in tqdm(records, desc="coco", unit="image"):
-        path = folder / str(record["file_name"])
-        label, n_regions, instances, problems = _instance_map(record, path, by_image[record["id"]], src)
-        n_instances, n_problems = n_instances + instances, n_problems + problems
-        if not n_regions:
-            unannotated.append(str(record["file_name"]))
-        image_out = out / "images" / Path(str(record["file_name"])).name
-        place_file(path, image_out, link=link)
-        label_out = write_array(out / "labels" / f"{stem_of(image_out)}.tif", label)
-        items.append({"image": str(image_out), "label": str(label_out)})
-    if unannotated:
-        say(f"coco: {len(unannotated)} image(s) without instances keep an empty label map: {preview(unannotated)}")
+    items, n_instances, n_problems = _write_items(records, folder, by_image, out, src, link)
     skipped = f", {n_crowd} crowd annotation(s) skipped" + (
         f", {n_other_category} of other categories" if wanted is not None else ""
     )
@@ -264,8 +244,11 @@ def prepare_coco(
     return write_datalist(out, {**kept, split: items})
 
 
-def _check_image_files(records: list[dict[str, Any]], folder: Path, src: Path) -> None:
-    """Refuse two images with one file stem (outputs are named by stem) and listed images that are missing."""
+def _planned_outputs(records: list[dict[str, Any]], folder: Path, src: Path, out: Path) -> list[Path]:
+    """The image and label files the conversion will write.
+
+    Refuses two images with one file stem (outputs are named by stem) and listed images that are missing.
+    """
     stems: dict[str, Any] = {}
     for record in records:
         stem = stem_of(Path(str(record["file_name"])).name)
@@ -279,6 +262,33 @@ def _check_image_files(records: list[dict[str, Any]], folder: Path, src: Path) -
             f"are not in {folder}; set the images folder with --images DIR)",
             folder / str(missing[0]["file_name"]),
         )
+    names = [Path(str(record["file_name"])) for record in records]
+    return [path for name in names for path in (out / "images" / name.name, out / "labels" / f"{stem_of(name)}.tif")]
+
+
+def _write_items(
+    records: list[dict[str, Any]],
+    folder: Path,
+    by_image: dict[int | str, list[tuple[Any, dict[str, Any]]]],
+    out: Path,
+    src: Path,
+    link: bool,
+) -> tuple[list[dict[str, str]], int, int]:
+    """Copy every image and write its instance map; the datalist items and the instance and problem counts."""
+    items, n_instances, n_problems, unannotated = [], 0, 0, []
+    for record in tqdm(records, desc="coco", unit="image"):
+        path = folder / str(record["file_name"])
+        label, n_regions, instances, problems = _instance_map(record, path, by_image[record["id"]], src)
+        n_instances, n_problems = n_instances + instances, n_problems + problems
+        if not n_regions:
+            unannotated.append(str(record["file_name"]))
+        image_out = out / "images" / Path(str(record["file_name"])).name
+        place_file(path, image_out, link=link)
+        label_out = write_array(out / "labels" / f"{stem_of(image_out)}.tif", label)
+        items.append({"image": str(image_out), "label": str(label_out)})
+    if unannotated:
+        say(f"coco: {len(unannotated)} image(s) without instances keep an empty label map: {preview(unannotated)}")
+    return items, n_instances, n_problems
 
 
 def _group_annotations(

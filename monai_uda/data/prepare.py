@@ -82,6 +82,25 @@ def _dsb_instances(mask_files: Sequence[Path], shape: tuple[int, ...]) -> tuple[
     return label, empty
 
 
+def _dsb_sample(sample: Path, out: Path) -> tuple[dict[str, str], int, int]:
+    """Convert one DSB sample folder; its datalist item, nuclei count and count of empty masks."""
+    images = list_images(sample / "images") if (sample / "images").is_dir() else []
+    if len(images) != 1:
+        raise UDAInputError(f"expected one image in images/, found {len(images)}", sample)
+    if not (sample / "masks").is_dir():
+        raise UDAInputError("no masks/ folder (expected one binary PNG per nucleus)", sample)
+    image = _dsb_image(images[0])
+    label, empty = _dsb_instances(list_images(sample / "masks"), image.shape[:2])
+    for mask_file in empty:
+        say(f"warning: {mask_file}: mask has no pixels (empty, or covered by lower-numbered masks)")
+    ext = ".png" if image.dtype == np.uint8 else ".tif"
+    item = {
+        "image": str(write_array(out / "images" / f"{sample.name}{ext}", image)),
+        "label": str(write_array(out / "labels" / f"{sample.name}.tif", label)),
+    }
+    return item, len(np.unique(label)) - 1, len(empty)
+
+
 def _validation_count(n: int, fraction: float) -> int:
     """round(n * fraction), at least 1 when ``fraction > 0`` and at most ``n - 1``."""
     if fraction == 0 or n < 2:
@@ -125,24 +144,9 @@ def prepare_dsb(src: str | Path, out: str | Path, validation_fraction: float = 0
     kept = kept_splits(out, ["source", "validation"], planned)
     items, n_nuclei, n_empty = [], 0, 0
     for sample in tqdm(samples, desc="dsb", unit="image"):
-        images = list_images(sample / "images") if (sample / "images").is_dir() else []
-        if len(images) != 1:
-            raise UDAInputError(f"expected one image in images/, found {len(images)}", sample)
-        if not (sample / "masks").is_dir():
-            raise UDAInputError("no masks/ folder (expected one binary PNG per nucleus)", sample)
-        image = _dsb_image(images[0])
-        label, empty = _dsb_instances(list_images(sample / "masks"), image.shape[:2])
-        for mask_file in empty:
-            say(f"warning: {mask_file}: mask has no pixels (empty, or covered by lower-numbered masks)")
-        n_empty += len(empty)
-        n_nuclei += len(np.unique(label)) - 1
-        ext = ".png" if image.dtype == np.uint8 else ".tif"
-        items.append(
-            {
-                "image": str(write_array(out / "images" / f"{sample.name}{ext}", image)),
-                "label": str(write_array(out / "labels" / f"{sample.name}.tif", label)),
-            }
-        )
+        item, nuclei, empty = _dsb_sample(sample, out)
+        items.append(item)
+        n_nuclei, n_empty = n_nuclei + nuclei, n_empty + empty
     n_val = _validation_count(len(items), validation_fraction)
     validation_ids = set(np.random.default_rng(seed).permutation(len(items))[:n_val].tolist())
     datalist = {
@@ -173,6 +177,18 @@ def _by_stem(folder: Path) -> dict[str, Path]:
     return files
 
 
+def _paired_labels(labels: Path, image_files: dict[str, Path], images: Path) -> dict[str, Path]:
+    """``{stem: label file}``, one for every image and none without one (the unmatched stems are named)."""
+    label_files = _by_stem(labels)
+    no_label = sorted(set(image_files) - set(label_files))
+    if no_label:
+        raise UDAInputError(f"no label for image stem(s) {preview(no_label)}", labels)
+    no_image = sorted(set(label_files) - set(image_files))
+    if no_image:
+        raise UDAInputError(f"no image for label stem(s) {preview(no_image)}", images)
+    return label_files
+
+
 def prepare_folder(
     images: str | Path, labels: str | Path | None, out: str | Path, split: str = "source", link: bool = False
 ) -> Path:
@@ -201,16 +217,7 @@ def prepare_folder(
         raise UDAInputError(f"unknown split {split!r} (choices: {', '.join(DATALIST_KEYS)})")
     images, out = source_folder(images, "images"), output_folder(out)
     image_files = _by_stem(images)
-    label_files: dict[str, Path] = {}
-    if labels is not None:
-        labels = source_folder(labels, "labels")
-        label_files = _by_stem(labels)
-        no_label = sorted(set(image_files) - set(label_files))
-        if no_label:
-            raise UDAInputError(f"no label for image stem(s) {preview(no_label)}", labels)
-        no_image = sorted(set(label_files) - set(image_files))
-        if no_image:
-            raise UDAInputError(f"no image for label stem(s) {preview(no_image)}", images)
+    label_files = {} if labels is None else _paired_labels(source_folder(labels, "labels"), image_files, images)
     if (out / "images").resolve() == images.resolve():
         raise UDAInputError("output images/ folder is the input images folder; choose another output folder", out)
     planned = [out / "images" / path.name for path in image_files.values()]

@@ -379,17 +379,8 @@ class RandSyntheticMaskd(Randomizable, MapTransform):
     ) -> None:
         MapTransform.__init__(self, keys)
         self.image_key, self.label_key = self.keys
-        self.masks = SyntheticMaskDataset(
-            shape,
-            1,
-            preset,
-            axis_range,
-            count_range,
-            eccentricity_range,
-            ternary,
-            edge_fraction,
-            max_retries=max_retries,
-        )
+        ranges = (axis_range, count_range, eccentricity_range)
+        self.masks = SyntheticMaskDataset(shape, 1, preset, *ranges, ternary, edge_fraction, max_retries=max_retries)
         self._seed = 0
 
     def randomize(self, data: Any = None) -> None:

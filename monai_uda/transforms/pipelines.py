@@ -26,6 +26,15 @@ def _check_dims(spatial_dims: int) -> None:
         raise UDAInputError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
 
 
+def _check_patch(spatial_dims: int, patch_size: Sequence[int]) -> tuple[int, ...]:
+    """``patch_size`` as a tuple of ints, checked against ``spatial_dims``."""
+    _check_dims(spatial_dims)
+    patch = tuple(int(p) for p in patch_size)
+    if len(patch) != spatial_dims or min(patch) < 1:
+        raise UDAInputError(f"patch_size must have {spatial_dims} positive sizes, got {tuple(patch_size)}")
+    return patch
+
+
 def default_rotation_axes(spatial_dims: int) -> tuple[int, int]:
     """In-plane axes of the 90 degree rotations: ``(0, 1)`` for ``(H, W)``, ``(1, 2)`` for ``(Z, Y, X)`` stacks.
 
@@ -63,10 +72,9 @@ def train_transforms(
 ) -> Compose:
     """Training chain: load, channel policy, percentile scaling, pad, random patch, flips, rotations.
 
-    Images smaller than ``patch_size`` are padded first: the image with each channel's median
-    (the background colour in any modality, see :class:`~monai_uda.transforms.BackgroundPadd`)
-    and the label with 0. Rotations by 90 degrees are only used when the patch is square in ``rotation_axes`` so
-    every output has the shape ``patch_size``.
+    Images smaller than ``patch_size`` are padded with each channel's median, the background colour in any
+    modality (:class:`~monai_uda.transforms.BackgroundPadd`), labels with 0. Rotations by 90 degrees are used
+    only where the patch is square in ``rotation_axes``, so every output has the shape ``patch_size``.
 
     Args:
         spatial_dims: 2 or 3.
@@ -89,20 +97,13 @@ def train_transforms(
     Raises:
         UDAInputError: invalid ``spatial_dims``, ``patch_size`` or ``value_range``.
     """
-    _check_dims(spatial_dims)
-    patch = tuple(int(p) for p in patch_size)
-    if len(patch) != spatial_dims or min(patch) < 1:
-        raise UDAInputError(f"patch_size must have {spatial_dims} positive sizes, got {tuple(patch_size)}")
+    patch = _check_patch(spatial_dims, patch_size)
     keys = [image_key] if label_key is None else [image_key, label_key]
     missing = allow_missing_label and label_key is not None
     axes = default_rotation_axes(spatial_dims) if rotation_axes is None else tuple(rotation_axes)
+    labels = () if label_key is None else label_key
     chain = [
-        LoadUDAImaged(
-            image_key,
-            label_keys=() if label_key is None else label_key,
-            spatial_dims=spatial_dims,
-            allow_missing_keys=missing,
-        ),
+        LoadUDAImaged(image_key, label_keys=labels, spatial_dims=spatial_dims, allow_missing_keys=missing),
         scale_intensity_percentiles(image_key, value_range),
         ChannelPolicyd(image_key, channels, invert),
         BackgroundPadd(image_key, spatial_size=patch),
@@ -114,9 +115,8 @@ def train_transforms(
         chain += _augmentations(keys, patch, axes, missing)
     chain.append(EnsureTyped(image_key, dtype=torch.float32, track_meta=False))
     if label_key is not None:
-        chain.append(
-            EnsureTyped(label_key, dtype=torch.int32, track_meta=False, allow_missing_keys=allow_missing_label)
-        )
+        label_type = EnsureTyped(label_key, dtype=torch.int32, track_meta=False, allow_missing_keys=allow_missing_label)
+        chain.append(label_type)
     return Compose(chain)
 
 
