@@ -32,7 +32,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from monai.losses import PatchAdversarialLoss
-from torch import nn
 from torch.func import functional_call
 
 from monai_uda.engines.method import AdaptationMethod
