@@ -339,14 +339,11 @@ class FolderDetector:
 
     Args:
         network: a torchvision-style detector (``eval()`` forward returns ``masks``/``scores``).
-        input_dir, output_dir, spatial_dims, channels, invert, value_range, device, ckpt_path,
-            ckpt_key, min_size, overlay: as for :class:`FolderSegmenter`.
-        tile_size: tile side (the training patch size).
-        tile_overlap: tile overlap in pixels (larger than the biggest nucleus).
-        score_threshold: minimum detection score.
-        mask_threshold: soft-mask threshold.
-        duplicate_overlap: see :func:`paint_instances`.
-        z_overlap: 3D only: ``min_overlap`` of :func:`stitch_slices`.
+        input_dir, output_dir, spatial_dims, channels, invert, value_range, overlay: as for
+            :class:`~monai_uda.inference.segment.FolderSegmenter`.
+        detector_kwargs: ``device``, ``ckpt_path``, ``ckpt_key``, ``tile_size`` (the training patch
+            size), ``tile_overlap`` (pixels, larger than the biggest nucleus), ``score_threshold``,
+            ``mask_threshold``, ``min_size``, ``duplicate_overlap``, ``z_overlap``: see :class:`TiledDetection`.
     """
 
     def __init__(
@@ -358,22 +355,10 @@ class FolderDetector:
         channels: int = 3,
         invert: bool = False,
         value_range: Sequence[float] = (0.0, 1.0),
-        device: str = "cpu",
-        ckpt_path: str | None = None,
-        ckpt_key: str | None = None,
-        tile_size: int = 256,
-        tile_overlap: int = 64,
-        score_threshold: float = 0.5,
-        mask_threshold: float = 0.5,
-        min_size: int = 5,
-        duplicate_overlap: float = 0.5,
-        z_overlap: float = 0.3,
         overlay: bool = True,
+        **detector_kwargs: Any,
     ) -> None:
-        self.detector = TiledDetection(
-            network, spatial_dims, device, ckpt_path, ckpt_key, tile_size, tile_overlap, score_threshold, mask_threshold, min_size,
-            duplicate_overlap, z_overlap,
-        )
+        self.detector = TiledDetection(network, spatial_dims, **detector_kwargs)
         self.spatial_dims = spatial_dims
         self.transforms = inference_transforms(spatial_dims, channels, invert, value_range)
         self.overlay = overlay and spatial_dims == 2

@@ -80,14 +80,15 @@ class SegmentationNetwork:
         mode: window blending, ``"gaussian"`` or ``"constant"``.
         device: torch device for the network and the windows.
         ckpt_path: checkpoint to load, or ``None`` to use ``network`` as is.
-        ckpt_key: key of the network inside the checkpoint, ``None`` for a plain state dict.
-        output_activation: see :func:`to_probabilities`.
+        ckpt_key: key of the network inside the checkpoint (e.g. ``"segmenter"``), ``None`` for a
+            plain state dict.
+        output_activation: ``"sigmoid"``, ``"softmax"``, ``"tanh"`` or ``"none"`` (see :func:`to_probabilities`).
         threshold: foreground probability threshold of the binary route.
         postprocess: ``"binary"`` (foreground = channel 0, or 1 - background for softmax) or
             ``"ternary"`` (channels ``[background, edge, interior]``).
         min_size: smallest nucleus kept, in pixels/voxels.
         amp: run the network under ``torch.autocast``.
-        padding_mode: how windows beyond the image border are padded.
+        padding_mode: how windows beyond the image border are padded (``torch.nn.functional.pad`` mode).
     """
 
     def __init__(

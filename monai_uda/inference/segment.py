@@ -70,26 +70,13 @@ class FolderSegmenter:
         invert: invert intensities (e.g. bright-field images for a fluorescence-trained model).
         value_range: intensity range the network was trained on (percentile scaling).
             Preprocessing is :func:`monai_uda.transforms.inference_transforms`, the one of training.
-        roi_size: sliding-window size (one value per spatial dim).
-        sw_batch_size: windows per forward pass.
-        overlap: window overlap fraction.
-        mode: window blending, ``"gaussian"`` or ``"constant"``.
-        device: torch device for the network and the windows.
-        ckpt_path: checkpoint to load, or ``None`` to use ``network`` as is.
-        ckpt_key: key of the network inside the checkpoint (e.g. ``"segmenter"``), ``None`` for a
-            plain state dict.
-        output_activation: ``"sigmoid"``, ``"softmax"``, ``"tanh"`` or ``"none"``
-            (see :func:`~monai_uda.inference.network.to_probabilities`).
-        threshold: foreground probability threshold of the binary route.
-        postprocess: ``"binary"`` (foreground = channel 0, or 1 - background for softmax) or
-            ``"ternary"`` (channels ``[background, edge, interior]``).
-        min_size: smallest nucleus kept, in pixels/voxels.
         mask_ext: suffix of the mask files; default ``.png`` (2D) / ``.nii.gz`` (3D).
         instance_ext: suffix of the instance files; default ``.tif`` (2D) / ``.nii.gz`` (3D).
         overlay: also write ``<stem>_overlay.png`` (2D only): instance boundaries over the image as
             the network saw it (after channel policy and ``invert``).
-        amp: run the network under ``torch.autocast``.
-        padding_mode: how windows beyond the image border are padded (``torch.nn.functional.pad`` mode).
+        network_kwargs: ``roi_size``, ``sw_batch_size``, ``overlap``, ``mode``, ``device``,
+            ``ckpt_path``, ``ckpt_key``, ``output_activation``, ``threshold``, ``postprocess``,
+            ``min_size``, ``amp``, ``padding_mode``: see :class:`~monai_uda.inference.network.SegmentationNetwork`.
     """
 
     def __init__(
@@ -101,27 +88,12 @@ class FolderSegmenter:
         channels: int = 1,
         invert: bool = False,
         value_range: Sequence[float] = (0.0, 1.0),
-        roi_size: Sequence[int] = (256, 256),
-        sw_batch_size: int = 4,
-        overlap: float = 0.25,
-        mode: str = "gaussian",
-        device: str = "cpu",
-        ckpt_path: str | None = None,
-        ckpt_key: str | None = None,
-        output_activation: str = "sigmoid",
-        threshold: float = 0.5,
-        postprocess: str = "binary",
-        min_size: int = 10,
         mask_ext: str | None = None,
         instance_ext: str | None = None,
         overlay: bool = True,
-        amp: bool = False,
-        padding_mode: str = "constant",
+        **network_kwargs: Any,
     ) -> None:
-        self.model = SegmentationNetwork(
-            network, spatial_dims, roi_size, sw_batch_size, overlap, mode, device, ckpt_path, ckpt_key,
-            output_activation, threshold, postprocess, min_size, amp, padding_mode,
-        )
+        self.model = SegmentationNetwork(network, spatial_dims, **network_kwargs)
         self.spatial_dims = spatial_dims
         self.transforms = inference_transforms(spatial_dims, channels, invert, value_range)
         self.overlay = overlay and spatial_dims == 2

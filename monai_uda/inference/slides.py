@@ -29,10 +29,19 @@ from monai_uda.inference.threads import default_workers
 from monai_uda.inference.tissue import scan_slide, tissue_mask
 from monai_uda.transforms.intensity import PERCENTILES
 
-__all__ = ["SlideRun", "slide_output_names"]
+__all__ = ["SLIDE_OPTIONS", "SlideRun", "pop_slide_options", "slide_output_names"]
 
 #: ``infer(reader, windows, scale, paths) -> number of nuclei``: infers the windows and writes the outputs
 InferFn = Callable[[SlideReader, list[tuple[int, int]], Callable[[np.ndarray], torch.Tensor], dict[str, Path]], int]
+
+
+#: the keyword arguments of a slide runner that configure its :class:`SlideRun`
+SLIDE_OPTIONS = ("channels", "invert", "value_range", "tissue", "thumbnail_size", "tile")
+
+
+def pop_slide_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Take the :data:`SLIDE_OPTIONS` out of a runner's keyword arguments (the rest configure its network)."""
+    return {name: kwargs.pop(name) for name in SLIDE_OPTIONS if name in kwargs}
 
 
 def slide_output_names(stem: str) -> dict[str, str]:

@@ -11,6 +11,10 @@ With ``prefetch_slabs > 0`` (the default on a GPU) the network and blending run 
 thread, a few class-map slabs ahead of the labelling
 (:func:`~monai_uda.inference.threads.in_background`), so post-processing overlaps the network; on
 CPU they run in turn, since both would share the same cores.
+
+MONAI's ``PatchInferer`` runs its splitter, network and merger to the end before anything can be
+read from the merged output, while the labelling here must take each slab as soon as it is
+finished, which is why this pipeline (on MONAI's window grid and importance map) is ours.
 """
 
 from __future__ import annotations
@@ -71,7 +75,9 @@ class StreamingSegmentation:
             self.model.to_instances, axis_names, group_width=self.group_width, workers=self.postprocess_workers, **kwargs
         )
 
-    def class_slabs(self, read: ReadFn, image_size: tuple[int, ...], windows: list[tuple[int, ...]], scale: ScaleFn) -> Iterator[np.ndarray]:
+    def class_slabs(
+        self, read: ReadFn, image_size: tuple[int, ...], windows: list[tuple[int, ...]], scale: ScaleFn
+    ) -> Iterator[np.ndarray]:
         """Windows -> network -> blender -> class-map slabs, top to bottom."""
         model = self.model
         roi = tuple(model.inferer.roi_size)
@@ -82,7 +88,9 @@ class StreamingSegmentation:
                 starts = windows[b : b + batch_size]
                 outputs = model.forward(scale(np.stack([read(start) for start in starts])))
                 if blender is None:
-                    blender = StreamingBlender(image_size, roi, outputs.shape[1], mode=model.inferer.mode, sigma_scale=model.inferer.sigma_scale)
+                    blender = StreamingBlender(
+                        image_size, roi, outputs.shape[1], mode=model.inferer.mode, sigma_scale=model.inferer.sigma_scale
+                    )
                 for start, output in zip(starts, outputs):
                     yield from map(self._classes_of, blender.add(start, output))
                 progress.update(len(starts))

@@ -6,7 +6,7 @@ folder, or draws synthetic masks (:mod:`monai_uda.data.synthetic`), turns them i
 mask domain (:func:`~monai_uda.data.synthetic.mask_to_domain_image`: semantic ``{-1, 1}`` or
 AD-GAN-INS ``-1`` background / ``0`` edge / ``1`` interior), translates them with MONAI's
 :class:`~monai.inferers.SlidingWindowInferer` through
-:class:`~monai_uda.methods.ad_gan.DomainTranslator` to the image domain (or to an interpolated
+:class:`~monai_uda.networks.adain.DomainTranslator` to the image domain (or to an interpolated
 domain label ``t`` in ``(0, 1)``) and writes each image beside the instance map it came from,
 with a ``datalist.json`` whose ``"source"`` split lists the pairs.
 """

@@ -17,7 +17,7 @@ Without tissue skipping the mask equals the in-memory ``FolderSegmenter``'s on t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch
 from monai_uda.inference.network import SegmentationNetwork
 from monai_uda.inference.readers import SlideReader
 from monai_uda.inference.records import SLIDE_AXES
-from monai_uda.inference.slides import SlideRun
+from monai_uda.inference.slides import SlideRun, pop_slide_options
 from monai_uda.inference.streaming import StreamingSegmentation
 from monai_uda.inference.windows import window_starts
 from monai_uda.inference.writers import write_slide_outputs
@@ -45,19 +45,18 @@ class SlideSegmenter:
     ``<stem>_mask.tif`` (``uint8`` 0/255, tiled) and ``<stem>_nuclei.csv``.
 
     Args:
-        network, input_dir, output_dir, channels, invert, value_range: as for :class:`FolderSegmenter`.
+        network, input_dir, output_dir: as for :class:`~monai_uda.inference.segment.FolderSegmenter`.
         group_width: width of the groups post-processed together (see
             :class:`~monai_uda.inference.labeller.StreamingInstanceLabeller`).
         max_width: components wider than this (not nuclei: folds, pen marks, glass edges) are
             post-processed in pieces this wide (the labeller's ``max_width``).
         max_height: components taller than this are cut where they reach it (the labeller's
             ``max_open_rows``): at most this many rows wait for the next slab.
-        tissue, thumbnail_size, tile: see :class:`~monai_uda.inference.slides.SlideRun`.
         prefetch_slabs, postprocess_workers: see :class:`~monai_uda.inference.streaming.StreamingSegmentation`.
-        network_kwargs: roi_size, sw_batch_size, overlap, mode, device, ckpt_path, ckpt_key,
-            output_activation, threshold, postprocess, min_size, amp, padding_mode: as for
-            :class:`FolderSegmenter` (``spatial_dims`` is 2; ``overlay``, ``mask_ext`` and
-            ``instance_ext`` are accepted and unused).
+        kwargs: ``channels``, ``invert``, ``value_range`` (as for ``FolderSegmenter``) and ``tissue``,
+            ``thumbnail_size``, ``tile`` (see :class:`~monai_uda.inference.slides.SlideRun`); the rest
+            configure the network as for ``FolderSegmenter`` (``spatial_dims`` is 2; ``overlay``,
+            ``mask_ext`` and ``instance_ext`` are accepted and unused).
     """
 
     def __init__(
@@ -68,21 +67,15 @@ class SlideSegmenter:
         group_width: int = 1024,
         max_width: int = 1024,
         max_height: int = 256,
-        channels: int = 1,
-        invert: bool = False,
-        value_range: Sequence[float] = (0.0, 1.0),
-        tissue: bool = True,
-        thumbnail_size: int = 1024,
-        tile: int = 256,
         prefetch_slabs: int | None = None,
         postprocess_workers: int | None = None,
-        **network_kwargs: Any,
+        **kwargs: Any,
     ) -> None:
+        self.slides = SlideRun(input_dir, output_dir, **pop_slide_options(kwargs))
         for name in _FOLDER_ONLY:
-            network_kwargs.pop(name, None)
-        self.model = SegmentationNetwork(network, spatial_dims=2, **network_kwargs)
+            kwargs.pop(name, None)
+        self.model = SegmentationNetwork(network, spatial_dims=2, **kwargs)
         self.stream = StreamingSegmentation(self.model, group_width, prefetch_slabs, postprocess_workers)
-        self.slides = SlideRun(input_dir, output_dir, channels, invert, value_range, tissue, thumbnail_size, tile)
         self.max_width = max_width
         self.max_height = max_height
 
@@ -103,9 +96,8 @@ class SlideSegmenter:
         labeller = self.stream.labeller(SLIDE_AXES, max_open_rows=self.max_height, max_width=self.max_width)
         roi = self.model.roi_size
         read = lambda start: np.moveaxis(reader.read(*start, *roi), -1, 0)  # noqa: E731
-        write_slide_outputs(
-            paths, reader.shape, lambda table: self.stream.instance_slabs(read, reader.shape, windows, scale, labeller, table), self.slides.tile
-        )
+        slabs = lambda table: self.stream.instance_slabs(read, reader.shape, windows, scale, labeller, table)  # noqa: E731
+        write_slide_outputs(paths, reader.shape, slabs, self.slides.tile)
         return labeller.next_id - 1
 
     def run(self) -> list[dict[str, Any]]:

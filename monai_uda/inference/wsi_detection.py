@@ -5,7 +5,8 @@ that do not fit in memory (``inference_wsi.yaml`` of the detector bundles swaps 
 other). It shares the slide side with :class:`~monai_uda.inference.wsi.SlideSegmenter`
 (:class:`~monai_uda.inference.slides.SlideRun`: tiles decoded on demand, percentiles from one
 streaming pass, blank glass skipped, tiled TIFF and CSV outputs) and the detection side with
-``FolderDetector`` (:class:`~monai_uda.inference.detection.TiledDetection`): the same tile grid (:func:`~monai_uda.inference.detection.tile_starts` over
+``FolderDetector`` (:class:`~monai_uda.inference.detection.TiledDetection`): the same tile grid
+(:func:`~monai_uda.inference.detection.tile_starts` over
 the whole slide), the same per-tile candidates (cut where they touch a tile side inside the
 slide) and the same greedy merge (:func:`~monai_uda.inference.detection.paint_candidate` in
 :func:`~monai_uda.inference.detection.paint_order`). Tiles are detected tile row by tile row and
@@ -31,7 +32,7 @@ import torch
 from monai_uda.inference.detection import Candidate, TiledDetection, paint_candidate, paint_order, tile_candidates, tile_starts
 from monai_uda.inference.readers import SlideReader
 from monai_uda.inference.records import SLIDE_AXES, NucleiTable, concatenate_records, instance_records
-from monai_uda.inference.slides import SlideRun
+from monai_uda.inference.slides import SlideRun, pop_slide_options
 from monai_uda.inference.windows import Slab
 from monai_uda.inference.writers import write_slide_outputs
 
@@ -137,35 +138,23 @@ class SlideDetector:
     plus one tile and its detections: it grows with the slide width, not its height.
 
     Args:
-        network, input_dir, output_dir, channels, invert, value_range: as for
-            :class:`~monai_uda.inference.detection.FolderDetector`.
+        network, input_dir, output_dir: as for :class:`~monai_uda.inference.detection.FolderDetector`.
         max_pending_rows: see :class:`StreamingPainter`; default ``tile_size``.
-        tissue, thumbnail_size, tile: see :class:`~monai_uda.inference.slides.SlideRun`
-            (``tissue`` skips tiles over glass).
-        detector_kwargs: device, ckpt_path, ckpt_key, tile_size, tile_overlap, score_threshold,
-            mask_threshold, min_size, duplicate_overlap: see
-            :class:`~monai_uda.inference.detection.TiledDetection` (``spatial_dims`` is 2;
-            ``overlay`` and ``z_overlap`` are accepted and unused).
+        kwargs: ``channels`` (default 3), ``invert``, ``value_range`` (as for ``FolderDetector``) and
+            ``tissue`` (skips tiles over glass), ``thumbnail_size``, ``tile`` (see
+            :class:`~monai_uda.inference.slides.SlideRun`); the rest configure the detector (see
+            :class:`~monai_uda.inference.detection.TiledDetection`; ``spatial_dims`` is 2,
+            ``overlay`` is accepted and unused).
     """
 
     def __init__(
-        self,
-        network: torch.nn.Module,
-        input_dir: str,
-        output_dir: str,
-        max_pending_rows: int | None = None,
-        channels: int = 3,
-        invert: bool = False,
-        value_range: Sequence[float] = (0.0, 1.0),
-        tissue: bool = True,
-        thumbnail_size: int = 1024,
-        tile: int = 256,
-        **detector_kwargs: Any,
+        self, network: torch.nn.Module, input_dir: str, output_dir: str, max_pending_rows: int | None = None, **kwargs: Any
     ) -> None:
+        options = {"channels": 3, **pop_slide_options(kwargs)}
+        self.slides = SlideRun(input_dir, output_dir, **options, window_name="tile", in_memory="FolderDetector")
         for name in ("spatial_dims", "overlay"):
-            detector_kwargs.pop(name, None)
-        self.detector = TiledDetection(network, spatial_dims=2, **detector_kwargs)
-        self.slides = SlideRun(input_dir, output_dir, channels, invert, value_range, tissue, thumbnail_size, tile, "tile", "FolderDetector")
+            kwargs.pop(name, None)
+        self.detector = TiledDetection(network, spatial_dims=2, **kwargs)
         self.max_pending_rows = max_pending_rows or int(self.detector.tiled["tile_size"])
 
     def segment_file(self, path: str | Path) -> dict[str, Any]:
@@ -197,7 +186,9 @@ class SlideDetector:
                     start = time.perf_counter()
                     detections = self.detector.detect(tile)
                     self.detector.network_seconds += time.perf_counter() - start
-                    candidates += tile_candidates(detections, y0, x0, (size, size), reader.shape, tiled["score_threshold"], tiled["mask_threshold"])
+                    candidates += tile_candidates(
+                        detections, y0, x0, (size, size), reader.shape, tiled["score_threshold"], tiled["mask_threshold"]
+                    )
                 final, records = painter.push(candidates, rows[row + 1] if row + 1 < len(rows) else reader.shape[0])
                 table.writerows(records)
                 yield from final
