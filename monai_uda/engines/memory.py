@@ -20,7 +20,6 @@ available memory the free device memory plus the caching allocator's unused rese
 from __future__ import annotations
 
 import copy
-import ctypes
 import gc
 import logging
 import math
@@ -38,6 +37,7 @@ import torch
 import torch.distributed as dist
 
 from monai_uda.errors import UDAInputError
+from monai_uda.system import trim_freed_memory
 
 __all__ = [
     "MemoryPlan",
@@ -155,10 +155,7 @@ def release_cached(device: torch.device | str) -> bool:
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
         return True
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0) >= 0)
-    except (OSError, AttributeError):
-        return False
+    return trim_freed_memory()
 
 
 def split_batch(batch: Mapping[str, Any], steps: int) -> list[dict[str, Any]]:

@@ -31,7 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from monai_uda.inference.segment import FolderSegmenter
+from monai_uda.inference.folder import ImageFolder, folder_output_names
+from monai_uda.inference.network import prepare_network, window_size
+from monai_uda.inference.segment import segment_image
+from monai_uda.transforms import inference_transforms
 
 __all__ = [
     "DetectFn",
@@ -46,6 +49,7 @@ __all__ = [
     "detect_volume",
     "mask_rcnn_detector",
     "FolderDetector",
+    "TiledDetection",
 ]
 
 #: ``detect(tile) -> {"masks": (N, 1, h, w) or (N, h, w) probabilities, "scores": (N,)}`` for a ``(C, h, w)`` tile
@@ -276,24 +280,70 @@ def mask_rcnn_detector(model: nn.Module, device: str | torch.device = "cpu") -> 
     return detect
 
 
-class FolderDetector(FolderSegmenter):
+class TiledDetection:
+    """The detector stage of inference: a detector on its device with its weights, and the tiled merge.
+
+    Args:
+        network: a torchvision-style detector (``eval()`` forward returns ``masks``/``scores``).
+        spatial_dims: 2, or 3 for slice-wise detection linked across z (:func:`detect_volume`).
+        device, ckpt_path, ckpt_key: as for :class:`~monai_uda.inference.network.SegmentationNetwork`.
+        tile_size, tile_overlap, score_threshold, mask_threshold, min_size, duplicate_overlap: see :func:`detect_tiled`.
+        z_overlap: 3D only: ``min_overlap`` of :func:`stitch_slices`.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        spatial_dims: int = 2,
+        device: str = "cpu",
+        ckpt_path: str | None = None,
+        ckpt_key: str | None = None,
+        tile_size: int = 256,
+        tile_overlap: int = 64,
+        score_threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        min_size: int = 5,
+        duplicate_overlap: float = 0.5,
+        z_overlap: float = 0.3,
+    ) -> None:
+        self.roi_size = window_size([tile_size] * spatial_dims, spatial_dims)
+        self.spatial_dims = spatial_dims
+        self.device = torch.device(device)
+        self.network = prepare_network(network, self.device, ckpt_path, ckpt_key)
+        self.detect = mask_rcnn_detector(self.network, self.device)
+        self.tiled: dict[str, Any] = {
+            "tile_size": tile_size,
+            "overlap": tile_overlap,
+            "score_threshold": score_threshold,
+            "mask_threshold": mask_threshold,
+            "min_size": min_size,
+            "duplicate_overlap": duplicate_overlap,
+        }
+        self.z_overlap = z_overlap
+        self.network_seconds = 0.0  # time in the detector (whole-slide runs)
+
+    def instances(self, image: np.ndarray) -> np.ndarray:
+        """Instance ids of a preprocessed ``(C, *spatial)`` image: :func:`detect_tiled`, slice-wise in 3D."""
+        if self.spatial_dims == 3:
+            return detect_volume(image, self.detect, self.z_overlap, **self.tiled)
+        return detect_tiled(image, self.detect, **self.tiled)
+
+
+class FolderDetector:
     """:class:`~monai_uda.inference.segment.FolderSegmenter` for instance detectors (Mask R-CNN).
 
     Same inputs, preprocessing (:func:`monai_uda.transforms.inference_transforms`), checkpoint
     loading and outputs (``<stem>_mask``, ``<stem>_instances``, ``<stem>_overlay.png``), but the
     instance map comes from :func:`detect_tiled` (2D) or :func:`detect_volume` (3D, slice-wise)
-    instead of a sliding-window probability map.
+    instead of a sliding-window probability map (:class:`TiledDetection`).
 
     Args:
         network: a torchvision-style detector (``eval()`` forward returns ``masks``/``scores``).
-        input_dir, output_dir, spatial_dims, channels, invert, value_range, device, ckpt_path,
-            ckpt_key, min_size, overlay: as for :class:`FolderSegmenter`.
-        tile_size: tile side (the training patch size).
-        tile_overlap: tile overlap in pixels (larger than the biggest nucleus).
-        score_threshold: minimum detection score.
-        mask_threshold: soft-mask threshold.
-        duplicate_overlap: see :func:`paint_instances`.
-        z_overlap: 3D only: ``min_overlap`` of :func:`stitch_slices`.
+        input_dir, output_dir, spatial_dims, channels, invert, value_range, overlay: as for
+            :class:`~monai_uda.inference.segment.FolderSegmenter`.
+        detector_kwargs: ``device``, ``ckpt_path``, ``ckpt_key``, ``tile_size`` (the training patch
+            size), ``tile_overlap`` (pixels, larger than the biggest nucleus), ``score_threshold``,
+            ``mask_threshold``, ``min_size``, ``duplicate_overlap``, ``z_overlap``: see :class:`TiledDetection`.
     """
 
     def __init__(
@@ -305,49 +355,21 @@ class FolderDetector(FolderSegmenter):
         channels: int = 3,
         invert: bool = False,
         value_range: Sequence[float] = (0.0, 1.0),
-        device: str = "cpu",
-        ckpt_path: str | None = None,
-        ckpt_key: str | None = None,
-        tile_size: int = 256,
-        tile_overlap: int = 64,
-        score_threshold: float = 0.5,
-        mask_threshold: float = 0.5,
-        min_size: int = 5,
-        duplicate_overlap: float = 0.5,
-        z_overlap: float = 0.3,
         overlay: bool = True,
+        **detector_kwargs: Any,
     ) -> None:
-        super().__init__(
-            network,
-            input_dir,
-            output_dir,
-            spatial_dims=spatial_dims,
-            channels=channels,
-            invert=invert,
-            value_range=value_range,
-            roi_size=[tile_size] * spatial_dims,
-            device=device,
-            ckpt_path=ckpt_path,
-            ckpt_key=ckpt_key,
-            min_size=min_size,
-            overlay=overlay,
-        )
-        self.detect = mask_rcnn_detector(self.network, self.device)
-        self.tiled: dict[str, Any] = {
-            "tile_size": tile_size,
-            "overlap": tile_overlap,
-            "score_threshold": score_threshold,
-            "mask_threshold": mask_threshold,
-            "min_size": min_size,
-            "duplicate_overlap": duplicate_overlap,
-        }
-        self.z_overlap = z_overlap
+        self.detector = TiledDetection(network, spatial_dims, **detector_kwargs)
+        self.spatial_dims = spatial_dims
+        self.transforms = inference_transforms(spatial_dims, channels, invert, value_range)
+        self.overlay = overlay and spatial_dims == 2
+        names = folder_output_names(".png" if spatial_dims == 2 else ".nii.gz", ".tif" if spatial_dims == 2 else ".nii.gz", self.overlay)
+        self.folder = ImageFolder(input_dir, output_dir, names)
 
-    def _probabilities(self, inputs: torch.Tensor, path: Path) -> np.ndarray:
-        """Detectors give instances directly: pass the preprocessed ``(C, *spatial)`` image on."""
-        return inputs[0].cpu().numpy()
+    def segment_file(self, path: str | Path) -> dict[str, Any]:
+        """Detect the nuclei of one image and write its outputs; returns the record of :meth:`run`."""
+        return segment_image(self.folder, self.transforms, path, lambda image, _: self.detector.instances(image.cpu().numpy()))
 
-    def _instances(self, probs: np.ndarray) -> np.ndarray:
-        if self.spatial_dims == 3:
-            return detect_volume(probs, self.detect, self.z_overlap, **self.tiled)
-        return detect_tiled(probs, self.detect, **self.tiled)
+    def run(self) -> list[dict[str, Any]]:
+        """Detect the nuclei of every image of ``input_dir``; one record per input (``stem``, ``image``,
+        output paths, ``n_instances``, ``seconds``)."""
+        return self.folder.run(self.segment_file)

@@ -6,7 +6,7 @@ folder, or draws synthetic masks (:mod:`monai_uda.data.synthetic`), turns them i
 mask domain (:func:`~monai_uda.data.synthetic.mask_to_domain_image`: semantic ``{-1, 1}`` or
 AD-GAN-INS ``-1`` background / ``0`` edge / ``1`` interior), translates them with MONAI's
 :class:`~monai.inferers.SlidingWindowInferer` through
-:class:`~monai_uda.methods.ad_gan.DomainTranslator` to the image domain (or to an interpolated
+:class:`~monai_uda.networks.adain.DomainTranslator` to the image domain (or to an interpolated
 domain label ``t`` in ``(0, 1)``) and writes each image beside the instance map it came from,
 with a ``datalist.json`` whose ``"source"`` split lists the pairs.
 """
@@ -29,9 +29,10 @@ from monai_uda.data.datalist import write_datalist
 from monai_uda.data.io import list_images, read_label_with_meta, stem_of, write_array
 from monai_uda.data.synthetic import SyntheticMaskDataset, mask_to_domain_image
 from monai_uda.errors import UDAInputError
-from monai_uda.inference.segment import check_outputs, volume_geometry, window_size
-from monai_uda.methods.ad_gan import DomainTranslator
-from monai_uda.networks.adain import AdaINGenerator
+from monai_uda.inference.folder import check_outputs
+from monai_uda.inference.network import window_size
+from monai_uda.inference.writers import volume_geometry
+from monai_uda.networks.adain import AdaINGenerator, DomainTranslator
 
 __all__ = ["FolderSynthesizer", "label_to_mask_domain"]
 

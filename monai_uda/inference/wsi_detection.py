@@ -3,9 +3,10 @@
 :class:`SlideDetector` is :class:`~monai_uda.inference.detection.FolderDetector` for slides
 that do not fit in memory (``inference_wsi.yaml`` of the detector bundles swaps one for the
 other). It shares the slide side with :class:`~monai_uda.inference.wsi.SlideSegmenter`
-(:class:`~monai_uda.inference.wsi.SlideInference`: tiles decoded on demand, percentiles from one
+(:class:`~monai_uda.inference.slides.SlideRun`: tiles decoded on demand, percentiles from one
 streaming pass, blank glass skipped, tiled TIFF and CSV outputs) and the detection side with
-``FolderDetector``: the same tile grid (:func:`~monai_uda.inference.detection.tile_starts` over
+``FolderDetector`` (:class:`~monai_uda.inference.detection.TiledDetection`): the same tile grid
+(:func:`~monai_uda.inference.detection.tile_starts` over
 the whole slide), the same per-tile candidates (cut where they touch a tile side inside the
 slide) and the same greedy merge (:func:`~monai_uda.inference.detection.paint_candidate` in
 :func:`~monai_uda.inference.detection.paint_order`). Tiles are detected tile row by tile row and
@@ -28,9 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai_uda.inference.detection import Candidate, FolderDetector, paint_candidate, paint_order, tile_candidates, tile_starts
-from monai_uda.inference.tiles import SLIDE_AXES, NucleiTable, Slab, concatenate_records, instance_records
-from monai_uda.inference.wsi import SlideInference, SlideReader
+from monai_uda.inference.detection import Candidate, TiledDetection, paint_candidate, paint_order, tile_candidates, tile_starts
+from monai_uda.inference.readers import SlideReader
+from monai_uda.inference.records import SLIDE_AXES, NucleiTable, concatenate_records, instance_records
+from monai_uda.inference.slides import SlideRun, pop_slide_options
+from monai_uda.inference.windows import Slab
+from monai_uda.inference.writers import write_slide_outputs
 
 __all__ = ["StreamingPainter", "SlideDetector"]
 
@@ -54,9 +58,8 @@ class StreamingPainter:
 
     Memory: the rows from the highest waiting candidate to the lowest candidate received (about a
     tile plus the overlap; at most ``max_pending_rows`` plus a tile) times the slide width, 5 bytes
-    a pixel (``uint32`` ids and a ``bool`` map of the waiting candidates while painting): ~0.2 GB
-    for a 100k px wide slide with 256 px tiles and 64 px overlap; plus the waiting candidates'
-    cropped masks. It does not grow with the slide height.
+    a pixel (``uint32`` ids and a ``bool`` map of the waiting candidates while painting), plus the
+    waiting candidates' cropped masks. It does not grow with the slide height.
 
     Args:
         shape: ``(height, width)`` of the slide.
@@ -97,7 +100,7 @@ class StreamingPainter:
 
         Returns:
             ``([(start_row, uint32 ids)], records)``: the rows made final and the nuclei painted
-            (:func:`~monai_uda.inference.tiles.instance_records` columns, slide coordinates).
+            (:func:`~monai_uda.inference.records.instance_records` columns, slide coordinates).
         """
         self.pending += candidates
         bottom = max([frontier, *(c.y0 + c.mask.shape[0] for c in self.pending)])
@@ -126,7 +129,7 @@ class StreamingPainter:
         return ([slab] if final > 0 else []), concatenate_records(records, self.axis_names)
 
 
-class SlideDetector(SlideInference, FolderDetector):
+class SlideDetector:
     """Detect the nuclei of whole slides of any size in bounded memory (see the module docstring).
 
     For every input ``<stem>`` it writes ``<stem>_instances.tif`` (``uint32`` ids, tiled),
@@ -135,39 +138,42 @@ class SlideDetector(SlideInference, FolderDetector):
     plus one tile and its detections: it grows with the slide width, not its height.
 
     Args:
-        network, input_dir, output_dir, channels, invert, value_range, device, ckpt_path,
-            ckpt_key, tile_size, tile_overlap, score_threshold, mask_threshold, min_size,
-            duplicate_overlap: as for :class:`~monai_uda.inference.detection.FolderDetector`
-            (``spatial_dims`` is 2).
-        tissue, thumbnail_size, tile: see :class:`~monai_uda.inference.wsi.SlideInference`
-            (``tissue`` skips tiles over glass).
+        network, input_dir, output_dir: as for :class:`~monai_uda.inference.detection.FolderDetector`.
         max_pending_rows: see :class:`StreamingPainter`; default ``tile_size``.
-        kwargs: further :class:`~monai_uda.inference.wsi.SlideInference` and
-            :class:`~monai_uda.inference.detection.FolderDetector` arguments.
+        kwargs: ``channels`` (default 3), ``invert``, ``value_range`` (as for ``FolderDetector``) and
+            ``tissue`` (skips tiles over glass), ``thumbnail_size``, ``tile`` (see
+            :class:`~monai_uda.inference.slides.SlideRun`); the rest configure the detector (see
+            :class:`~monai_uda.inference.detection.TiledDetection`; ``spatial_dims`` is 2,
+            ``overlay`` is accepted and unused).
     """
-
-    window_name = "tile"
-    in_memory = "FolderDetector"
 
     def __init__(
         self, network: torch.nn.Module, input_dir: str, output_dir: str, max_pending_rows: int | None = None, **kwargs: Any
     ) -> None:
-        super().__init__(network, input_dir, output_dir, **kwargs)
-        self.max_pending_rows = max_pending_rows or int(self.tiled["tile_size"])
-        self.network_seconds = 0.0
+        options = {"channels": 3, **pop_slide_options(kwargs)}
+        self.slides = SlideRun(input_dir, output_dir, **options, window_name="tile", in_memory="FolderDetector")
+        for name in ("spatial_dims", "overlay"):
+            kwargs.pop(name, None)
+        self.detector = TiledDetection(network, spatial_dims=2, **kwargs)
+        self.max_pending_rows = max_pending_rows or int(self.detector.tiled["tile_size"])
 
-    def _window_starts(self, shape: tuple[int, int]) -> list[tuple[int, int]]:
+    def segment_file(self, path: str | Path) -> dict[str, Any]:
+        """Detect the nuclei of one slide and write its outputs; returns the record of :meth:`SlideRun.segment_file`."""
+        return self.slides.segment_file(path, self.detector.roi_size, self._grid, self._infer, self.detector)
+
+    def _grid(self, shape: tuple[int, int]) -> list[tuple[int, int]]:
         """``FolderDetector``'s tile grid over the whole slide, in raster order."""
-        size, overlap = int(self.tiled["tile_size"]), int(self.tiled["overlap"])
+        size, overlap = int(self.detector.tiled["tile_size"]), int(self.detector.tiled["overlap"])
         return [(y, x) for y in tile_starts(shape[0], size, overlap) for x in tile_starts(shape[1], size, overlap)]
 
-    def _write_outputs(
+    def _infer(
         self, reader: SlideReader, windows: list[tuple[int, int]], scale: Callable[[np.ndarray], torch.Tensor], paths: dict[str, Path]
     ) -> int:
         """Tiles (those with tissue) -> detector -> candidates -> :class:`StreamingPainter`, tile row by tile row."""
-        size = int(self.tiled["tile_size"])
-        painter = StreamingPainter(reader.shape, self.tiled["min_size"], self.tiled["duplicate_overlap"], self.max_pending_rows)
-        rows = tile_starts(reader.shape[0], size, int(self.tiled["overlap"]))
+        tiled = self.detector.tiled
+        size = int(tiled["tile_size"])
+        painter = StreamingPainter(reader.shape, tiled["min_size"], tiled["duplicate_overlap"], self.max_pending_rows)
+        rows = tile_starts(reader.shape[0], size, int(tiled["overlap"]))
         columns: dict[int, list[int]] = defaultdict(list)
         for y0, x0 in windows:
             columns[y0].append(x0)
@@ -178,14 +184,18 @@ class SlideDetector(SlideInference, FolderDetector):
                 for x0 in columns[y0]:
                     tile = scale(np.moveaxis(reader.read(y0, x0, size, size), -1, 0)[None])[0]
                     start = time.perf_counter()
-                    detections = self.detect(tile)
-                    self.network_seconds += time.perf_counter() - start
+                    detections = self.detector.detect(tile)
+                    self.detector.network_seconds += time.perf_counter() - start
                     candidates += tile_candidates(
-                        detections, y0, x0, (size, size), reader.shape, self.tiled["score_threshold"], self.tiled["mask_threshold"]
+                        detections, y0, x0, (size, size), reader.shape, tiled["score_threshold"], tiled["mask_threshold"]
                     )
                 final, records = painter.push(candidates, rows[row + 1] if row + 1 < len(rows) else reader.shape[0])
                 table.writerows(records)
                 yield from final
 
-        self._write_slide(reader, paths, slabs)
+        write_slide_outputs(paths, reader.shape, slabs, self.slides.tile)
         return painter.next_id - 1
+
+    def run(self) -> list[dict[str, Any]]:
+        """Detect the nuclei of every slide of ``input_dir``; one record per slide (see :meth:`segment_file`)."""
+        return self.slides.folder.run(self.segment_file)

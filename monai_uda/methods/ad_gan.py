@@ -32,66 +32,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from monai.losses import PatchAdversarialLoss
-from torch import nn
 from torch.func import functional_call
 
 from monai_uda.engines.method import AdaptationMethod
-from monai_uda.networks.adain import AdaINGenerator
+from monai_uda.networks.adain import IMAGE_DOMAIN, MASK_DOMAIN, AdaINGenerator, DomainTranslator
 from monai_uda.networks.patchgan import PatchDiscriminator
 
 __all__ = ["ADGAN", "DomainTranslator", "MASK_DOMAIN", "IMAGE_DOMAIN", "build_for_benchmark"]
-
-MASK_DOMAIN = 0
-IMAGE_DOMAIN = 1
-_DOMAINS = {"mask": MASK_DOMAIN, "image": IMAGE_DOMAIN}
-
-
-def _domain_id(domain: str | float) -> float | int:
-    if isinstance(domain, str):
-        if domain not in _DOMAINS:
-            raise ValueError(f"domain must be 'mask', 'image' or a float label in [0, 1], got {domain!r}")
-        return _DOMAINS[domain]
-    return float(domain)
-
-
-class DomainTranslator(nn.Module):
-    """``x -> G(E(x, d_from), d_to)`` as a plain network for sliding-window inference.
-
-    Masks have one channel: mask inputs are repeated to the generator's channels and mask
-    outputs are the mean over channels.
-
-    Args:
-        generator: a trained :class:`~monai_uda.networks.adain.AdaINGenerator`.
-        to_domain: ``"mask"`` (segmentation), ``"image"`` (synthesis) or a float label in
-            ``[0, 1]`` (0 mask, 1 image: domain-label interpolation).
-        from_domain: domain of the inputs; defaults to the other domain, ``"image"`` for floats.
-        ternary: for AD-GAN-INS masks (levels -1 background, 0 edge, 1 interior), return three
-            scores ``-|x - level|`` per pixel instead of ``x``: their argmax is the nearest level,
-            the ``[background, edge, interior]`` layout of the ternary post-processing.
-    """
-
-    LEVELS = (-1.0, 0.0, 1.0)
-
-    def __init__(
-        self, generator: AdaINGenerator, to_domain: str | float = "mask", from_domain: str | None = None, ternary: bool = False
-    ) -> None:
-        super().__init__()
-        self.generator = generator
-        self.ternary = ternary
-        self.to_domain = _domain_id(to_domain)
-        if from_domain is None:
-            from_domain = "mask" if to_domain == "image" else "image"
-        self.from_domain = _domain_id(from_domain)
-        self.in_channels = generator.encoder.layers[0].conv.in_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.from_domain == MASK_DOMAIN and x.shape[1] != self.in_channels:
-            x = x.expand(-1, self.in_channels, *x.shape[2:])
-        out = self.generator(x, int(self.from_domain), self.to_domain)
-        if self.to_domain != MASK_DOMAIN:
-            return out
-        mask = out.mean(dim=1, keepdim=True)
-        return torch.cat([-(mask - level).abs() for level in self.LEVELS], dim=1) if self.ternary else mask
 
 
 class ADGAN(AdaptationMethod):

@@ -10,7 +10,8 @@ from PIL import Image
 from skimage.draw import disk
 
 from monai_uda.errors import UDAInputError
-from monai_uda.inference.segment import FolderSegmenter, to_probabilities
+from monai_uda.inference.network import to_probabilities
+from monai_uda.inference.segment import FolderSegmenter
 
 
 class InputAsLogit(torch.nn.Module):

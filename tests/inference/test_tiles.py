@@ -6,7 +6,9 @@ import numpy as np
 from scipy import ndimage
 from skimage.draw import disk
 
-from monai_uda.inference.tiles import StreamingBlender, StreamingInstanceLabeller, window_starts
+from monai_uda.inference.blending import StreamingBlender
+from monai_uda.inference.labeller import StreamingInstanceLabeller
+from monai_uda.inference.windows import window_starts
 
 
 def _stream(classes: np.ndarray, slab: int, **kwargs) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -62,7 +64,7 @@ def test_in_background_keeps_order_raises_errors_and_stops_when_closed():
 
     import pytest
 
-    from monai_uda.inference.tiles import in_background
+    from monai_uda.inference.threads import in_background
 
     assert list(in_background(iter(range(50)), depth=2)) == list(range(50))
 
@@ -98,7 +100,7 @@ def test_ordered_map_keeps_order_bounds_lookahead_and_raises_errors():
 
     import pytest
 
-    from monai_uda.inference.tiles import ordered_map
+    from monai_uda.inference.threads import ordered_map
 
     def slow_square(x: int) -> int:
         time.sleep(0.002 * (x % 3))  # later items often finish first
@@ -154,7 +156,7 @@ def test_worker_threads_give_the_same_instances_ids_and_records():
 
 
 def test_instance_records_of_non_contiguous_ids_and_their_csv(tmp_path):
-    from monai_uda.inference.tiles import instance_records, nuclei_table
+    from monai_uda.inference.records import instance_records, nuclei_table
 
     instances = np.zeros((6, 8), dtype=np.uint32)
     instances[1:3, 1:4] = 5  # 6 pixels, centroid (1.5, 2), box rows 1-2 cols 1-3

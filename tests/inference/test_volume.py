@@ -12,8 +12,10 @@ import torch
 from skimage.draw import ellipsoid
 
 from monai_uda.errors import UDAInputError
+from monai_uda.inference.readers import VolumeReader
 from monai_uda.inference.segment import FolderSegmenter
-from monai_uda.inference.volume import MemmapVolumeWriter, VolumeReader, VolumeSegmenter
+from monai_uda.inference.volume import VolumeSegmenter
+from monai_uda.inference.writers import MemmapVolumeWriter
 
 AFFINE = np.array([[0.0, 0.5, 0.0, -10.0], [0.8, 0.0, 0.0, 4.0], [0.0, 0.0, 2.0, 7.5], [0.0, 0.0, 0.0, 1.0]])
 CENTRES = [(8, 8, 8), (24, 20, 10), (16, 30, 14), (35, 9, 16)]  # (24, ...) crosses the slab rows at 24

@@ -14,8 +14,11 @@ from PIL import Image
 from skimage.draw import disk
 
 from monai_uda.errors import UDAInputError
+from monai_uda.inference.readers import SlideReader
+from monai_uda.inference.scaling import percentile_from_histogram
 from monai_uda.inference.segment import FolderSegmenter
-from monai_uda.inference.wsi import SlideReader, SlideSegmenter, percentile_from_histogram, scan_slide, tissue_mask
+from monai_uda.inference.tissue import scan_slide, tissue_mask
+from monai_uda.inference.wsi import SlideSegmenter
 
 REPO = Path(__file__).resolve().parents[2]
 GLASS, TISSUE, NUCLEUS = (236, 230, 234), (222, 150, 196), (80, 40, 130)
