@@ -2,7 +2,7 @@
 
 The exported network is the one the bundle's ``inference.yaml`` runs in its sliding window
 (``network_def``): CellSegUDA's segmenter U-Net, AD-GAN's image -> mask translator (generator
-wrapped by :class:`~monai_uda.methods.ad_gan.DomainTranslator`). Both are plain tensor ->
+wrapped by :class:`~monai_uda.networks.adain.DomainTranslator`). Both are plain tensor ->
 tensor networks, so MONAI's ``verify_net_in_out`` applies. Mask R-CNN bundles (CyC-PDAM,
 DARCNN) return lists of dicts per image and are not exported.
 
@@ -25,7 +25,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data.torchscript_utils import save_net_with_metadata
 
-from monai_uda.engines.checkpoint import load_network_weights
+from monai_uda.networks.weights import load_network_weights
 from monai_uda.errors import UDAInputError
 from monai_uda.files import atomic_write
 
