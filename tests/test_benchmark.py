@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from ignite.engine import Engine
 
-from monai_uda import benchmark, benchmark_recipes
-from monai_uda.benchmark_recipes import ROWS, Row
+from monai_uda import benchmark
+from monai_uda.benchmark import recipes, report
+from monai_uda.benchmark.presets import BENCHMARK_PRESETS, build_for_benchmark
+from monai_uda.benchmark.recipes import ROWS, Row
 from monai_uda.data.io import read_array
 from monai_uda.engines.budget import TimeBudget
 from monai_uda.errors import UDAInputError
@@ -67,7 +69,7 @@ def test_help_runs_nothing_and_bad_arguments_are_one_line_errors(tmp_path, capsy
 def test_rows_results_kept_after_failure_and_skipped_on_rerun(tmp_path, sample_2d, monkeypatch):
     # a row whose process fails: an invalid CellSegUDA mode
     monkeypatch.setitem(ROWS, "broken", Row("broken", "cellseg_uda", "fails on purpose", {"mode": "no_such_mode"}))
-    monkeypatch.setattr(benchmark_recipes, "CELLSEG_UNSUPERVISED", benchmark_recipes.CELLSEG_UNSUPERVISED + ("broken",))
+    monkeypatch.setattr(recipes, "CELLSEG_UNSUPERVISED", recipes.CELLSEG_UNSUPERVISED + ("broken",))
     out, datalist = tmp_path / "bench", str(sample_2d / "datalist.json")
     # 3 s budget and no iteration cap: the time budget must stop training
     summary = benchmark.run_benchmark("mini", "source_only,broken", 0.05, out, datalist=datalist, overrides=TINY)
@@ -128,8 +130,53 @@ def test_darcnn_rows_stage1_alone_and_both_stages(tmp_path, sample_2d, capsys):
 
 def test_results_md_lists_the_command_of_every_run_into_the_same_out(tmp_path):
     first, second = "monai-uda benchmark --rows cyc_pdam", "monai-uda benchmark --rows darcnn_stage1"
-    assert benchmark._commands(tmp_path, first) == [first]
-    assert benchmark._commands(tmp_path, second) == [first, second]
-    assert benchmark._commands(tmp_path, first) == [first, second]  # a rerun is not listed twice
-    assert benchmark._commands(tmp_path, None) == [first, second]
+    assert report.commands(tmp_path, first) == [first]
+    assert report.commands(tmp_path, second) == [first, second]
+    assert report.commands(tmp_path, first) == [first, second]  # a rerun is not listed twice
+    assert report.commands(tmp_path, None) == [first, second]
     assert (tmp_path / "commands.txt").read_text() == f"{first}\n{second}\n"
+
+
+def test_time_budget_configs_ship_with_the_benchmark():
+    from monai_uda.benchmark.runner import CONFIGS
+
+    assert {row.budget_config for row in ROWS.values()} == {p.name for p in CONFIGS.glob("time_budget*.yaml")}
+
+
+def test_ad_gan_preset():
+    method, batch = build_for_benchmark("ad_gan", "cpu")
+    assert batch["source_image"].shape == (2, 1, 128, 128) and set(batch["source_image"].unique().tolist()) <= {-1.0, 1.0}
+    assert batch["target_image"].shape == (2, 1, 128, 128)
+    assert method.generator.encoder.layers[0].conv.out_channels == 32
+    with pytest.raises(ValueError):
+        build_for_benchmark("ad_gan", "gpu")
+
+
+def test_cyc_pdam_preset():
+    from monai_uda.methods.cyc_pdam import PDAMStage
+
+    method, batch = build_for_benchmark("cyc_pdam", "cpu")
+    assert isinstance(method, PDAMStage) and batch["source_image"].shape == (1, 3, 128, 128)
+    assert batch["source_label"].max() == 16 and batch["target_image"].shape == (1, 3, 128, 128)
+    with pytest.raises(ValueError, match="unknown preset"):
+        build_for_benchmark("cyc_pdam", "gpu")
+
+
+def test_darcnn_preset():
+    from monai_uda.methods.darcnn import DARCNNStage1
+
+    method, batch = build_for_benchmark("darcnn", "cpu")
+    assert isinstance(method, DARCNNStage1)
+    assert batch["source_image"].shape == batch["target_image"].shape == (1, 3, 256, 256)
+    assert int(batch["source_label"].max()) == 16  # one disc per grid cell
+    assert method.detector.heads["target"].detections_per_img == 50
+    with pytest.raises(ValueError, match="preset"):
+        build_for_benchmark("darcnn", "gpu-cluster")
+
+
+def test_cellseg_uda_preset_and_unknown_bundle():
+    method, batch = build_for_benchmark("cellseg_uda", "cpu")
+    assert hasattr(method, "step") and batch["source_image"].shape[0] == batch["target_image"].shape[0]
+    assert set(BENCHMARK_PRESETS) == {"ad_gan", "cyc_pdam", "darcnn"}
+    with pytest.raises(ValueError, match="unknown bundle"):
+        build_for_benchmark("no_such_bundle", "cpu")

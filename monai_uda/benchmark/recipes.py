@@ -4,7 +4,8 @@ A :class:`Row` is one method configuration: a bundle and the config overrides th
 paper's variant. A :class:`Setting` is one dataset recipe: it prepares (once, into a cache
 folder) a datalist with ``source``/``target``/``test`` splits and the folders of labelled
 evaluation images, and says which rows make sense on it. Every row of a setting trains on the
-same datalist with the same seed and is scored on the same evaluation images.
+same datalist with the same seed and is scored on the same evaluation images
+(:func:`prepare_setting` prepares a setting once per output folder).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from monai_uda.errors import UDAInputError
+from monai_uda.files import write_text
 
 __all__ = [
     "ROWS",
@@ -29,6 +31,7 @@ __all__ = [
     "Setting",
     "SharedStage",
     "datalist_setting",
+    "prepare_setting",
     "shared_data_dir",
 ]
 
@@ -70,7 +73,7 @@ class Row:
             and inference alike, so network switches reach both).
         target_labels: the row trains on labelled target images (SSDA, target-trained bound).
         model_file: the trained model, relative to the training output folder.
-        budget_config: file of ``bundles/_benchmark/`` that adds the time budget to the bundle's
+        budget_config: file of the benchmark's ``configs/`` that adds the time budget to the bundle's
             trainer(s) (``time_budget.yaml`` appends to ``train_handlers``).
         shared: the first stage this row takes from another row, if that row has finished.
     """
@@ -155,7 +158,7 @@ CPU_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 """Per bundle, what ``--preset cpu`` (the default) applies in 2D settings: the bundle's
 ``train_<preset_file>.yaml`` and/or overrides (AD-GAN: the ``cpu`` configuration of
-``scripts/bench_train_step.py``; CyC-PDAM: its ``cpu`` detector of ``BENCHMARK_PRESETS`` and a
+``scripts/bench_train_step.py``; CyC-PDAM: its ``cpu`` detector of :mod:`~monai_uda.benchmark.presets` and a
 32-wide, 6-block CycleGAN; DARCNN: its ``train_cpu.yaml``). 3D settings use the bundles' ``train_3d.yaml`` with
 the setting's own ``bundle_overrides``."""
 
@@ -212,7 +215,7 @@ class Setting:
 def shared_data_dir() -> Path:
     """``$MONAI_UDA_SHARED_DATA`` or ``shared/data`` beside the repository checkout."""
     env = os.environ.get("MONAI_UDA_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
 def _require(folder: Path, what: str) -> Path:
@@ -298,8 +301,8 @@ SETTINGS: dict[str, Setting] = {
             bundle_overrides={
                 "cellseg_uda": {"channels": 3, "source_invert": True},
                 "ad_gan": {"channels": 1, "target_invert": True},
-                # identity loss 0.5 (CycleGAN's colour-preserving option): without it the short CPU CycleGAN
-                # turned the inverted (dark) nuclei white, and PDAM learnt to detect glass (AJI 0.006)
+                # identity loss 0.5 (CycleGAN's colour-preserving option): keeps the inverted (dark) nuclei
+                # dark through a short CPU CycleGAN, so that PDAM learns nuclei rather than glass
                 "cyc_pdam": {"channels": 3, "source_invert": True, "lambda_identity": 0.5},
                 "darcnn": {"channels": 3, "source_invert": True},
             },
@@ -358,6 +361,22 @@ def datalist_setting(name: str, datalist: str | Path, spatial_dims: int = 2) -> 
         return Prepared(loaded.path, images, labels, stem_of(list_images(images)[0]), (f"user datalist {loaded.path}",))
 
     return Setting(name, f"user recipe: datalist {path}", rows, prepare, spatial_dims)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "_." else "-" for c in name.replace("->", "-to-"))
+
+
+def prepare_setting(setting: Setting, out: Path, data_root: Path) -> Prepared:
+    """The setting's data, prepared once into ``out/data/<setting>`` (reused when ``prepared.json`` exists)."""
+    cache = out / "data" / _slug(setting.name)
+    marker = cache / "prepared.json"
+    if marker.is_file():
+        return Prepared.from_json(json.loads(marker.read_text(encoding="utf-8")))
+    print(f"[benchmark] preparing {setting.name} into {cache}", flush=True)
+    prepared = setting.prepare(cache, data_root)
+    write_text(marker, json.dumps(prepared.to_json(), indent=2))
+    return prepared
 
 
 def describe() -> str:
