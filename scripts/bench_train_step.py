@@ -4,8 +4,8 @@
 
 The method and batch come from :func:`monai_uda.benchmark.presets.build_for_benchmark` (for
 ``cellseg_uda`` the bundle's own config files, ``train.yaml`` and ``train_cpu.yaml`` for the
-``cpu`` preset, with random batches of the configured patch sizes). The first iteration (allocations, lazy init) is a warm-up and is
-not timed. Prints one line per preset:
+``cpu`` preset, with random batches of the configured patch sizes). The first iteration
+(allocations, lazy init) is a warm-up and is not timed. Prints one line per preset:
 ``bundle=<name> preset=<p> seconds_per_iteration=<f> batch=<b> source_patch=<...> target_patch=<...>``.
 """
 

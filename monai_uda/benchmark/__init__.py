@@ -79,15 +79,40 @@ def main(
         The path of results.md.
     """
     if overrides.keys() & {"help", "h"}:  # fire hands --help to functions taking **kwargs: show it, run nothing
-        print(f"usage: monai-uda benchmark --setting NAME --rows a,b,... --budget-minutes M --out DIR [--key value ...]\n\n{main.__doc__}")
+        print(
+            "usage: monai-uda benchmark --setting NAME --rows a,b,... --budget-minutes M --out DIR [--key value ...]"
+            f"\n\n{main.__doc__}"
+        )
         return ""
-    options = {"setting": setting, "rows": rows, "budget_minutes": budget_minutes, "out": out, "datalist": datalist,
-               "preset": None if preset == "cpu" else preset, "max_iterations": max_iterations, **overrides}
+    options = {
+        "setting": setting,
+        "rows": rows,
+        "budget_minutes": budget_minutes,
+        "out": out,
+        "datalist": datalist,
+        "preset": None if preset == "cpu" else preset,
+        "max_iterations": max_iterations,
+        **overrides,
+    }
     command = "monai-uda benchmark " + " ".join(
-        f"--{key.replace('_', '-')} {_quote(value, rows=key == 'rows')}" for key, value in options.items() if value is not None
+        f"--{key.replace('_', '-')} {_quote(value, rows=key == 'rows')}"
+        for key, value in options.items()
+        if value is not None
     )
-    summary = run_benchmark(setting, rows, budget_minutes, out, datalist, data_root, int(spatial_dims),
-                            None if preset in (None, "paper") else preset, max_iterations, row_timeout_minutes, command, overrides)
+    summary = run_benchmark(
+        setting,
+        rows,
+        budget_minutes,
+        out,
+        datalist,
+        data_root,
+        int(spatial_dims),
+        None if preset in (None, "paper") else preset,
+        max_iterations,
+        row_timeout_minutes,
+        command,
+        overrides,
+    )
     results = Path(out).resolve() / "results.md"
     print(results.read_text(encoding="utf-8"))
     if summary["failed"]:

@@ -25,14 +25,25 @@ BENCHMARK_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "cpu": {
             "size": 128,
             "batch_size": 2,
-            "method": {"channels": (32, 64, 128), "disc_channels": (32, 64, 128, 256), "num_res_blocks": 2, "mlp_channels": 128},
+            "method": {
+                "channels": (32, 64, 128),
+                "disc_channels": (32, 64, 128, 256),
+                "num_res_blocks": 2,
+                "mlp_channels": 128,
+            },
         },
     },
     # CyC-PDAM's PDAM stage: one source and one target image
     "cyc_pdam": {
         "paper": {
             "size": 256,
-            "detector": {"backbone": "resnet101", "norm": "group", "min_size": 256, "max_size": 256, "instance_proposals": 64},
+            "detector": {
+                "backbone": "resnet101",
+                "norm": "group",
+                "min_size": 256,
+                "max_size": 256,
+                "instance_proposals": 64,
+            },
         },
         "cpu": {
             "size": 128,
@@ -52,7 +63,11 @@ BENCHMARK_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     # DARCNN's stage 1
     "darcnn": {
-        "paper": {"size": 512, "batch_size": 1, "detector": {"min_size": 512, "max_size": 512, "box_detections_per_img": 100}},
+        "paper": {
+            "size": 512,
+            "batch_size": 1,
+            "detector": {"min_size": 512, "max_size": 512, "box_detections_per_img": 100},
+        },
         "cpu": {
             "size": 256,
             "batch_size": 1,
@@ -85,7 +100,7 @@ def _disc_labels(batch_size: int, size: int, generator: torch.Generator) -> torc
 
 
 def _cellseg_uda(preset: str) -> tuple[Any, dict[str, torch.Tensor]]:
-    """CellSegUDA from the bundle's own configs (``paper``: ``train.yaml``; ``cpu``: + ``train_cpu.yaml``), random batch."""
+    """CellSegUDA from its bundle's configs (``paper``: ``train.yaml``; ``cpu``: + ``train_cpu.yaml``), random batch."""
     from monai.bundle import ConfigParser
 
     from monai_uda.bundle_runner import bundles_dir

@@ -22,15 +22,40 @@ from monai_uda.files import atomic_write, write_text
 __all__ = ["COLUMNS", "TABLE", "commands", "format_cell", "header", "overlay", "read_results", "write_results"]
 
 COLUMNS = (
-    "setting", "row", "bundle", "status", "aji", "aji_plus", "pq", "object_f1", "dice", "sq", "dq", "precision", "recall",
-    "iou", "train_seconds", "iterations", "infer_seconds", "infer_megapixels_per_s", "peak_rss_mb", "budget_minutes",
-    "n_eval_images", "signature",
+    "setting",
+    "row",
+    "bundle",
+    "status",
+    "aji",
+    "aji_plus",
+    "pq",
+    "object_f1",
+    "dice",
+    "sq",
+    "dq",
+    "precision",
+    "recall",
+    "iou",
+    "train_seconds",
+    "iterations",
+    "infer_seconds",
+    "infer_megapixels_per_s",
+    "peak_rss_mb",
+    "budget_minutes",
+    "n_eval_images",
+    "signature",
 )
 """Columns of ``results.csv``, one line per row (``status`` is ``ok``, ``failed`` or ``timeout``)."""
 
 TABLE = (
-    ("aji", "AJI"), ("aji_plus", "AJI+"), ("pq", "PQ"), ("object_f1", "object F1"), ("dice", "Dice"),
-    ("train_seconds", "train s"), ("iterations", "iterations"), ("budget_minutes", "budget min"),
+    ("aji", "AJI"),
+    ("aji_plus", "AJI+"),
+    ("pq", "PQ"),
+    ("object_f1", "object F1"),
+    ("dice", "Dice"),
+    ("train_seconds", "train s"),
+    ("iterations", "iterations"),
+    ("budget_minutes", "budget min"),
     ("infer_megapixels_per_s", "inference MP/s"),
     ("peak_rss_mb", "peak RSS MB"),
 )
@@ -65,15 +90,20 @@ def format_cell(record: Mapping[str, Any], key: str) -> str:
 
 
 def _markdown(records: Sequence[Mapping[str, Any]], header: Sequence[str]) -> str:
-    lines = list(header) + ["", "| row | " + " | ".join(title for _, title in TABLE) + " |", "|---" * (len(TABLE) + 1) + "|"]
+    lines = list(header) + [
+        "",
+        "| row | " + " | ".join(title for _, title in TABLE) + " |",
+        "|---" * (len(TABLE) + 1) + "|",
+    ]
     for record in records:
         if record.get("status") == "ok":
             cells = [format_cell(record, key) for key, _ in TABLE]
         else:  # a failed or timed-out row: its status in the first column
             cells = [str(record.get("status", ""))] + ["-"] * (len(TABLE) - 1)
         lines.append(f"| {record['row']} | " + " | ".join(cells) + " |")
-    lines += ["", "Rows:"] + [f"- `{r['row']}`: {ROWS[r['row']].description if r['row'] in ROWS else r.get('bundle', '')}"
-                              for r in records]
+    lines += ["", "Rows:"] + [
+        f"- `{r['row']}`: {ROWS[r['row']].description if r['row'] in ROWS else r.get('bundle', '')}" for r in records
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -125,15 +155,26 @@ def commands(out: Path, command: str | None) -> list[str]:
 
 
 def header(
-    setting: Setting, prepared: Prepared, budget_minutes: float, preset: str | None, seed: Any, out: Path, command: str | None
+    setting: Setting,
+    prepared: Prepared,
+    budget_minutes: float,
+    preset: str | None,
+    seed: Any,
+    out: Path,
+    command: str | None,
 ) -> list[str]:
     """The lines above the table of ``results.md``: the data, the budget, the machine and the commands."""
     return [
-        f"# Benchmark: {setting.name}", "", setting.description, "", *[f"- {note}" for note in prepared.notes],
-        f"- budget: {float(budget_minutes):g} min of training per row in the latest run, each row's own in `budget min` "
-        "(wall clock; stopped by `monai_uda.engines.budget.TimeBudget`), "
+        f"# Benchmark: {setting.name}",
+        "",
+        setting.description,
+        "",
+        *[f"- {note}" for note in prepared.notes],
+        f"- budget: {float(budget_minutes):g} min of training per row in the latest run, "
+        "each row's own in `budget min` (wall clock; stopped by `monai_uda.engines.budget.TimeBudget`), "
         f"preset {preset or 'paper'}, seed {seed}, same data and splits for every row",
-        f"- machine: {os.cpu_count()} CPU cores, {sys.platform}; inference MP/s = evaluation megapixels / wall time of the "
+        f"- machine: {os.cpu_count()} CPU cores, {sys.platform}; "
+        "inference MP/s = evaluation megapixels / wall time of the "
         "inference run (model loading, sliding window, post-processing, writing)",
         f"- overlays: `overlays/<row>.png` on evaluation image `{prepared.overlay_stem}` (`overlays/ground_truth.png`)",
     ] + [f"- command: `{line}`" for line in commands(out, command)]

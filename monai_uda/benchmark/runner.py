@@ -71,7 +71,10 @@ def _stages(workflow: Any) -> dict[str, dict[str, float]]:
         if isinstance(key, str) and key.endswith("trainer"):
             state = getattr(workflow.parser.get_parsed_content(key), "state", None)
             times = getattr(state, "times", None) or {}
-            stages[key] = {"iterations": int(getattr(state, "iteration", 0) or 0), "seconds": float(times.get("COMPLETED") or 0.0)}
+            stages[key] = {
+                "iterations": int(getattr(state, "iteration", 0) or 0),
+                "seconds": float(times.get("COMPLETED") or 0.0),
+            }
     return stages
 
 
@@ -79,7 +82,9 @@ def _run_workflow(files: list[str], run_id: str, overrides: Mapping[str, Any]) -
     """``python -m monai.bundle run <run_id>`` in-process; returns the finished workflow."""
     from monai.bundle import create_workflow
 
-    workflow = create_workflow(config_file=files, meta_file=str(Path(files[0]).parent / "metadata.json"), run_id=run_id, **overrides)
+    workflow = create_workflow(
+        config_file=files, meta_file=str(Path(files[0]).parent / "metadata.json"), run_id=run_id, **overrides
+    )
     workflow.run()
     workflow.finalize()
     return workflow
@@ -98,40 +103,54 @@ def run_row(spec: Mapping[str, Any]) -> dict[str, Any]:
         ``infer_megapixels_per_s``, ``peak_rss_mb`` and ``n_eval_images``.
     """
     from monai_uda.bundle_runner import config_files
-    from monai_uda.data.io import list_images, read_image, stem_of
-    from monai_uda.metrics.evaluate import evaluate_dirs
 
     row_dir = Path(spec["row_dir"])
-    train_dir, pred_dir = row_dir / "train", row_dir / "pred"
+    train_dir = row_dir / "train"
     bundle, dims, preset = spec["bundle"], int(spec["spatial_dims"]), spec["preset_file"]
     overrides = dict(spec["overrides"])
 
-    files = config_files(bundle, "training", dims, preset) + [str(CONFIGS / spec.get("budget_config", "time_budget.yaml"))]
+    budget = CONFIGS / spec.get("budget_config", "time_budget.yaml")
+    files = [*config_files(bundle, "training", dims, preset), str(budget)]
+    run = {**overrides, "dataset_dir": spec["dataset_dir"], "output_dir": str(train_dir),
+           "budget_seconds": spec["budget_seconds"]}
     start = time.perf_counter()
-    workflow = _run_workflow(files, "training", {**overrides, "dataset_dir": spec["dataset_dir"], "output_dir": str(train_dir),
-                                                 "budget_seconds": spec["budget_seconds"]})
+    workflow = _run_workflow(files, "training", run)
     train_seconds, stages = time.perf_counter() - start, _stages(workflow)
     del workflow
 
     start = time.perf_counter()
-    _run_workflow(config_files(bundle, "inference", dims, preset), "inference",
-                  {**overrides, "input_dir": spec["eval_images"], "output_dir": str(pred_dir),
-                   "ckpt_path": str(train_dir / spec["model_file"])})
+    run = {**overrides, "input_dir": spec["eval_images"], "output_dir": str(row_dir / "pred"),
+           "ckpt_path": str(train_dir / spec["model_file"])}
+    _run_workflow(config_files(bundle, "inference", dims, preset), "inference", run)
     infer_seconds = time.perf_counter() - start
+    metrics, megapixels, n_images = _score(spec)
+    scale = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0  # ru_maxrss: bytes on macOS, KiB on Linux
+    return {
+        **{key: round(float(value), 4) for key, value in metrics.items()},
+        "train_seconds": round(train_seconds, 1),
+        "iterations": sum(int(stage["iterations"]) for stage in stages.values()),
+        "stages": stages,
+        "stage_signature": spec.get("stage_signature", ""),
+        "infer_seconds": round(infer_seconds, 1),
+        "infer_megapixels_per_s": round(megapixels / infer_seconds, 3) if infer_seconds > 0 else 0.0,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, 1),
+        "n_eval_images": n_images,
+    }
 
+
+def _score(spec: Mapping[str, Any]) -> tuple[dict[str, float], float, int]:
+    """The row's mean metrics, the evaluation megapixels and the number of evaluation images; draws its overlay."""
+    from monai_uda.data.io import list_images, read_image, stem_of
+    from monai_uda.metrics.evaluate import evaluate_dirs
+
+    row_dir = Path(spec["row_dir"])
+    pred_dir = row_dir / "pred"
     images = list_images(spec["eval_images"])
     megapixels = sum(float(math.prod(read_image(p)[1]["spatial_shape"])) for p in images) / 1e6
     metrics = evaluate_dirs(pred_dir, spec["eval_labels"], row_dir / "metrics.json")["mean"]
     image = next(p for p in images if stem_of(p) == spec["overlay_stem"])
     overlay(image, next(pred_dir.glob(f"{spec['overlay_stem']}_instances.*")), Path(spec["overlay_path"]))
-    scale = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0  # ru_maxrss: bytes on macOS, KiB on Linux
-    return {
-        **{key: round(float(value), 4) for key, value in metrics.items()},
-        "train_seconds": round(train_seconds, 1), "iterations": sum(int(stage["iterations"]) for stage in stages.values()),
-        "stages": stages, "stage_signature": spec.get("stage_signature", ""), "infer_seconds": round(infer_seconds, 1),
-        "infer_megapixels_per_s": round(megapixels / infer_seconds, 3) if infer_seconds > 0 else 0.0,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, 1), "n_eval_images": len(images),
-    }
+    return metrics, megapixels, len(images)
 
 
 # ------------------------------------------------------------------ the whole benchmark
@@ -161,7 +180,10 @@ def _take_shared_stage(row: Row, stage_signature: str, out: Path, train_dir: Pat
     donor = json.loads(result.read_text(encoding="utf-8")) if result.is_file() else {}
     sources = [donor_dir / "train" / path for path in stage.paths]
     if donor.get("stage_signature") != stage_signature or not all(path.exists() for path in sources):
-        print(f"[benchmark] {row.name}: no finished {stage.row} row with the same settings; training every stage", flush=True)
+        print(
+            f"[benchmark] {row.name}: no finished {stage.row} row with the same settings; training every stage",
+            flush=True,
+        )
         return None
     for source, path in zip(sources, stage.paths):
         target = train_dir / path
@@ -172,18 +194,27 @@ def _take_shared_stage(row: Row, stage_signature: str, out: Path, train_dir: Pat
             _link(source, target)
     stages = donor["stages"]
     if stage.with_untimed_work:  # all of the donor's training time but its later trainers'
-        seconds = float(donor["train_seconds"]) - sum(v["seconds"] for k, v in stages.items() if k not in stage.trainers)
+        seconds = float(donor["train_seconds"]) - sum(
+            v["seconds"] for k, v in stages.items() if k not in stage.trainers
+        )
     else:
         seconds = sum(stages[key]["seconds"] for key in stage.trainers)
-    print(f"[benchmark] {row.name}: continues from the finished {', '.join(stage.paths)} of row {stage.row} "
-          f"({seconds:.0f} s, counted in its train seconds)", flush=True)
+    print(
+        f"[benchmark] {row.name}: continues from the finished {', '.join(stage.paths)} of row {stage.row} "
+        f"({seconds:.0f} s, counted in its train seconds)",
+        flush=True,
+    )
     return {"seconds": seconds, "iterations": sum(int(stages[key]["iterations"]) for key in stage.trainers)}
 
 
 def _parse_rows(rows: str | Sequence[str] | None, setting: Setting) -> list[str]:
     from monai_uda.bundle_runner import bundle_names
 
-    names = list(setting.rows) if rows is None else [r.strip() for r in (rows.split(",") if isinstance(rows, str) else rows) if r.strip()]
+    names = (
+        list(setting.rows)
+        if rows is None
+        else [r.strip() for r in (rows.split(",") if isinstance(rows, str) else rows) if r.strip()]
+    )
     if not names:
         raise UDAInputError("--rows is empty")
     unknown = [n for n in names if n not in ROWS]
@@ -191,10 +222,14 @@ def _parse_rows(rows: str | Sequence[str] | None, setting: Setting) -> list[str]
         raise UDAInputError(f"unknown row {unknown[0]!r}; choose from {', '.join(ROWS)}")
     unsupported = [n for n in names if n not in setting.rows]
     if unsupported:
-        raise UDAInputError(f"row {unsupported[0]!r} does not apply to setting {setting.name!r} (its rows: {', '.join(setting.rows)})")
+        raise UDAInputError(
+            f"row {unsupported[0]!r} does not apply to setting {setting.name!r} (its rows: {', '.join(setting.rows)})"
+        )
     missing = [n for n in names if ROWS[n].bundle not in bundle_names()]
     if missing:
-        raise UDAInputError(f"row {missing[0]!r} needs bundle {ROWS[missing[0]].bundle!r}, which is not in the bundles folder")
+        raise UDAInputError(
+            f"row {missing[0]!r} needs bundle {ROWS[missing[0]].bundle!r}, which is not in the bundles folder"
+        )
     return names
 
 
@@ -224,20 +259,22 @@ def _row_spec(
 ) -> tuple[dict[str, Any], str]:
     """The row's process spec (without its folders) and the signature that tells whether a finished row is the same."""
     cpu = CPU_OVERRIDES.get(row.bundle, {}) if preset == "cpu" and setting.spatial_dims == 2 else {}
-    row_overrides = {"seed": 0, **cpu.get("overrides", {}), **setting.bundle_overrides.get(row.bundle, {}), **row.overrides,
-                     **{k: word_to_bool(v) for k, v in dict(overrides or {}).items()}}
+    row_overrides = {"seed": 0, **cpu.get("overrides", {}), **setting.bundle_overrides.get(row.bundle, {}),
+                     **row.overrides, **{k: word_to_bool(v) for k, v in dict(overrides or {}).items()}}
     if max_iterations is not None:
         row_overrides["max_iterations"] = int(max_iterations)
     spec = {
         "row": row.name, "setting": setting.name, "bundle": row.bundle, "spatial_dims": setting.spatial_dims,
-        "preset_file": cpu.get("preset_file"), "overrides": row_overrides, "budget_seconds": float(budget_minutes) * 60.0,
-        "dataset_dir": str(prepared.datalist), "eval_images": str(prepared.eval_images), "eval_labels": str(prepared.eval_labels),
-        "overlay_stem": prepared.overlay_stem, "model_file": row.model_file, "budget_config": row.budget_config,
+        "preset_file": cpu.get("preset_file"), "overrides": row_overrides,
+        "budget_seconds": float(budget_minutes) * 60.0, "dataset_dir": str(prepared.datalist),
+        "eval_images": str(prepared.eval_images),
+        "eval_labels": str(prepared.eval_labels), "overlay_stem": prepared.overlay_stem, "model_file": row.model_file,
+        "budget_config": row.budget_config,
     }
     sig = signature({k: v for k, v in spec.items() if k != "budget_config"})  # budget_config is fixed by the bundle
     # what a shared first stage depends on: everything but the row's own switches
-    spec["stage_signature"] = signature({**spec, "row": row.bundle, "model_file": "",
-                                         "overrides": {k: v for k, v in row_overrides.items() if k not in row.overrides}})
+    own = {k: v for k, v in row_overrides.items() if k not in row.overrides}
+    spec["stage_signature"] = signature({**spec, "row": row.bundle, "model_file": "", "overrides": own})
     return spec, sig
 
 
@@ -245,15 +282,17 @@ def _row_process(spec_path: Path, log: Path, timeout: float) -> str:
     """Run the row of ``spec_path`` in a fresh Python process, output to ``log``: ``ok``, ``failed`` or ``timeout``."""
     with output_target(log).open("w", encoding="utf-8") as fh:
         try:
-            proc = subprocess.run([sys.executable, "-m", "monai_uda.benchmark", str(spec_path)],
-                                  stdout=fh, stderr=subprocess.STDOUT, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            proc = subprocess.run([sys.executable, "-m", "monai_uda.benchmark", str(spec_path)], stdout=fh,
+                                  stderr=subprocess.STDOUT, timeout=timeout,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
         except subprocess.TimeoutExpired:
             return "timeout"
     return "ok" if proc.returncode == 0 and (spec_path.parent / "result.json").is_file() else "failed"
 
 
-def _run_one(row: Row, spec: dict[str, Any], sig: str, out: Path, budget_minutes: float,
-             row_timeout_minutes: float | None) -> dict[str, Any]:
+def _run_one(
+    row: Row, spec: dict[str, Any], sig: str, out: Path, budget_minutes: float, row_timeout_minutes: float | None
+) -> dict[str, Any]:
     """Run one row afresh (continuing from a donor's shared stage when there is one); returns its record."""
     row_dir = out / "runs" / row.name
     shutil.rmtree(row_dir, ignore_errors=True)
@@ -261,11 +300,15 @@ def _run_one(row: Row, spec: dict[str, Any], sig: str, out: Path, budget_minutes
     shared = _take_shared_stage(row, spec["stage_signature"], out, row_dir / "train")
     if shared is not None:
         spec["overrides"] = {**spec["overrides"], "resume": True}  # the bundle skips the finished stage
-    spec.update(row_dir=str(row_dir), overlay_path=str(out / "overlays" / f"{row.name}.png"), result_path=str(row_dir / "result.json"))
+    spec.update(row_dir=str(row_dir), overlay_path=str(out / "overlays" / f"{row.name}.png"),
+                result_path=str(row_dir / "result.json"))
     write_text(row_dir / "spec.json", json.dumps(spec, indent=2))
     log = out / "logs" / f"{row.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[benchmark] {row.name}: training ({float(budget_minutes):g} min budget), inference, evaluation; log {log}", flush=True)
+    print(
+        f"[benchmark] {row.name}: training ({float(budget_minutes):g} min budget), inference, evaluation; log {log}",
+        flush=True,
+    )
     timeout = 60.0 * (float(row_timeout_minutes) if row_timeout_minutes else float(budget_minutes) + 60.0)
     status = _row_process(row_dir / "spec.json", log, timeout)
     record: dict[str, Any] = {"setting": spec["setting"], "row": row.name, "bundle": row.bundle, "status": status,
@@ -275,7 +318,10 @@ def _run_one(row: Row, spec: dict[str, Any], sig: str, out: Path, budget_minutes
         if shared is not None:  # the row's cost includes the stage it took over
             record["train_seconds"] = round(float(record["train_seconds"]) + shared["seconds"], 1)
             record["iterations"] = int(record["iterations"]) + shared["iterations"]
-        print(f"[benchmark] {row.name}: " + ", ".join(f"{title} {format_cell(record, key)}" for key, title in TABLE), flush=True)
+        print(
+            f"[benchmark] {row.name}: " + ", ".join(f"{title} {format_cell(record, key)}" for key, title in TABLE),
+            flush=True,
+        )
     else:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
         print(f"[benchmark] {row.name}: {status}: {tail[0]} (full log: {log})", flush=True)
@@ -340,7 +386,7 @@ def run_benchmark(
 
 
 def run_spec_file(spec_path: str | Path) -> None:
-    """Entry of a row's process (``python -m monai_uda.benchmark SPEC``): :func:`run_row`, its record beside the spec."""
+    """Entry of a row's process (``python -m monai_uda.benchmark SPEC``): :func:`run_row`, its record by the spec."""
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     record = run_row(spec)
     write_text(Path(spec["result_path"]), json.dumps(record, indent=2))

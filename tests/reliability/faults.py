@@ -7,7 +7,8 @@ through an extra config file merged after a bundle's ``train.yaml``
 arranges for its tests and their subprocesses), e.g.::
 
     PYTHONPATH=tests/reliability python -m monai.bundle run training --config_file \
-        "['bundles/cellseg_uda/configs/train.yaml','tests/reliability/configs/faults.yaml']" --inject_nan_at 3 --inject_loss seg
+        "['bundles/cellseg_uda/configs/train.yaml','tests/reliability/configs/faults.yaml']" \
+        --inject_nan_at 3 --inject_loss seg
 
 * :class:`LossFault` replaces one loss value returned by the method's ``step`` at one
   iteration (NaN or inf), which the trainer's divergence guard must catch;
