@@ -11,5 +11,5 @@ from setuptools import find_packages, setup
 setup(
     packages=[*find_packages(include=["monai_uda*"]), "monai_uda.bundles"],
     package_dir={"monai_uda.bundles": "bundles"},
-    package_data={"monai_uda": ["data/presets/*.yaml"], "monai_uda.bundles": ["**/*"]},
+    package_data={"monai_uda": ["data/presets/*.yaml", "benchmark/configs/*.yaml"], "monai_uda.bundles": ["**/*"]},
 )

@@ -15,17 +15,13 @@ A benchmark, not a test: the paper presets take minutes and several GiB.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_step import build  # noqa: E402
-
-from monai_uda.engines.memory import GIB, PeakMemory, available_memory, batch_length, measure_step  # noqa: E402
+from monai_uda.benchmark.presets import build_for_benchmark
+from monai_uda.engines.memory import GIB, PeakMemory, available_memory, batch_length, measure_step
 
 
 @torch.no_grad()
@@ -52,7 +48,7 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     for preset in args.presets.split(","):
-        method, batch = build(args.bundle, preset)
+        method, batch = build_for_benchmark(args.bundle, preset)
         method.to(device)
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         engine = SimpleNamespace(state=SimpleNamespace(iteration=1, max_iterations=2, epoch=1))

@@ -2,53 +2,23 @@
 
     python scripts/bench_train_step.py --bundle cellseg_uda [--presets paper,cpu] [--iterations 3] [--threads 2]
 
-For ``cellseg_uda`` the method is built from the bundle's own config files (``train.yaml``, and
-``train_cpu.yaml`` for the ``cpu`` preset) and fed random batches of the configured patch
-sizes. Other bundles provide ``build_for_benchmark(preset) -> (method, batch)`` in their
-``monai_uda.methods`` module. The first iteration (allocations, lazy init) is a warm-up and is
-not timed. Prints one line per preset:
+The method and batch come from :func:`monai_uda.benchmark.presets.build_for_benchmark` (for
+``cellseg_uda`` the bundle's own config files, ``train.yaml`` and ``train_cpu.yaml`` for the
+``cpu`` preset, with random batches of the configured patch sizes). The first iteration
+(allocations, lazy init) is a warm-up and is not timed. Prints one line per preset:
 ``bundle=<name> preset=<p> seconds_per_iteration=<f> batch=<b> source_patch=<...> target_patch=<...>``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import time
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def cellseg_for_benchmark(preset: str) -> tuple[Any, dict[str, torch.Tensor]]:
-    """CellSegUDA method and a random batch from the bundle configs (paper: train.yaml)."""
-    from monai.bundle import ConfigParser
-
-    configs = REPO / "bundles" / "cellseg_uda" / "configs"
-    files = [str(configs / "train.yaml")] + ([str(configs / "train_cpu.yaml")] if preset == "cpu" else [])
-    parser = ConfigParser()
-    parser.read_config(files)
-    parser["device"] = "cpu"
-    method = parser.get_parsed_content("method")
-    b, c = parser["batch_size"], parser["channels"]
-    sp, tp = parser["source_patch"], parser["target_patch"]
-    batch = {
-        "source_image": torch.rand(b, c, *sp),
-        "source_label": (torch.rand(b, 1, *sp) > 0.7).int(),
-        "target_image": torch.rand(b, c, *tp),
-    }
-    return method, batch
-
-
-def build(bundle: str, preset: str) -> tuple[Any, dict[str, torch.Tensor]]:
-    if bundle == "cellseg_uda":
-        return cellseg_for_benchmark(preset)
-    module = importlib.import_module(f"monai_uda.methods.{bundle}")
-    return module.build_for_benchmark(preset)
+from monai_uda.benchmark.presets import build_for_benchmark
 
 
 def time_steps(method: Any, batch: dict[str, torch.Tensor], iterations: int) -> float:
@@ -74,7 +44,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     for preset in args.presets.split(","):
-        method, batch = build(args.bundle, preset)
+        method, batch = build_for_benchmark(args.bundle, preset)
         seconds = time_steps(method, batch, args.iterations)
         shapes = {k: tuple(v.shape) for k, v in batch.items() if k.endswith("image")}
         print(

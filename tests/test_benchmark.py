@@ -10,13 +10,21 @@ import numpy as np
 import pytest
 from ignite.engine import Engine
 
-from monai_uda import benchmark, benchmark_recipes
-from monai_uda.benchmark_recipes import ROWS, Row
+from monai_uda import benchmark
+from monai_uda.benchmark import recipes, report
+from monai_uda.benchmark.presets import BENCHMARK_PRESETS, build_for_benchmark
+from monai_uda.benchmark.recipes import ROWS, Row
 from monai_uda.data.io import read_array
 from monai_uda.engines.budget import TimeBudget
 from monai_uda.errors import UDAInputError
 
-TINY = {"widths": [4, 8, 16], "disc_widths": [4, 4, 4, 4], "source_patch": [64, 64], "target_patch": [64, 64], "batch_size": 2}
+TINY = {
+    "widths": [4, 8, 16],
+    "disc_widths": [4, 4, 4, 4],
+    "source_patch": [64, 64],
+    "target_patch": [64, 64],
+    "batch_size": 2,
+}
 
 
 def test_time_budget_stops_an_engine_and_reports_it():
@@ -31,9 +39,23 @@ def test_time_budget_stops_an_engine_and_reports_it():
 
 
 def test_write_results_table_csv_and_failed_row(tmp_path):
-    ok = {"setting": "s", "row": "source_only", "bundle": "cellseg_uda", "status": "ok", "aji": 0.51234, "aji_plus": 0.5,
-          "pq": 0.4, "object_f1": 0.6, "dice": 0.75, "train_seconds": 300.2, "iterations": 120,
-          "infer_megapixels_per_s": 1.5, "peak_rss_mb": 900.0, "budget_minutes": 5.0, "signature": "x"}
+    ok = {
+        "setting": "s",
+        "row": "source_only",
+        "bundle": "cellseg_uda",
+        "status": "ok",
+        "aji": 0.51234,
+        "aji_plus": 0.5,
+        "pq": 0.4,
+        "object_f1": 0.6,
+        "dice": 0.75,
+        "train_seconds": 300.2,
+        "iterations": 120,
+        "infer_megapixels_per_s": 1.5,
+        "peak_rss_mb": 900.0,
+        "budget_minutes": 5.0,
+        "signature": "x",
+    }
     failed = {"setting": "s", "row": "cellseg_uda", "bundle": "cellseg_uda", "status": "failed", "budget_minutes": 5.0}
     benchmark.write_results(tmp_path, [ok, failed], ["# Benchmark: s"])
     with (tmp_path / "results.csv").open() as fh:
@@ -67,7 +89,7 @@ def test_help_runs_nothing_and_bad_arguments_are_one_line_errors(tmp_path, capsy
 def test_rows_results_kept_after_failure_and_skipped_on_rerun(tmp_path, sample_2d, monkeypatch):
     # a row whose process fails: an invalid CellSegUDA mode
     monkeypatch.setitem(ROWS, "broken", Row("broken", "cellseg_uda", "fails on purpose", {"mode": "no_such_mode"}))
-    monkeypatch.setattr(benchmark_recipes, "CELLSEG_UNSUPERVISED", benchmark_recipes.CELLSEG_UNSUPERVISED + ("broken",))
+    monkeypatch.setattr(recipes, "CELLSEG_UNSUPERVISED", recipes.CELLSEG_UNSUPERVISED + ("broken",))
     out, datalist = tmp_path / "bench", str(sample_2d / "datalist.json")
     # 3 s budget and no iteration cap: the time budget must stop training
     summary = benchmark.run_benchmark("mini", "source_only,broken", 0.05, out, datalist=datalist, overrides=TINY)
@@ -78,7 +100,11 @@ def test_rows_results_kept_after_failure_and_skipped_on_rerun(tmp_path, sample_2
     done = records["source_only"]
     assert 1 <= int(done["iterations"]) < 1500  # stopped by the budget, not by the preset's max_iterations
     assert all(0.0 <= float(done[k]) <= 1.0 for k in ("aji", "aji_plus", "pq", "object_f1", "dice"))
-    assert float(done["train_seconds"]) >= 3.0 and float(done["peak_rss_mb"]) > 50 and float(done["infer_megapixels_per_s"]) > 0
+    assert (
+        float(done["train_seconds"]) >= 3.0
+        and float(done["peak_rss_mb"]) > 50
+        and float(done["infer_megapixels_per_s"]) > 0
+    )
     metrics = json.loads((out / "runs" / "source_only" / "metrics.json").read_text())["mean"]
     assert np.isclose(metrics["aji"], float(done["aji"]), atol=1e-4)
     for name in ("results.md", "results.png", "overlays/source_only.png", "overlays/ground_truth.png"):
@@ -95,17 +121,34 @@ def test_rows_results_kept_after_failure_and_skipped_on_rerun(tmp_path, sample_2
 
 #: a tiny DARCNN (64 px patches, frozen ResNet, few proposals); training and inference alike
 DARCNN_TINY = {
-    "patch": [64, 64], "projection_dim": 16, "mmd_grid": 4, "trainable_layers": 0, "detections_per_image": 10,
-    "detections_per_tile": 5, "tile_overlap": 16,
-    "detector_kwargs": {"rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 20, "rpn_pre_nms_top_n_test": 100,
-                        "rpn_post_nms_top_n_test": 20, "box_batch_size_per_image": 16},
+    "patch": [64, 64],
+    "projection_dim": 16,
+    "mmd_grid": 4,
+    "trainable_layers": 0,
+    "detections_per_image": 10,
+    "detections_per_tile": 5,
+    "tile_overlap": 16,
+    "detector_kwargs": {
+        "rpn_pre_nms_top_n_train": 100,
+        "rpn_post_nms_top_n_train": 20,
+        "rpn_pre_nms_top_n_test": 100,
+        "rpn_post_nms_top_n_test": 20,
+        "box_batch_size_per_image": 16,
+    },
 }
 
 
 def test_darcnn_rows_stage1_alone_and_both_stages(tmp_path, sample_2d, capsys):
     out = tmp_path / "bench"
-    summary = benchmark.run_benchmark("mini", "darcnn_stage1,darcnn", 10, out, datalist=str(sample_2d / "datalist.json"),
-                                      max_iterations=2, overrides=DARCNN_TINY)
+    summary = benchmark.run_benchmark(
+        "mini",
+        "darcnn_stage1,darcnn",
+        10,
+        out,
+        datalist=str(sample_2d / "datalist.json"),
+        max_iterations=2,
+        overrides=DARCNN_TINY,
+    )
     assert summary["ran"] == ["darcnn_stage1", "darcnn"] and not summary["failed"]
     with (out / "results.csv").open() as fh:
         records = {r["row"]: r for r in csv.DictReader(fh)}
@@ -121,15 +164,65 @@ def test_darcnn_rows_stage1_alone_and_both_stages(tmp_path, sample_2d, capsys):
     own = json.loads((out / "runs" / "darcnn" / "result.json").read_text())
     assert own["stages"]["stage1_trainer"]["iterations"] == 0 and own["stages"]["stage2_trainer"]["iterations"] == 2
     # ... and its train seconds include that stage's
-    assert float(records["darcnn"]["train_seconds"]) == pytest.approx(own["train_seconds"] + donor["train_seconds"], abs=0.2)
+    assert float(records["darcnn"]["train_seconds"]) == pytest.approx(
+        own["train_seconds"] + donor["train_seconds"], abs=0.2
+    )
     assert "darcnn: continues from the finished stage1 of row darcnn_stage1" in capsys.readouterr().out
     assert all(0.0 <= float(records[r][k]) <= 1.0 for r in records for k in ("aji", "pq", "object_f1", "dice"))
 
 
 def test_results_md_lists_the_command_of_every_run_into_the_same_out(tmp_path):
     first, second = "monai-uda benchmark --rows cyc_pdam", "monai-uda benchmark --rows darcnn_stage1"
-    assert benchmark._commands(tmp_path, first) == [first]
-    assert benchmark._commands(tmp_path, second) == [first, second]
-    assert benchmark._commands(tmp_path, first) == [first, second]  # a rerun is not listed twice
-    assert benchmark._commands(tmp_path, None) == [first, second]
+    assert report.commands(tmp_path, first) == [first]
+    assert report.commands(tmp_path, second) == [first, second]
+    assert report.commands(tmp_path, first) == [first, second]  # a rerun is not listed twice
+    assert report.commands(tmp_path, None) == [first, second]
     assert (tmp_path / "commands.txt").read_text() == f"{first}\n{second}\n"
+
+
+def test_time_budget_configs_ship_with_the_benchmark():
+    from monai_uda.benchmark.runner import CONFIGS
+
+    assert {row.budget_config for row in ROWS.values()} == {p.name for p in CONFIGS.glob("time_budget*.yaml")}
+
+
+def test_ad_gan_preset():
+    method, batch = build_for_benchmark("ad_gan", "cpu")
+    assert batch["source_image"].shape == (2, 1, 128, 128) and set(batch["source_image"].unique().tolist()) <= {
+        -1.0,
+        1.0,
+    }
+    assert batch["target_image"].shape == (2, 1, 128, 128)
+    assert method.generator.encoder.layers[0].conv.out_channels == 32
+    with pytest.raises(ValueError):
+        build_for_benchmark("ad_gan", "gpu")
+
+
+def test_cyc_pdam_preset():
+    from monai_uda.methods.cyc_pdam import PDAMStage
+
+    method, batch = build_for_benchmark("cyc_pdam", "cpu")
+    assert isinstance(method, PDAMStage) and batch["source_image"].shape == (1, 3, 128, 128)
+    assert batch["source_label"].max() == 16 and batch["target_image"].shape == (1, 3, 128, 128)
+    with pytest.raises(ValueError, match="unknown preset"):
+        build_for_benchmark("cyc_pdam", "gpu")
+
+
+def test_darcnn_preset():
+    from monai_uda.methods.darcnn import DARCNNStage1
+
+    method, batch = build_for_benchmark("darcnn", "cpu")
+    assert isinstance(method, DARCNNStage1)
+    assert batch["source_image"].shape == batch["target_image"].shape == (1, 3, 256, 256)
+    assert int(batch["source_label"].max()) == 16  # one disc per grid cell
+    assert method.detector.heads["target"].detections_per_img == 50
+    with pytest.raises(ValueError, match="preset"):
+        build_for_benchmark("darcnn", "gpu-cluster")
+
+
+def test_cellseg_uda_preset_and_unknown_bundle():
+    method, batch = build_for_benchmark("cellseg_uda", "cpu")
+    assert hasattr(method, "step") and batch["source_image"].shape[0] == batch["target_image"].shape[0]
+    assert set(BENCHMARK_PRESETS) == {"ad_gan", "cyc_pdam", "darcnn"}
+    with pytest.raises(ValueError, match="unknown bundle"):
+        build_for_benchmark("no_such_bundle", "cpu")

@@ -119,7 +119,8 @@ def test_wheel_carries_every_bundle_and_an_installed_package_finds_them(tmp_path
         with zipfile.ZipFile(_build(source, out)) as wheel:
             names = set(wheel.namelist())
         assert {n for n in names if n.startswith("monai_uda/bundles/")} == expected, source
-        assert {"monai_uda/data/presets/dsb2018_fluo.yaml", "monai_uda/cli.py"} <= names
+        assert {"monai_uda/data/presets/dsb2018_fluo.yaml", "monai_uda/cli.py",
+                "monai_uda/benchmark/configs/time_budget.yaml"} <= names
 
     site = tmp_path / "site"
     with zipfile.ZipFile(next((tmp_path / "wheel").glob("*.whl"))) as wheel:

@@ -38,7 +38,7 @@ from monai_uda.engines.method import AdaptationMethod
 from monai_uda.networks.adain import IMAGE_DOMAIN, MASK_DOMAIN, AdaINGenerator, DomainTranslator
 from monai_uda.networks.patchgan import PatchDiscriminator
 
-__all__ = ["ADGAN", "DomainTranslator", "MASK_DOMAIN", "IMAGE_DOMAIN", "build_for_benchmark"]
+__all__ = ["ADGAN", "DomainTranslator", "MASK_DOMAIN", "IMAGE_DOMAIN"]
 
 
 class ADGAN(AdaptationMethod):
@@ -222,29 +222,3 @@ class ADGAN(AdaptationMethod):
                 return self.translator(to_domain, from_domain)(images.to(self.device)).float()
         finally:
             self.train(was_training)
-
-
-def build_for_benchmark(preset: str = "cpu") -> tuple[ADGAN, dict[str, torch.Tensor]]:
-    """A ready AD-GAN and one batch for timing ``method.step(engine, batch)``.
-
-    Presets: ``"paper"``: the official default configuration (the paper's "mini-batch of 16" is
-    the official code's ``batch_size=8`` of (image, mask) pairs: 8 masks + 8 images, 256x256,
-    1 channel, the paper's widths); ``"cpu"``: batch 2 + 2, 128x128 crops, half widths,
-    2 residual blocks (channels-last and bfloat16 autocast are slower on this CPU).
-    """
-    from monai_uda.data.synthetic import SyntheticMaskDataset
-
-    if preset == "paper":
-        method, size, half_batch = ADGAN(), 256, 8
-    elif preset == "cpu":
-        method = ADGAN(channels=(32, 64, 128), disc_channels=(32, 64, 128, 256), num_res_blocks=2, mlp_channels=128)
-        size, half_batch = 128, 2
-    else:
-        raise ValueError(f"preset must be 'paper' or 'cpu', got {preset!r}")
-    masks = SyntheticMaskDataset((size, size), length=half_batch, preset="hela")
-    generator = torch.Generator().manual_seed(0)
-    batch = {
-        "source_image": torch.stack([masks[i]["image"] for i in range(half_batch)]),
-        "target_image": torch.rand(half_batch, 1, size, size, generator=generator) * 2 - 1,
-    }
-    return method, batch

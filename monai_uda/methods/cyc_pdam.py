@@ -59,8 +59,6 @@ __all__ = [
     "pdam_variant",
     "CycleGANStage",
     "PDAMStage",
-    "BENCHMARK_PRESETS",
-    "build_for_benchmark",
 ]
 
 #: detector switches (``PDAMDetector`` kwargs) and method switches of the paper's Table 4 rows
@@ -344,58 +342,3 @@ class PDAMStage(AdaptationMethod):
             lr=lr,
         )
         return out
-
-
-#: ``build_for_benchmark`` presets: patch size, detector and method settings
-BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {
-        "size": 256,
-        "detector": {"backbone": "resnet101", "norm": "group", "min_size": 256, "max_size": 256, "instance_proposals": 64},
-    },
-    "cpu": {
-        "size": 128,
-        "detector": {
-            "backbone": "resnet50",
-            "norm": "group",
-            "min_size": 128,
-            "max_size": 128,
-            "instance_proposals": 16,
-            "rpn_pre_nms_top_n_train": 500,
-            "rpn_post_nms_top_n_train": 200,
-            "rpn_pre_nms_top_n_test": 200,
-            "rpn_post_nms_top_n_test": 50,
-            "box_batch_size_per_image": 64,
-        },
-    },
-}
-
-
-def _disc_instances(size: int, generator: torch.Generator) -> torch.Tensor:
-    """``(1, 1, size, size)`` instance map of random non-overlapping discs on a grid."""
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    label = torch.zeros(1, 1, size, size, dtype=torch.int64)
-    cell = max(size // 4, 8)
-    ids = 0
-    for cy in range(cell // 2, size, cell):
-        for cx in range(cell // 2, size, cell):
-            radius = int(torch.randint(cell // 6 + 1, cell // 3 + 1, (1,), generator=generator))
-            ids += 1
-            label[0, 0][(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = ids
-    return label
-
-
-def build_for_benchmark(preset: str = "cpu") -> tuple[PDAMStage, dict[str, torch.Tensor]]:
-    """A PDAM stage and one synthetic batch (one source, one target image) for ``scripts/bench_train_step.py``.
-
-    Args:
-        preset: ``"paper"`` (256 px, ResNet-101 GN) or ``"cpu"`` (128 px, ResNet-50 GN, fewer proposals).
-    """
-    if preset not in BENCHMARK_PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(BENCHMARK_PRESETS)}")
-    cfg = BENCHMARK_PRESETS[preset]
-    generator = torch.Generator().manual_seed(0)
-    label = _disc_instances(cfg["size"], generator)
-    source = (label > 0).float().expand(-1, 3, -1, -1) * 0.6 + 0.2
-    target = (1.0 - source * torch.rand(source.shape, generator=generator)).contiguous()
-    method = PDAMStage(PDAMDetector(**cfg["detector"]), warmup_iterations=0)
-    return method, {"source_image": source.contiguous(), "source_label": label, "target_image": target}

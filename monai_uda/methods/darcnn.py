@@ -30,7 +30,7 @@ from monai_uda.engines.method import AdaptationMethod
 from monai_uda.losses.domain import DEFAULT_BANDWIDTHS, background_consistency_loss, mmd_loss, orthogonality_loss
 from monai_uda.networks.domain_separation import DomainSeparationMaskRCNN
 
-__all__ = ["alpha_ramp", "DARCNNStage1", "DARCNNStage2", "BENCHMARK_PRESETS", "build_for_benchmark"]
+__all__ = ["alpha_ramp", "DARCNNStage1", "DARCNNStage2"]
 
 
 def alpha_ramp(iteration: int, warmup_iterations: int, start: float, end: float) -> float:
@@ -291,53 +291,3 @@ class DARCNNStage2(AdaptationMethod):
         out: dict[str, torch.Tensor | float] = {f"pseudo_{k.removeprefix('loss_')}": v.detach() for k, v in losses.items()}
         out.update(total=total.detach(), pseudo_instances=float(sum(len(t["boxes"]) for t in targets)))
         return out
-
-
-#: ``build_for_benchmark`` presets: image size, batch size and detector settings
-BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"size": 512, "batch_size": 1, "detector": {"min_size": 512, "max_size": 512, "box_detections_per_img": 100}},
-    "cpu": {
-        "size": 256,
-        "batch_size": 1,
-        "detector": {
-            "min_size": 256,
-            "max_size": 256,
-            "box_detections_per_img": 50,
-            "rpn_pre_nms_top_n_train": 1000,
-            "rpn_post_nms_top_n_train": 500,
-            "box_batch_size_per_image": 128,
-        },
-    },
-}
-
-
-def _disc_labels(batch_size: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """``(B, 1, size, size)`` instance maps of non-overlapping random discs on a grid."""
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    labels = torch.zeros(batch_size, 1, size, size, dtype=torch.int64)
-    cell = max(size // 4, 8)
-    for b in range(batch_size):
-        ids = 0
-        for cy in range(cell // 2, size, cell):
-            for cx in range(cell // 2, size, cell):
-                radius = int(torch.randint(cell // 6 + 1, cell // 3 + 1, (1,), generator=generator))
-                ids += 1
-                labels[b, 0][(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = ids
-    return labels
-
-
-def build_for_benchmark(preset: str = "cpu") -> tuple[DARCNNStage1, dict[str, torch.Tensor]]:
-    """A stage-1 method and one synthetic batch for ``scripts/bench_train_step.py``.
-
-    Args:
-        preset: ``"paper"`` (512 px, 100 detections) or ``"cpu"`` (256 px, fewer proposals).
-    """
-    if preset not in BENCHMARK_PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(BENCHMARK_PRESETS)}")
-    cfg = BENCHMARK_PRESETS[preset]
-    generator = torch.Generator().manual_seed(0)
-    label = _disc_labels(cfg["batch_size"], cfg["size"], generator)
-    source = (label > 0).float().expand(-1, 3, -1, -1) * 0.8 + 0.1
-    target = 1.0 - source * torch.rand(source.shape, generator=generator)
-    method = DARCNNStage1(DomainSeparationMaskRCNN(**cfg["detector"]))
-    return method, {"source_image": source.contiguous(), "source_label": label, "target_image": target}

@@ -121,11 +121,11 @@ def test_multi_gpu_config_parses_without_ddp_wrapping():
 def test_cpu_preset_matches_the_benchmark_preset():
     from monai.bundle import ConfigParser
 
-    from monai_uda.methods.ad_gan import build_for_benchmark
+    from monai_uda.benchmark.presets import build_for_benchmark
 
     parser = ConfigParser()
     parser.read_config(_cfg("train.yaml", "train_cpu.yaml"))
-    method, batch = build_for_benchmark("cpu")
+    method, batch = build_for_benchmark("ad_gan", "cpu")
     assert parser["patch"] == list(batch["target_image"].shape[2:]) and parser["batch_size"] == batch["target_image"].shape[0]
     assert parser["gen_widths"][0] == method.generator.encoder.layers[0].conv.out_channels
     assert len(parser["gen_widths"]) == 3 and parser["num_res_blocks"] == 2

@@ -16,7 +16,7 @@ from monai.bundle import ConfigParser, run, verify_metadata
 
 from monai_uda.data.datalist import export_split, load_datalist
 from monai_uda.data.io import read_array, read_label
-from monai_uda.methods.cyc_pdam import BENCHMARK_PRESETS
+from monai_uda.benchmark.presets import BENCHMARK_PRESETS
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "cyc_pdam" / "configs"
@@ -141,7 +141,7 @@ def test_multi_gpu_config_disables_rank_local_outputs_and_waits_for_synthesis():
 def test_cpu_preset_matches_the_benchmark_preset_and_caps_each_stage():
     parser = ConfigParser()
     parser.read_config(_cfg("train.yaml", "train_cpu.yaml"))
-    preset = BENCHMARK_PRESETS["cpu"]
+    preset = BENCHMARK_PRESETS["cyc_pdam"]["cpu"]
     detector = dict(preset["detector"])
     assert parser["patch"] == [preset["size"]] * 2 == [detector.pop("min_size"), detector.pop("max_size")]
     assert (parser["backbone"], parser["norm"], parser["instance_proposals"]) == (detector.pop("backbone"), detector.pop("norm"), detector.pop("instance_proposals"))

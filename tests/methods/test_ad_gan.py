@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from monai_uda.methods.ad_gan import ADGAN, DomainTranslator, build_for_benchmark
+from monai_uda.methods.ad_gan import ADGAN, DomainTranslator
 
 ENGINE = SimpleNamespace(state=SimpleNamespace(iteration=1, max_iterations=10))
 
@@ -138,15 +138,6 @@ def test_translate_directions():
     assert method.training  # translate restores the mode
     with pytest.raises(ValueError):
         method.translate(images, "label")
-
-
-def test_build_for_benchmark_presets():
-    method, batch = build_for_benchmark("cpu")
-    assert batch["source_image"].shape == (2, 1, 128, 128) and set(batch["source_image"].unique().tolist()) <= {-1.0, 1.0}
-    assert batch["target_image"].shape == (2, 1, 128, 128)
-    assert method.generator.encoder.layers[0].conv.out_channels == 32
-    with pytest.raises(ValueError):
-        build_for_benchmark("gpu")
 
 
 def test_ternary_translator_scores_pick_nearest_level():

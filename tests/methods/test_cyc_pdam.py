@@ -152,16 +152,6 @@ def test_cyclegan_checkpoint_resumes_like_an_uninterrupted_run():
     assert losses(without_pools) != expected  # the pools change the discriminator's inputs
 
 
-def test_build_for_benchmark_presets():
-    from monai_uda.methods.cyc_pdam import build_for_benchmark
-
-    method, batch = build_for_benchmark("cpu")
-    assert isinstance(method, PDAMStage) and batch["source_image"].shape == (1, 3, 128, 128)
-    assert batch["source_label"].max() == 16 and batch["target_image"].shape == (1, 3, 128, 128)
-    with pytest.raises(ValueError, match="unknown preset"):
-        build_for_benchmark("gpu")
-
-
 def test_pdam_variant_lookup():
     from monai_uda.errors import UDAInputError
     from monai_uda.methods.cyc_pdam import pdam_variant

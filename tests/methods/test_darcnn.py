@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from monai_uda.engines.distributed import average_gradients
-from monai_uda.methods.darcnn import DARCNNStage1, DARCNNStage2, alpha_ramp, build_for_benchmark
+from monai_uda.methods.darcnn import DARCNNStage1, DARCNNStage2, alpha_ramp
 from monai_uda.networks.domain_separation import DomainSeparationMaskRCNN
 
 
@@ -129,16 +129,6 @@ def test_stage2_without_confident_pseudo_labels_trains_on_negatives(tiny_rcnn):
     losses = method.step(_engine(1), _batch())
     assert losses["pseudo_instances"] == 0.0
     assert losses["pseudo_mask"].item() == 0.0 and torch.isfinite(losses["total"]) and losses["total"] > 0
-
-
-def test_build_for_benchmark_presets():
-    method, batch = build_for_benchmark("cpu")
-    assert isinstance(method, DARCNNStage1)
-    assert batch["source_image"].shape == batch["target_image"].shape == (1, 3, 256, 256)
-    assert int(batch["source_label"].max()) == 16  # one disc per grid cell
-    assert method.detector.heads["target"].detections_per_img == 50
-    with pytest.raises(ValueError, match="preset"):
-        build_for_benchmark("gpu-cluster")
 
 
 def test_stage2_model_file_holds_the_detector_checkpoints_hold_the_teacher(tiny_rcnn):

@@ -6,6 +6,7 @@ Helpers reach the tests through the ``kit`` fixture (:class:`Kit`), so no test i
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ from monai_uda.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "cellseg_uda" / "configs"
-FAULTS = Path(__file__).resolve().parent / "configs" / "faults.yaml"
+HERE = Path(__file__).resolve().parent
+FAULTS = HERE / "configs" / "faults.yaml"
 
 #: CellSegUDA shrunk to a few thousand weights: every run of the suite takes about a second
 TINY = {"widths": [4, 8, 16], "disc_widths": [4, 4, 4, 4], "source_patch": [32, 32], "target_patch": [32, 32], "batch_size": 1}
@@ -121,6 +123,13 @@ class Kit:
         self.capsys.readouterr()
         code = main([str(a) for a in args])
         return code, self.capsys.readouterr().err
+
+
+@pytest.fixture(autouse=True)
+def faults_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make this folder's ``faults`` module (the ``_target_`` of :data:`FAULTS`) importable here and in subprocesses."""
+    monkeypatch.syspath_prepend(str(HERE))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
 
 
 @pytest.fixture()

@@ -1,11 +1,14 @@
 """Fault injection for reliability checks: make a training run misbehave on purpose.
 
-These handlers are attached like any other train handler; the reliability tests and
-``scripts/kill_resume_check.py`` add them through an extra config file merged after a
-bundle's ``train.yaml`` (``tests/reliability/configs/faults.yaml``), e.g.::
+These handlers are attached like any other train handler; the reliability tests add them
+through an extra config file merged after a bundle's ``train.yaml``
+(``tests/reliability/configs/faults.yaml``, which names them ``faults.LossFault`` and
+``faults.IterationDelay``: this folder must be on the Python path, as the suite's ``conftest.py``
+arranges for its tests and their subprocesses), e.g.::
 
-    python -m monai.bundle run training --config_file "['bundles/cellseg_uda/configs/train.yaml',
-        'tests/reliability/configs/faults.yaml']" --inject_nan_at 3 --inject_loss seg
+    PYTHONPATH=tests/reliability python -m monai.bundle run training --config_file \
+        "['bundles/cellseg_uda/configs/train.yaml','tests/reliability/configs/faults.yaml']" \
+        --inject_nan_at 3 --inject_loss seg
 
 * :class:`LossFault` replaces one loss value returned by the method's ``step`` at one
   iteration (NaN or inf), which the trainer's divergence guard must catch;

@@ -4,7 +4,8 @@ A :class:`Row` is one method configuration: a bundle and the config overrides th
 paper's variant. A :class:`Setting` is one dataset recipe: it prepares (once, into a cache
 folder) a datalist with ``source``/``target``/``test`` splits and the folders of labelled
 evaluation images, and says which rows make sense on it. Every row of a setting trains on the
-same datalist with the same seed and is scored on the same evaluation images.
+same datalist with the same seed and is scored on the same evaluation images
+(:func:`prepare_setting` prepares a setting once per output folder).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from monai_uda.errors import UDAInputError
+from monai_uda.files import write_text
 
 __all__ = [
     "ROWS",
@@ -29,6 +31,7 @@ __all__ = [
     "Setting",
     "SharedStage",
     "datalist_setting",
+    "prepare_setting",
     "shared_data_dir",
 ]
 
@@ -70,7 +73,7 @@ class Row:
             and inference alike, so network switches reach both).
         target_labels: the row trains on labelled target images (SSDA, target-trained bound).
         model_file: the trained model, relative to the training output folder.
-        budget_config: file of ``bundles/_benchmark/`` that adds the time budget to the bundle's
+        budget_config: file of the benchmark's ``configs/`` that adds the time budget to the bundle's
             trainer(s) (``time_budget.yaml`` appends to ``train_handlers``).
         shared: the first stage this row takes from another row, if that row has finished.
     """
@@ -92,32 +95,40 @@ _ADGAN = "AD-GAN (Yao et al.): masks only, no labels"
 ROWS: dict[str, Row] = {
     row.name: row
     for row in (
-        Row("source_only", "cellseg_uda", "U-Net trained on labelled source images only (lower bound)", {"mode": "source_only"}),
-        Row("target_only", "cellseg_uda", "U-Net trained on labelled target images (upper bound)", {"mode": "target_only"}, True),
+        Row("source_only", "cellseg_uda", "U-Net trained on labelled source images only (lower bound)",
+            {"mode": "source_only"}),
+        Row("target_only", "cellseg_uda", "U-Net trained on labelled target images (upper bound)",
+            {"mode": "target_only"}, True),
         Row("cellseg_uda", "cellseg_uda", f"{_CELLSEG}: Dice + adversarial + reconstruction (eq 4)", {"mode": "uda"}),
-        Row("cellseg_uda_no_recons", "cellseg_uda", f"{_CELLSEG} without reconstruction (DA-ADV-style)", {"mode": "no_recons"}),
+        Row("cellseg_uda_no_recons", "cellseg_uda", f"{_CELLSEG} without reconstruction (DA-ADV-style)",
+            {"mode": "no_recons"}),
         Row("cellseg_ssda_10", "cellseg_uda", "CellSegSSDA, 10% of target images labelled (eq 6)",
             {"mode": "ssda", "target_label_fraction": 0.1}, True),
         Row("cellseg_ssda_50", "cellseg_uda", "CellSegSSDA, 50% of target images labelled (eq 6)",
             {"mode": "ssda", "target_label_fraction": 0.5}, True),
         Row("ad_gan", "ad_gan", f"{_ADGAN}, binary translation + watershed", {"ternary": False}),
         Row("ad_gan_ins", "ad_gan", "AD-GAN-INS: ternary (background/edge/interior) translation", {"ternary": True}),
-        Row("ad_gan_wo_rec", "ad_gan", "AD-GAN ablation: without the reconstruction loss", {"ternary": False, "use_rec": False}),
-        Row("ad_gan_wo_ctr", "ad_gan", "AD-GAN ablation: without the content loss", {"ternary": False, "use_ctr": False}),
+        Row("ad_gan_wo_rec", "ad_gan", "AD-GAN ablation: without the reconstruction loss",
+            {"ternary": False, "use_rec": False}),
+        Row("ad_gan_wo_ctr", "ad_gan", "AD-GAN ablation: without the content loss",
+            {"ternary": False, "use_ctr": False}),
         Row("ad_gan_wo_cyc", "ad_gan", "AD-GAN ablation: without the cycle loss", {"ternary": False, "use_cyc": False}),
         Row("ad_gan_no_encoder_adain", "ad_gan", "AD-GAN ablation: AdaIN in the decoder only",
             {"ternary": False, "encoder_adain": False}),
         *(
-            Row(name, "cyc_pdam", description, overrides, model_file="pdam/model.pt", budget_config="time_budget_cyc_pdam.yaml",
-                shared=shared)
+            Row(name, "cyc_pdam", description, overrides, model_file="pdam/model.pt",
+                budget_config="time_budget_cyc_pdam.yaml", shared=shared)
             for name, description, overrides, shared in (
-                ("cyc_pdam", "CyC-PDAM (Liu et al., CVPR 2020): CycleGAN + nuclei inpainting + PDAM Mask R-CNN", {"variant": "pdam"},
-                 None),
+                ("cyc_pdam", "CyC-PDAM (Liu et al., CVPR 2020): CycleGAN + nuclei inpainting + PDAM Mask R-CNN",
+                 {"variant": "pdam"}, None),
                 ("cyc_pdam_wo_tr", "CyC-PDAM ablation: without task re-weighting", {"variant": "wo_tr"}, _CYCLEGAN),
-                ("cyc_pdam_wo_sem", "CyC-PDAM ablation: without the semantic-level discriminator", {"variant": "wo_sem"}, _CYCLEGAN),
-                ("cyc_pdam_wo_ni", "CyC-PDAM ablation: without nuclei inpainting", {"variant": "pdam", "inpaint": False},
+                ("cyc_pdam_wo_sem", "CyC-PDAM ablation: without the semantic-level discriminator",
+                 {"variant": "wo_sem"}, _CYCLEGAN),
+                ("cyc_pdam_wo_ni", "CyC-PDAM ablation: without nuclei inpainting",
+                 {"variant": "pdam", "inpaint": False},
                  SharedStage("cyc_pdam", ("cyclegan",), ("cyclegan_trainer",), with_untimed_work=False)),
-                ("cyc_pdam_cycada", "CyCADA-style baseline: image-level adaptation only", {"variant": "cycada"}, _CYCLEGAN),
+                ("cyc_pdam_cycada", "CyCADA-style baseline: image-level adaptation only", {"variant": "cycada"},
+                 _CYCLEGAN),
             )
         ),
         Row("darcnn_stage1", "darcnn", "DARCNN stage 1 alone: domain separation Mask R-CNN (L_sim, L_diff, L_target)",
@@ -131,7 +142,9 @@ ROWS: dict[str, Row] = {
 """Every known row; a row is offered only when its bundle exists in ``bundles/``."""
 
 CELLSEG_UNSUPERVISED = ("source_only", "cellseg_uda_no_recons", "cellseg_uda")
-CELLSEG_ROWS = ("source_only", "target_only", "cellseg_uda", "cellseg_uda_no_recons", "cellseg_ssda_10", "cellseg_ssda_50")
+CELLSEG_ROWS = (
+    "source_only", "target_only", "cellseg_uda", "cellseg_uda_no_recons", "cellseg_ssda_10", "cellseg_ssda_50",
+)
 AD_GAN_ROWS = ("ad_gan", "ad_gan_ins", "ad_gan_wo_rec", "ad_gan_wo_ctr", "ad_gan_wo_cyc", "ad_gan_no_encoder_adain")
 CYC_PDAM_ROWS = ("cyc_pdam", "cyc_pdam_wo_tr", "cyc_pdam_wo_sem", "cyc_pdam_wo_ni", "cyc_pdam_cycada")
 DARCNN_ROWS = ("darcnn_stage1", "darcnn_wo_aug", "darcnn")
@@ -146,16 +159,18 @@ CPU_OVERRIDES: dict[str, dict[str, Any]] = {
     },
     "cyc_pdam": {
         "overrides": {
-            "patch": [128, 128], "cyclegan_width": 32, "cyclegan_blocks": 6, "backbone": "resnet50", "instance_proposals": 16,
-            "detector_kwargs": {"rpn_pre_nms_top_n_train": 500, "rpn_post_nms_top_n_train": 200, "rpn_pre_nms_top_n_test": 200,
-                                "rpn_post_nms_top_n_test": 50, "box_batch_size_per_image": 64},
+            "patch": [128, 128], "cyclegan_width": 32, "cyclegan_blocks": 6, "backbone": "resnet50",
+            "instance_proposals": 16,
+            "detector_kwargs": {"rpn_pre_nms_top_n_train": 500, "rpn_post_nms_top_n_train": 200,
+                                "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 50,
+                                "box_batch_size_per_image": 64},
         }
     },
     "darcnn": {"preset_file": "cpu"},
 }
 """Per bundle, what ``--preset cpu`` (the default) applies in 2D settings: the bundle's
 ``train_<preset_file>.yaml`` and/or overrides (AD-GAN: the ``cpu`` configuration of
-``scripts/bench_train_step.py``; CyC-PDAM: its ``cpu`` detector of ``BENCHMARK_PRESETS`` and a
+``scripts/bench_train_step.py``; CyC-PDAM: its ``cpu`` detector of :mod:`~monai_uda.benchmark.presets` and a
 32-wide, 6-block CycleGAN; DARCNN: its ``train_cpu.yaml``). 3D settings use the bundles' ``train_3d.yaml`` with
 the setting's own ``bundle_overrides``."""
 
@@ -179,7 +194,8 @@ class Prepared:
     notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"datalist": str(self.datalist), "eval_images": str(self.eval_images), "eval_labels": str(self.eval_labels),
+        return {"datalist": str(self.datalist), "eval_images": str(self.eval_images),
+                "eval_labels": str(self.eval_labels),
                 "overlay_stem": self.overlay_stem, "notes": list(self.notes)}
 
     @classmethod
@@ -212,7 +228,7 @@ class Setting:
 def shared_data_dir() -> Path:
     """``$MONAI_UDA_SHARED_DATA`` or ``shared/data`` beside the repository checkout."""
     env = os.environ.get("MONAI_UDA_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
 def _require(folder: Path, what: str) -> Path:
@@ -240,10 +256,11 @@ def _finish(cache: Path, datalist: Mapping[str, list[dict[str, Any]]], notes: li
 def _prepare_dsb_monuseg(cache: Path, data_root: Path) -> Prepared:
     from monai_uda.data.prepare import prepare_folder, prepare_monuseg
 
-    dsb, monuseg = _require(data_root / "dsb2018_fluo", "DSB2018 fluorescence"), _require(data_root / "monuseg", "MoNuSeg")
+    dsb = _require(data_root / "dsb2018_fluo", "DSB2018 fluorescence")
+    monuseg = _require(data_root / "monuseg", "MoNuSeg")
     source = _items(prepare_folder(dsb / "images", dsb / "labels", cache / "dsb", split="source", link=True), "source")
-    target = _items(prepare_folder(monuseg / "train" / "images", monuseg / "train" / "binary_masks", cache / "monuseg_train",
-                                   split="target", link=True), "target")
+    target = _items(prepare_folder(monuseg / "train" / "images", monuseg / "train" / "binary_masks",
+                                   cache / "monuseg_train", split="target", link=True), "target")
     view = cache / "monuseg_test_only"  # the converter reads <src>/test; the train tiles come from prepare_folder
     view.mkdir(parents=True, exist_ok=True)
     if not (view / "test").exists():
@@ -251,8 +268,8 @@ def _prepare_dsb_monuseg(cache: Path, data_root: Path) -> Prepared:
     test = _items(prepare_monuseg(view, cache / "monuseg_test"), "test")
     notes = [
         f"source: {len(source)} DSB2018 fluorescence images with instance labels ({dsb})",
-        f"target: {len(target)} MoNuSeg 2018 training tiles (H&E, 1000x1000); their binary masks (touching nuclei merged) "
-        "are read only by the SSDA and target-trained rows",
+        f"target: {len(target)} MoNuSeg 2018 training tiles (H&E, 1000x1000); their binary masks "
+        "(touching nuclei merged) are read only by the SSDA and target-trained rows",
         f"evaluation: the {len(test)} MoNuSeg 2018 test tiles, labels rasterised from the Aperio XML polygons",
     ]
     return _finish(cache, {"source": source, "target": target, "test": test}, notes)
@@ -292,14 +309,15 @@ SETTINGS: dict[str, Setting] = {
     for setting in (
         Setting(
             "dsb2018_fluo->monuseg",
-            "DSB2018 fluorescence (labelled) -> MoNuSeg H&E train tiles (unlabelled); evaluation on the 14 MoNuSeg test tiles",
+            "DSB2018 fluorescence (labelled) -> MoNuSeg H&E train tiles (unlabelled); "
+            "evaluation on the 14 MoNuSeg test tiles",
             CELLSEG_ROWS + AD_GAN_ROWS[:2] + CYC_PDAM_ROWS + DARCNN_ROWS,
             _prepare_dsb_monuseg,
             bundle_overrides={
                 "cellseg_uda": {"channels": 3, "source_invert": True},
                 "ad_gan": {"channels": 1, "target_invert": True},
-                # identity loss 0.5 (CycleGAN's colour-preserving option): without it the short CPU CycleGAN
-                # turned the inverted (dark) nuclei white, and PDAM learnt to detect glass (AJI 0.006)
+                # identity loss 0.5 (CycleGAN's colour-preserving option): keeps the inverted (dark) nuclei
+                # dark through a short CPU CycleGAN, so that PDAM learns nuclei rather than glass
                 "cyc_pdam": {"channels": 3, "source_invert": True, "lambda_identity": 0.5},
                 "darcnn": {"channels": 3, "source_invert": True},
             },
@@ -358,6 +376,22 @@ def datalist_setting(name: str, datalist: str | Path, spatial_dims: int = 2) -> 
         return Prepared(loaded.path, images, labels, stem_of(list_images(images)[0]), (f"user datalist {loaded.path}",))
 
     return Setting(name, f"user recipe: datalist {path}", rows, prepare, spatial_dims)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "_." else "-" for c in name.replace("->", "-to-"))
+
+
+def prepare_setting(setting: Setting, out: Path, data_root: Path) -> Prepared:
+    """The setting's data, prepared once into ``out/data/<setting>`` (reused when ``prepared.json`` exists)."""
+    cache = out / "data" / _slug(setting.name)
+    marker = cache / "prepared.json"
+    if marker.is_file():
+        return Prepared.from_json(json.loads(marker.read_text(encoding="utf-8")))
+    print(f"[benchmark] preparing {setting.name} into {cache}", flush=True)
+    prepared = setting.prepare(cache, data_root)
+    write_text(marker, json.dumps(prepared.to_json(), indent=2))
+    return prepared
 
 
 def describe() -> str:

@@ -1,0 +1,123 @@
+"""``monai-uda benchmark``: every method on the same data, splits, seed and time budget.
+
+    monai-uda benchmark --setting "dsb2018_fluo->monuseg" --rows source_only,cellseg_uda \\
+        --budget-minutes 5 --out bench
+
+The package is the experiment harness around the library; nothing in the library imports it.
+
+* :mod:`~monai_uda.benchmark.recipes`: the rows (method configurations), the settings (dataset
+  recipes and their preparation), the CPU overrides and shared first stages;
+* :mod:`~monai_uda.benchmark.runner`: one row in a fresh process, the loop over the rows
+  (skip finished rows, retry failed ones, continue from a shared stage);
+* :mod:`~monai_uda.benchmark.report`: ``results.csv``, ``results.md``, ``results.png`` and
+  ``overlays/<row>.png`` (every method on the same evaluation image, plus ``ground_truth.png``);
+* :mod:`~monai_uda.benchmark.presets`: the timing presets of ``scripts/bench_train_step.py`` and
+  ``scripts/bench_memory.py`` (a method and one batch at the paper's or a CPU configuration);
+* ``configs/``: the time budgets merged after a bundle's training configs.
+
+Output in ``--out``: the results files above, rewritten atomically after every row;
+``runs/<row>/`` (checkpoints, predictions, ``metrics.json``), ``logs/<row>.log`` and the
+prepared data in ``data/``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from monai_uda.benchmark.recipes import describe
+from monai_uda.benchmark.report import COLUMNS, read_results, write_results
+from monai_uda.benchmark.runner import run_benchmark, run_row
+
+__all__ = ["COLUMNS", "main", "read_results", "run_benchmark", "run_row", "write_results"]
+
+
+def _quote(value: Any, rows: bool = False) -> str:
+    """A command-line value as typed: rows comma-joined, lists as JSON, shell-quoted."""
+    if isinstance(value, (list, tuple)):
+        value = ",".join(map(str, value)) if rows else json.dumps(list(value))
+    return shlex.quote(str(value))
+
+
+def main(
+    setting: str = "dsb2018_fluo->monuseg",
+    rows: str | Sequence[str] | None = None,
+    budget_minutes: float = 5.0,
+    out: str = "benchmark",
+    datalist: str | None = None,
+    data_root: str | None = None,
+    spatial_dims: int = 2,
+    preset: str | None = "cpu",
+    max_iterations: int | None = None,
+    row_timeout_minutes: float | None = None,
+    **overrides: Any,
+) -> str:
+    """Compare methods on one setting with the same data, splits, seed and per-row time budget.
+
+    Writes results.csv, results.md, results.png and overlays/<row>.png to --out; a rerun skips
+    finished rows. Further --key value options are bundle config overrides for every row
+    (e.g. --device cuda, --source_invert false). Exits with status 1 when a row failed.
+
+    Args:
+        setting: dataset recipe (see the list below), or your own name with --datalist.
+        rows: comma-separated rows (default: every row of the setting).
+        budget_minutes: training wall-time budget per row (--budget-minutes or --budget_minutes).
+        out: output folder.
+        datalist: your own datalist.json (labelled source and test lists, target list).
+        data_root: folder with dsb2018_fluo/ and monuseg/ (default: ../shared/data or $MONAI_UDA_SHARED_DATA).
+        spatial_dims: 2 or 3, for --datalist recipes.
+        preset: "cpu" (default) scales 2D rows for a CPU; "paper" keeps the paper's configurations.
+        max_iterations: cap on training iterations per row, on top of the budget.
+        row_timeout_minutes: kill a row after this long (default: budget + 60).
+        **overrides: bundle config overrides for every row.
+
+    Returns:
+        The path of results.md.
+    """
+    if overrides.keys() & {"help", "h"}:  # fire hands --help to functions taking **kwargs: show it, run nothing
+        print(
+            "usage: monai-uda benchmark --setting NAME --rows a,b,... --budget-minutes M --out DIR [--key value ...]"
+            f"\n\n{main.__doc__}"
+        )
+        return ""
+    options = {
+        "setting": setting,
+        "rows": rows,
+        "budget_minutes": budget_minutes,
+        "out": out,
+        "datalist": datalist,
+        "preset": None if preset == "cpu" else preset,
+        "max_iterations": max_iterations,
+        **overrides,
+    }
+    command = "monai-uda benchmark " + " ".join(
+        f"--{key.replace('_', '-')} {_quote(value, rows=key == 'rows')}"
+        for key, value in options.items()
+        if value is not None
+    )
+    summary = run_benchmark(
+        setting,
+        rows,
+        budget_minutes,
+        out,
+        datalist,
+        data_root,
+        int(spatial_dims),
+        None if preset in (None, "paper") else preset,
+        max_iterations,
+        row_timeout_minutes,
+        command,
+        overrides,
+    )
+    results = Path(out).resolve() / "results.md"
+    print(results.read_text(encoding="utf-8"))
+    if summary["failed"]:
+        raise SystemExit(f"error: row(s) {', '.join(summary['failed'])} failed; see {Path(out).resolve() / 'logs'}")
+    return str(results)
+
+
+main.__doc__ = f"{inspect.cleandoc(main.__doc__ or '')}\n\n{describe()}\n"

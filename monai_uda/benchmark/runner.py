@@ -1,0 +1,392 @@
+"""How ``monai-uda benchmark`` runs its rows: each in a fresh process, skipped when done, retried when failed.
+
+For each row (:data:`~monai_uda.benchmark.recipes.ROWS`) of a setting
+(:data:`~monai_uda.benchmark.recipes.SETTINGS`) :func:`run_benchmark` starts
+``python -m monai_uda.benchmark <spec.json>``; that process (:func:`run_row`) trains through the
+bundle's ``train.yaml`` (+ preset/3D overrides + the row's switches) with the benchmark's
+``configs/time_budget*.yaml`` merged in, which stops training when the budget is spent; it then
+segments the evaluation images with the bundle's ``inference.yaml`` and scores them with
+:func:`~monai_uda.metrics.evaluate.evaluate_dirs`. The process reports its own peak resident
+memory (``resource.getrusage``), so each row's figure is its own.
+
+A rerun skips rows already finished with the same configuration (their ``signature``); failed
+rows are recorded and retried. The results files are re-read before every write, so several
+benchmark processes (e.g. one per core) may write to one ``--out``. Ablation rows that differ
+from a finished row only in a later stage continue from its first stage
+(:class:`~monai_uda.benchmark.recipes.SharedStage`; its time is counted in theirs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from monai_uda import word_to_bool
+from monai_uda.benchmark.recipes import (
+    CPU_OVERRIDES,
+    ROWS,
+    SETTINGS,
+    Prepared,
+    Row,
+    Setting,
+    datalist_setting,
+    prepare_setting,
+    shared_data_dir,
+    signature,
+)
+from monai_uda.benchmark.report import (
+    TABLE,
+    format_cell,
+    ground_truth_overlay,
+    header,
+    overlay,
+    read_results,
+    write_results,
+)
+from monai_uda.errors import UDAInputError
+from monai_uda.files import output_target, write_text
+
+__all__ = ["CONFIGS", "run_benchmark", "run_row", "run_spec_file"]
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+"""The benchmark's own config files (the time budgets merged after a bundle's training configs)."""
+
+
+# ------------------------------------------------------------------ one row, in its own process
+
+
+def _stages(workflow: Any) -> dict[str, dict[str, float]]:
+    """Iterations and wall seconds of every ``*trainer`` of a finished training workflow (0 if it did not run)."""
+    stages = {}
+    for key in workflow.parser.get():
+        if isinstance(key, str) and key.endswith("trainer"):
+            state = getattr(workflow.parser.get_parsed_content(key), "state", None)
+            times = getattr(state, "times", None) or {}
+            stages[key] = {
+                "iterations": int(getattr(state, "iteration", 0) or 0),
+                "seconds": float(times.get("COMPLETED") or 0.0),
+            }
+    return stages
+
+
+def _run_workflow(files: list[str], run_id: str, overrides: Mapping[str, Any]) -> Any:
+    """``python -m monai.bundle run <run_id>`` in-process; returns the finished workflow."""
+    from monai.bundle import create_workflow
+
+    workflow = create_workflow(
+        config_file=files, meta_file=str(Path(files[0]).parent / "metadata.json"), run_id=run_id, **overrides
+    )
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+def run_row(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Train, segment and score one row (called in the row's own process).
+
+    Args:
+        spec: as written by :func:`run_benchmark` (``bundle``, ``spatial_dims``, ``preset_file``,
+            ``overrides``, ``budget_seconds``, ``dataset_dir``, ``eval_images``, ``eval_labels``,
+            ``overlay_stem``, ``overlay_path``, ``row_dir``, ``model_file``, ``budget_config``).
+
+    Returns:
+        The row's record: the mean metrics, ``train_seconds``, ``iterations``, ``infer_seconds``,
+        ``infer_megapixels_per_s``, ``peak_rss_mb`` and ``n_eval_images``.
+    """
+    from monai_uda.bundle_runner import config_files
+
+    row_dir = Path(spec["row_dir"])
+    train_dir = row_dir / "train"
+    bundle, dims, preset = spec["bundle"], int(spec["spatial_dims"]), spec["preset_file"]
+    overrides = dict(spec["overrides"])
+
+    budget = CONFIGS / spec.get("budget_config", "time_budget.yaml")
+    files = [*config_files(bundle, "training", dims, preset), str(budget)]
+    run = {**overrides, "dataset_dir": spec["dataset_dir"], "output_dir": str(train_dir),
+           "budget_seconds": spec["budget_seconds"]}
+    start = time.perf_counter()
+    workflow = _run_workflow(files, "training", run)
+    train_seconds, stages = time.perf_counter() - start, _stages(workflow)
+    del workflow
+
+    start = time.perf_counter()
+    run = {**overrides, "input_dir": spec["eval_images"], "output_dir": str(row_dir / "pred"),
+           "ckpt_path": str(train_dir / spec["model_file"])}
+    _run_workflow(config_files(bundle, "inference", dims, preset), "inference", run)
+    infer_seconds = time.perf_counter() - start
+    metrics, megapixels, n_images = _score(spec)
+    scale = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0  # ru_maxrss: bytes on macOS, KiB on Linux
+    return {
+        **{key: round(float(value), 4) for key, value in metrics.items()},
+        "train_seconds": round(train_seconds, 1),
+        "iterations": sum(int(stage["iterations"]) for stage in stages.values()),
+        "stages": stages,
+        "stage_signature": spec.get("stage_signature", ""),
+        "infer_seconds": round(infer_seconds, 1),
+        "infer_megapixels_per_s": round(megapixels / infer_seconds, 3) if infer_seconds > 0 else 0.0,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, 1),
+        "n_eval_images": n_images,
+    }
+
+
+def _score(spec: Mapping[str, Any]) -> tuple[dict[str, float], float, int]:
+    """The row's mean metrics, the evaluation megapixels and the number of evaluation images; draws its overlay."""
+    from monai_uda.data.io import list_images, read_image, stem_of
+    from monai_uda.metrics.evaluate import evaluate_dirs
+
+    row_dir = Path(spec["row_dir"])
+    pred_dir = row_dir / "pred"
+    images = list_images(spec["eval_images"])
+    megapixels = sum(float(math.prod(read_image(p)[1]["spatial_shape"])) for p in images) / 1e6
+    metrics = evaluate_dirs(pred_dir, spec["eval_labels"], row_dir / "metrics.json")["mean"]
+    image = next(p for p in images if stem_of(p) == spec["overlay_stem"])
+    overlay(image, next(pred_dir.glob(f"{spec['overlay_stem']}_instances.*")), Path(spec["overlay_path"]))
+    return metrics, megapixels, len(images)
+
+
+# ------------------------------------------------------------------ the whole benchmark
+
+
+def _link(source: str | Path, target: str | Path) -> None:
+    """Hard link (the stage's files are never written again), a copy across file systems."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _take_shared_stage(row: Row, stage_signature: str, out: Path, train_dir: Path) -> dict[str, Any] | None:
+    """Hard-link the finished first stage of ``row.shared.row`` into ``train_dir`` (see :class:`SharedStage`).
+
+    Returns:
+        ``{"seconds": ..., "iterations": ...}`` the stage cost the donor, or ``None`` (the row
+        trains every stage itself) when the donor has not finished in ``out`` with the same
+        data, budget and common overrides.
+    """
+    stage = row.shared
+    if stage is None:
+        return None
+    donor_dir = out / "runs" / stage.row
+    result = donor_dir / "result.json"
+    donor = json.loads(result.read_text(encoding="utf-8")) if result.is_file() else {}
+    sources = [donor_dir / "train" / path for path in stage.paths]
+    if donor.get("stage_signature") != stage_signature or not all(path.exists() for path in sources):
+        print(
+            f"[benchmark] {row.name}: no finished {stage.row} row with the same settings; training every stage",
+            flush=True,
+        )
+        return None
+    for source, path in zip(sources, stage.paths):
+        target = train_dir / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, copy_function=_link)
+        else:
+            _link(source, target)
+    stages = donor["stages"]
+    if stage.with_untimed_work:  # all of the donor's training time but its later trainers'
+        seconds = float(donor["train_seconds"]) - sum(
+            v["seconds"] for k, v in stages.items() if k not in stage.trainers
+        )
+    else:
+        seconds = sum(stages[key]["seconds"] for key in stage.trainers)
+    print(
+        f"[benchmark] {row.name}: continues from the finished {', '.join(stage.paths)} of row {stage.row} "
+        f"({seconds:.0f} s, counted in its train seconds)",
+        flush=True,
+    )
+    return {"seconds": seconds, "iterations": sum(int(stages[key]["iterations"]) for key in stage.trainers)}
+
+
+def _parse_rows(rows: str | Sequence[str] | None, setting: Setting) -> list[str]:
+    from monai_uda.bundle_runner import bundle_names
+
+    names = (
+        list(setting.rows)
+        if rows is None
+        else [r.strip() for r in (rows.split(",") if isinstance(rows, str) else rows) if r.strip()]
+    )
+    if not names:
+        raise UDAInputError("--rows is empty")
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        raise UDAInputError(f"unknown row {unknown[0]!r}; choose from {', '.join(ROWS)}")
+    unsupported = [n for n in names if n not in setting.rows]
+    if unsupported:
+        raise UDAInputError(
+            f"row {unsupported[0]!r} does not apply to setting {setting.name!r} (its rows: {', '.join(setting.rows)})"
+        )
+    missing = [n for n in names if ROWS[n].bundle not in bundle_names()]
+    if missing:
+        raise UDAInputError(
+            f"row {missing[0]!r} needs bundle {ROWS[missing[0]].bundle!r}, which is not in the bundles folder"
+        )
+    return names
+
+
+def _choose_setting(setting: str, datalist: str | Path | None, spatial_dims: int, budget_minutes: float) -> Setting:
+    """The built-in setting ``setting``, or a user recipe of ``datalist``; checks the budget too."""
+    if datalist is not None:
+        if setting in SETTINGS:
+            raise UDAInputError(f"setting {setting!r} is built in; name your --datalist recipe differently")
+        chosen = datalist_setting(setting, datalist, spatial_dims)
+    elif setting in SETTINGS:
+        chosen = SETTINGS[setting]
+    else:
+        raise UDAInputError(f"unknown setting {setting!r}; choose from {', '.join(SETTINGS)} or pass --datalist PATH")
+    if float(budget_minutes) <= 0:
+        raise UDAInputError(f"--budget-minutes must be positive, got {budget_minutes}")
+    return chosen
+
+
+def _row_spec(
+    row: Row,
+    setting: Setting,
+    prepared: Prepared,
+    preset: str | None,
+    budget_minutes: float,
+    max_iterations: int | None,
+    overrides: Mapping[str, Any] | None,
+) -> tuple[dict[str, Any], str]:
+    """The row's process spec (without its folders) and the signature that tells whether a finished row is the same."""
+    cpu = CPU_OVERRIDES.get(row.bundle, {}) if preset == "cpu" and setting.spatial_dims == 2 else {}
+    row_overrides = {"seed": 0, **cpu.get("overrides", {}), **setting.bundle_overrides.get(row.bundle, {}),
+                     **row.overrides, **{k: word_to_bool(v) for k, v in dict(overrides or {}).items()}}
+    if max_iterations is not None:
+        row_overrides["max_iterations"] = int(max_iterations)
+    spec = {
+        "row": row.name, "setting": setting.name, "bundle": row.bundle, "spatial_dims": setting.spatial_dims,
+        "preset_file": cpu.get("preset_file"), "overrides": row_overrides,
+        "budget_seconds": float(budget_minutes) * 60.0, "dataset_dir": str(prepared.datalist),
+        "eval_images": str(prepared.eval_images),
+        "eval_labels": str(prepared.eval_labels), "overlay_stem": prepared.overlay_stem, "model_file": row.model_file,
+        "budget_config": row.budget_config,
+    }
+    sig = signature({k: v for k, v in spec.items() if k != "budget_config"})  # budget_config is fixed by the bundle
+    # what a shared first stage depends on: everything but the row's own switches
+    own = {k: v for k, v in row_overrides.items() if k not in row.overrides}
+    spec["stage_signature"] = signature({**spec, "row": row.bundle, "model_file": "", "overrides": own})
+    return spec, sig
+
+
+def _row_process(spec_path: Path, log: Path, timeout: float) -> str:
+    """Run the row of ``spec_path`` in a fresh Python process, output to ``log``: ``ok``, ``failed`` or ``timeout``."""
+    with output_target(log).open("w", encoding="utf-8") as fh:
+        try:
+            proc = subprocess.run([sys.executable, "-m", "monai_uda.benchmark", str(spec_path)], stdout=fh,
+                                  stderr=subprocess.STDOUT, timeout=timeout,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        except subprocess.TimeoutExpired:
+            return "timeout"
+    return "ok" if proc.returncode == 0 and (spec_path.parent / "result.json").is_file() else "failed"
+
+
+def _run_one(
+    row: Row, spec: dict[str, Any], sig: str, out: Path, budget_minutes: float, row_timeout_minutes: float | None
+) -> dict[str, Any]:
+    """Run one row afresh (continuing from a donor's shared stage when there is one); returns its record."""
+    row_dir = out / "runs" / row.name
+    shutil.rmtree(row_dir, ignore_errors=True)
+    row_dir.mkdir(parents=True)
+    shared = _take_shared_stage(row, spec["stage_signature"], out, row_dir / "train")
+    if shared is not None:
+        spec["overrides"] = {**spec["overrides"], "resume": True}  # the bundle skips the finished stage
+    spec.update(row_dir=str(row_dir), overlay_path=str(out / "overlays" / f"{row.name}.png"),
+                result_path=str(row_dir / "result.json"))
+    write_text(row_dir / "spec.json", json.dumps(spec, indent=2))
+    log = out / "logs" / f"{row.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(
+        f"[benchmark] {row.name}: training ({float(budget_minutes):g} min budget), inference, evaluation; log {log}",
+        flush=True,
+    )
+    timeout = 60.0 * (float(row_timeout_minutes) if row_timeout_minutes else float(budget_minutes) + 60.0)
+    status = _row_process(row_dir / "spec.json", log, timeout)
+    record: dict[str, Any] = {"setting": spec["setting"], "row": row.name, "bundle": row.bundle, "status": status,
+                              "budget_minutes": float(budget_minutes), "signature": sig}
+    if status == "ok":
+        record.update(json.loads((row_dir / "result.json").read_text(encoding="utf-8")))
+        if shared is not None:  # the row's cost includes the stage it took over
+            record["train_seconds"] = round(float(record["train_seconds"]) + shared["seconds"], 1)
+            record["iterations"] = int(record["iterations"]) + shared["iterations"]
+        print(
+            f"[benchmark] {row.name}: " + ", ".join(f"{title} {format_cell(record, key)}" for key, title in TABLE),
+            flush=True,
+        )
+    else:
+        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
+        print(f"[benchmark] {row.name}: {status}: {tail[0]} (full log: {log})", flush=True)
+    return record
+
+
+def run_benchmark(
+    setting: str,
+    rows: str | Sequence[str] | None = None,
+    budget_minutes: float = 5.0,
+    out: str | Path = "benchmark",
+    datalist: str | Path | None = None,
+    data_root: str | Path | None = None,
+    spatial_dims: int = 2,
+    preset: str | None = "cpu",
+    max_iterations: int | None = None,
+    row_timeout_minutes: float | None = None,
+    command: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run ``rows`` of ``setting`` and write the results to ``out`` after every row.
+
+    Args:
+        setting: a name of :data:`SETTINGS`, or any name together with ``datalist``.
+        rows: comma-separated row names (default: all rows of the setting).
+        budget_minutes: training wall-time budget per row.
+        out: output folder.
+        datalist: a user datalist (``source`` labelled, ``target``, ``test`` labelled).
+        data_root: folder holding ``dsb2018_fluo/`` and ``monuseg/`` (default: :func:`shared_data_dir`).
+        spatial_dims: dimensionality of a user datalist.
+        preset: ``"cpu"`` applies :data:`CPU_OVERRIDES` in 2D; ``None`` keeps the paper's configurations.
+        max_iterations: cap on training iterations (on top of the budget).
+        row_timeout_minutes: kill a row's process after this long (default: budget + 60 minutes).
+        command: the command line, written into ``results.md``.
+        overrides: further bundle config overrides for every row (e.g. ``{"device": "cuda"}``).
+
+    Returns:
+        ``{"results": [record, ...], "ran": [...], "skipped": [...], "failed": [...]}``.
+    """
+    chosen = _choose_setting(setting, datalist, spatial_dims, budget_minutes)
+    names = _parse_rows(rows, chosen)
+    out = Path(out).resolve()
+    prepared = prepare_setting(chosen, out, Path(data_root) if data_root else shared_data_dir())
+    ground_truth_overlay(prepared, out)
+    records = read_results(out)
+    lines = header(chosen, prepared, budget_minutes, preset, dict(overrides or {}).get("seed", 0), out, command)
+    summary: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": []}
+    for name in names:
+        spec, sig = _row_spec(ROWS[name], chosen, prepared, preset, budget_minutes, max_iterations, overrides)
+        if records.get(name, {}).get("status") == "ok" and records[name].get("signature") == sig:
+            print(f"[benchmark] {name}: finished before with the same configuration, skipped", flush=True)
+            summary["skipped"].append(name)
+            continue
+        record = _run_one(ROWS[name], spec, sig, out, budget_minutes, row_timeout_minutes)
+        summary["ran" if record["status"] == "ok" else "failed"].append(name)
+        # re-read first: another benchmark process may have finished rows in the same --out meanwhile
+        records = {**read_results(out), name: record}
+        write_results(out, list(records.values()), lines)
+    if not (out / "results.csv").is_file() or summary["skipped"]:  # read afresh, as after every row
+        write_results(out, list({**records, **read_results(out)}.values()), lines)
+    return {"results": list(records.values()), **summary}
+
+
+def run_spec_file(spec_path: str | Path) -> None:
+    """Entry of a row's process (``python -m monai_uda.benchmark SPEC``): :func:`run_row`, its record by the spec."""
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    record = run_row(spec)
+    write_text(Path(spec["result_path"]), json.dumps(record, indent=2))
