@@ -8,13 +8,14 @@ plan measures it (:func:`monai_uda.engines.memory.measure_step`: the real step a
 peak growth of the resident set on CPU, of allocated memory on CUDA, the method restored after);
 the inference batch is the bundle's inference network on one target image of the same size,
 without gradients. Prints one line per preset:
-``bundle=<name> preset=<p> device=<d> batch=<b> train_step_peak_gib=<f> inference_batch_peak_gib=<f> available_gib=<f>``.
+``bundle=<name> preset=<p> device=<d> batch=<b> train_step_peak_gib=<f> inference_batch_peak_gib=<f> available_gib=<f>``
 A benchmark, not a test: the paper presets take minutes and several GiB.
 """
 
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -55,14 +56,15 @@ def main() -> None:
         with PeakMemory(device) as meter:  # first: the training step leaves its memory cached in the allocator
             infer_once(method, batch["target_image"][:1])
         method.train()
-        (train_peak,) = measure_step(lambda micro: method.step(engine, micro), method, batch, [batch_length(batch)], device)
+        step = partial(method.step, engine)  # step(micro) runs method.step(engine, micro)
+        (train_peak,) = measure_step(step, method, batch, [batch_length(batch)], device)
         print(
             f"bundle={args.bundle} preset={preset} device={device.type} batch={batch_length(batch)} "
             f"train_step_peak_gib={train_peak / GIB:.2f} inference_batch_peak_gib={meter.peak / GIB:.2f} "
             f"available_gib={available_memory(device) / GIB:.1f}",
             flush=True,
         )
-        del method, batch
+        del method, batch, step
 
 
 if __name__ == "__main__":
