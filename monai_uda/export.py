@@ -25,9 +25,9 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data.torchscript_utils import save_net_with_metadata
 
-from monai_uda.networks.weights import load_network_weights
 from monai_uda.errors import UDAInputError
 from monai_uda.files import atomic_write
+from monai_uda.networks.weights import load_network_weights
 
 __all__ = ["METHODS", "export_bundle", "load_exported"]
 

@@ -67,7 +67,10 @@ def make_slide(path: Path, size: int, tissue: float, tile: int = 256, seed: int 
     partial = path.with_name(f".partial-{path.name}")
     rows = size if rows is None else rows
     with tifffile.TiffWriter(partial, bigtiff=rows * size * 3 > 2**31) as writer:
-        writer.write(_tiles(size, tissue, tile, seed, rows), shape=(rows, size, 3), dtype=np.uint8, tile=(tile, tile), compression="zlib", maxworkers=1)
+        writer.write(
+            _tiles(size, tissue, tile, seed, rows),
+            shape=(rows, size, 3), dtype=np.uint8, tile=(tile, tile), compression="zlib", maxworkers=1,
+        )
     partial.replace(path)
     return path
 
@@ -92,7 +95,15 @@ def steal_seconds() -> float | None:
         return None
 
 
-def run_one(size: int, network: str, tissue: float, sw_batch_size: int, workdir: Path, rows: int | None = None, prefetch_slabs: int | None = None) -> dict:
+def run_one(
+    size: int,
+    network: str,
+    tissue: float,
+    sw_batch_size: int,
+    workdir: Path,
+    rows: int | None = None,
+    prefetch_slabs: int | None = None,
+) -> dict:
     """Segment and time one slide (made by :func:`make_slide`) in this process; returns the figures."""
     import torch
     from monai.networks.nets import UNet
@@ -103,8 +114,10 @@ def run_one(size: int, network: str, tissue: float, sw_batch_size: int, workdir:
     slide = slide_path(workdir, size, tissue, rows)
     torch.manual_seed(0)
     net = UNet(2, 3, 1, widths, [2] * (len(widths) - 1), num_res_units=1).eval()
-    seg = SlideSegmenter(net, str(slide.parent), str(workdir / str(size) / "out"), channels=3, roi_size=(roi, roi), sw_batch_size=sw_batch_size,
-                         prefetch_slabs=prefetch_slabs)
+    seg = SlideSegmenter(
+        net, str(slide.parent), str(workdir / str(size) / "out"), channels=3, roi_size=(roi, roi),
+        sw_batch_size=sw_batch_size, prefetch_slabs=prefetch_slabs,
+    )
     x = torch.rand(sw_batch_size, 3, roi, roi)
 
     def seconds_per_batch(sample: int = 12) -> float:  # ~8 s of the default U-Net
@@ -127,9 +140,11 @@ def run_one(size: int, network: str, tissue: float, sw_batch_size: int, workdir:
     network_seconds = (before + after) / 2 * batches
     return {
         "size": size, "network": network, "windows": record["windows"], "windows_skipped": record["windows_skipped"],
-        "n_instances": record["n_instances"], "e2e_seconds": record["seconds"], "network_in_run_seconds": record["network_seconds"],
+        "n_instances": record["n_instances"], "e2e_seconds": record["seconds"],
+        "network_in_run_seconds": record["network_seconds"],
         "network_only_seconds": network_seconds, "network_only_before_seconds": before * batches,
-        "network_only_after_seconds": after * batches, "megapixels_per_s": (rows or size) * size / 1e6 / record["seconds"],
+        "network_only_after_seconds": after * batches,
+        "megapixels_per_s": (rows or size) * size / 1e6 / record["seconds"],
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "e2e_over_network": network_seconds / record["seconds"],
         "cpu_steal_s": None if steal_before is None or steal_after is None else steal_after - steal_before,
@@ -139,19 +154,29 @@ def run_one(size: int, network: str, tissue: float, sw_batch_size: int, workdir:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="16384,32768", help="comma-separated slide sides in pixels")
-    parser.add_argument("--network", default="default", choices=sorted(NETWORKS), help="U-Net preset (default: the bundle's)")
+    parser.add_argument(
+        "--network", default="default", choices=sorted(NETWORKS), help="U-Net preset (default: the bundle's)"
+    )
     parser.add_argument("--tissue", type=float, default=0.5, help="fraction of the slide covered by tissue")
     parser.add_argument("--sw_batch_size", type=int, default=4)
     parser.add_argument("--workdir", default=None, help="folder for slides and outputs (default: a temporary one)")
-    parser.add_argument("--rows", type=int, default=None, help="slide height (default: square); e.g. --rows 1536 --tissue 1 "
-                        "gives a strip as wide as the slide, for its memory in minutes")
-    parser.add_argument("--prefetch_slabs", type=int, default=None, help="SlideSegmenter's prefetch_slabs (0: no worker thread; "
-                        "default: its own, 0 on CPU)")
+    parser.add_argument(
+        "--rows", type=int, default=None,
+        help="slide height (default: square); e.g. --rows 1536 --tissue 1 "
+        "gives a strip as wide as the slide, for its memory in minutes",
+    )
+    parser.add_argument(
+        "--prefetch_slabs", type=int, default=None,
+        help="SlideSegmenter's prefetch_slabs (0: no worker thread; default: its own, 0 on CPU)",
+    )
     parser.add_argument("--single", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_inference_"))
     if args.single is not None:
-        print(json.dumps(run_one(args.single, args.network, args.tissue, args.sw_batch_size, workdir, args.rows, args.prefetch_slabs)))
+        figures = run_one(
+            args.single, args.network, args.tissue, args.sw_batch_size, workdir, args.rows, args.prefetch_slabs
+        )
+        print(json.dumps(figures))
         return
     for size in (int(s) for s in args.sizes.split(",")):
         slide = slide_path(workdir, size, args.tissue, args.rows)
@@ -163,19 +188,25 @@ def main() -> None:
                "--sw_batch_size", str(args.sw_batch_size), "--workdir", str(workdir)]
         cmd += ["--rows", str(args.rows)] if args.rows else []
         cmd += ["--prefetch_slabs", str(args.prefetch_slabs)] if args.prefetch_slabs is not None else []
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)  # stderr (progress, errors) passes through
+        # stderr (progress, errors) passes through
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
         if proc.returncode:
             sys.exit(f"size {size} failed (exit code {proc.returncode}, its error is above)")
         figures = json.loads(proc.stdout.strip().splitlines()[-1])
         print(
-            f"size={size} network={figures['network']} windows={figures['windows']} skipped={figures['windows_skipped']} "
-            f"nuclei={figures['n_instances']} e2e_s={figures['e2e_seconds']:.1f} network_only_s={figures['network_only_seconds']:.1f} "
+            f"size={size} network={figures['network']} windows={figures['windows']} "
+            f"skipped={figures['windows_skipped']} "
+            f"nuclei={figures['n_instances']} e2e_s={figures['e2e_seconds']:.1f} "
+            f"network_only_s={figures['network_only_seconds']:.1f} "
             f"(before {figures['network_only_before_seconds']:.1f}, after {figures['network_only_after_seconds']:.1f}) "
             f"network_in_run_s={figures['network_in_run_seconds']:.1f} "
             f"cpu_steal_s={'n/a' if figures['cpu_steal_s'] is None else format(figures['cpu_steal_s'], '.1f')}"
         )
-        print(f"size={size} megapixels_per_s={figures['megapixels_per_s']:.4f} peak_rss_gib={figures['peak_rss_gib']:.3f} "
-              f"e2e_over_network={figures['e2e_over_network']:.3f}", flush=True)
+        print(
+            f"size={size} megapixels_per_s={figures['megapixels_per_s']:.4f} "
+            f"peak_rss_gib={figures['peak_rss_gib']:.3f} e2e_over_network={figures['e2e_over_network']:.3f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -12,11 +12,11 @@ The runners compose them: :class:`FolderSegmenter` (:mod:`.segment`), :class:`Sl
 
 from __future__ import annotations
 
-from monai_uda.inference.overlay import overlay_instances, save_overlay
-from monai_uda.inference.postprocess import binary_to_instances, relabel_sequential, remove_small, ternary_to_instances
 from monai_uda.inference.detection import FolderDetector
 from monai_uda.inference.folder import check_outputs
 from monai_uda.inference.network import to_probabilities
+from monai_uda.inference.overlay import overlay_instances, save_overlay
+from monai_uda.inference.postprocess import binary_to_instances, relabel_sequential, remove_small, ternary_to_instances
 from monai_uda.inference.segment import FolderSegmenter
 from monai_uda.inference.synthesis import FolderSynthesizer, label_to_mask_domain
 from monai_uda.inference.volume import VolumeSegmenter

@@ -57,11 +57,18 @@ class StreamingBlender:
     """
 
     def __init__(
-        self, image_size: Sequence[int], roi_size: Sequence[int], channels: int, mode: str = "gaussian", sigma_scale: float = 0.125
+        self,
+        image_size: Sequence[int],
+        roi_size: Sequence[int],
+        channels: int,
+        mode: str = "gaussian",
+        sigma_scale: float = 0.125,
     ) -> None:
         self.image_size = tuple(int(s) for s in image_size)
         self.roi_size = tuple(int(r) for r in roi_size)
-        weight = compute_importance_map(self.roi_size, mode=mode, sigma_scale=sigma_scale, device="cpu", dtype=torch.float32)
+        weight = compute_importance_map(
+            self.roi_size, mode=mode, sigma_scale=sigma_scale, device="cpu", dtype=torch.float32
+        )
         self.weight = weight.numpy()
         self.acc = np.zeros((channels, self.roi_size[0], *self.image_size[1:]), dtype=np.float32)
         self.added: list[tuple[int, ...]] = []  # starts of the windows added over the buffer's rows
@@ -71,7 +78,11 @@ class StreamingBlender:
         """Add one window output ``(C, *roi_size)`` at ``start``; returns the slabs it finished (float32 arrays)."""
         finished = self._advance(int(start[0])) if start[0] > self.origin else iter(())
         rest = self._rest(start)
-        output = output.detach().float().cpu().numpy() if isinstance(output, torch.Tensor) else np.asarray(output, np.float32)
+        output = (
+            output.detach().float().cpu().numpy()
+            if isinstance(output, torch.Tensor)
+            else np.asarray(output, np.float32)
+        )
         self.acc[(slice(None), slice(None), *rest)] += output * self.weight
         self.added.append(tuple(int(s) for s in start))
         return finished
@@ -87,7 +98,9 @@ class StreamingBlender:
             top = max(start[0], self.origin)
             bottom = min(start[0] + self.roi_size[0], self.origin + rows)
             if bottom > top:
-                total[(slice(top - self.origin, bottom - self.origin), *self._rest(start))] += self.weight[top - start[0] : bottom - start[0]]
+                total[(slice(top - self.origin, bottom - self.origin), *self._rest(start))] += self.weight[
+                    top - start[0] : bottom - start[0]
+                ]
         return total
 
     def _advance(self, new_origin: int) -> Iterator[Slab]:
@@ -95,11 +108,15 @@ class StreamingBlender:
         rows = new_origin - self.origin
         head = min(rows, self.roi_size[0])
         with np.errstate(invalid="ignore", divide="ignore"):
-            slabs = [(self.origin, self.acc[:, :head] / self._weight_sum(head))]  # 0 / 0 = NaN where no window was added
+            # 0 / 0 = NaN where no window was added
+            slabs = [(self.origin, self.acc[:, :head] / self._weight_sum(head))]
         gaps = range(self.origin + head, new_origin, self.roi_size[0])
         shape = (self.acc.shape[0], *self.image_size[1:])
         # uncovered slabs are made one at a time as they are consumed (a blank stretch may be most of the image)
-        gap_slabs = ((g, np.full((shape[0], min(self.roi_size[0], new_origin - g), *shape[1:]), np.nan, np.float32)) for g in gaps)
+        gap_slabs = (
+            (g, np.full((shape[0], min(self.roi_size[0], new_origin - g), *shape[1:]), np.nan, np.float32))
+            for g in gaps
+        )
         for channel in self.acc:
             _move_rows_up(channel, head, self.roi_size[0])
         keep = self.roi_size[0] - head

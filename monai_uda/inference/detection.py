@@ -108,7 +108,8 @@ def tile_candidates(
             continue
         touches = (rows[0] == 0, rows[-1] == h - 1, cols[0] == 0, cols[-1] == w - 1)
         whole = not any(t and i for t, i in zip(touches, inner))
-        crop = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].copy()  # not a view: it would keep the tile's masks alive
+        # not a view: it would keep the tile's masks alive
+        crop = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].copy()
         out.append(Candidate(float(score), whole, y0 + int(rows[0]), x0 + int(cols[0]), crop))
     return out
 
@@ -211,7 +212,9 @@ def detect_tiled(
         for x0 in tile_starts(width, tile_w, overlap):
             tile = tensor[:, y0 : y0 + tile_h, x0 : x0 + tile_w]
             detections = detect(tile)
-            candidates += tile_candidates(detections, y0, x0, tuple(tile.shape[1:]), (height, width), score_threshold, mask_threshold)
+            candidates += tile_candidates(
+                detections, y0, x0, tuple(tile.shape[1:]), (height, width), score_threshold, mask_threshold
+            )
     return _paint(candidates, (height, width), min_size, duplicate_overlap)
 
 
@@ -255,7 +258,9 @@ def stitch_slices(slices: Sequence[np.ndarray], min_overlap: float = 0.3) -> np.
     return volume
 
 
-def detect_volume(volume: np.ndarray | torch.Tensor, detect: DetectFn, min_overlap: float = 0.3, **tiled_kwargs: float | int) -> np.ndarray:
+def detect_volume(
+    volume: np.ndarray | torch.Tensor, detect: DetectFn, min_overlap: float = 0.3, **tiled_kwargs: float | int
+) -> np.ndarray:
     """The 3D variant: :func:`detect_tiled` on every z slice of ``(C, Z, H, W)``, then :func:`stitch_slices`."""
     tensor = torch.as_tensor(volume, dtype=torch.float32)
     if tensor.ndim != 4:
@@ -362,12 +367,16 @@ class FolderDetector:
         self.spatial_dims = spatial_dims
         self.transforms = inference_transforms(spatial_dims, channels, invert, value_range)
         self.overlay = overlay and spatial_dims == 2
-        names = folder_output_names(".png" if spatial_dims == 2 else ".nii.gz", ".tif" if spatial_dims == 2 else ".nii.gz", self.overlay)
+        names = folder_output_names(
+            ".png" if spatial_dims == 2 else ".nii.gz", ".tif" if spatial_dims == 2 else ".nii.gz", self.overlay
+        )
         self.folder = ImageFolder(input_dir, output_dir, names)
 
     def segment_file(self, path: str | Path) -> dict[str, Any]:
         """Detect the nuclei of one image and write its outputs; returns the record of :meth:`run`."""
-        return segment_image(self.folder, self.transforms, path, lambda image, _: self.detector.instances(image.cpu().numpy()))
+        return segment_image(
+            self.folder, self.transforms, path, lambda image, _: self.detector.instances(image.cpu().numpy())
+        )
 
     def run(self) -> list[dict[str, Any]]:
         """Detect the nuclei of every image of ``input_dir``; one record per input (``stem``, ``image``,

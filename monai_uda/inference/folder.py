@@ -35,7 +35,9 @@ def output_stems(inputs: Iterable[Path]) -> dict[Path, str]:
     stems = {}
     for path in inputs:
         stem = stem_of(path)
-        stems[path] = stem if counts[stem] == 1 else f"{stem}_{path.name[len(stem):].lstrip('.').replace('.', '_').lower()}"
+        stems[path] = (
+            stem if counts[stem] == 1 else f"{stem}_{path.name[len(stem) :].lstrip('.').replace('.', '_').lower()}"
+        )
     return stems
 
 
@@ -61,7 +63,9 @@ def check_outputs(output_dir: str | Path, outputs: Iterable[Path], inputs: Itera
     for out in outputs:
         resolved = Path(out).resolve()
         if resolved in input_set:
-            raise UDAInputError(f"output {Path(out).name} would overwrite an input {kind}; choose another output_dir", out)
+            raise UDAInputError(
+                f"output {Path(out).name} would overwrite an input {kind}; choose another output_dir", out
+            )
         if resolved in seen:
             raise UDAInputError(f"two inputs would write output {Path(out).name}; rename one of them", out)
         seen.add(resolved)
@@ -73,7 +77,9 @@ def check_outputs(output_dir: str | Path, outputs: Iterable[Path], inputs: Itera
         raise UDAInputError(f"output folder is not writable ({exc.strerror or exc})", output_dir) from exc
 
 
-def folder_output_names(mask_ext: str, instance_ext: str, overlay: bool = False, table: bool = False) -> Callable[[str], dict[str, str]]:
+def folder_output_names(
+    mask_ext: str, instance_ext: str, overlay: bool = False, table: bool = False
+) -> Callable[[str], dict[str, str]]:
     """Output names of one input stem: ``<stem>_mask<mask_ext>``, ``<stem>_instances<instance_ext>``,
     with ``overlay`` ``<stem>_overlay.png`` and with ``table`` ``<stem>_nuclei.csv``."""
 
@@ -130,5 +136,6 @@ class ImageFolder:
         with tqdm(inputs, desc="segmenting", unit="image") as progress:  # closed (line ended) also on errors
             records = [segment_file(p) for p in progress]
         total = sum(r["n_instances"] for r in records)
-        print(f"segmented {len(records)} images, {total} nuclei in {time.perf_counter() - start:.1f} s -> {self.output_dir}")
+        seconds = time.perf_counter() - start
+        print(f"segmented {len(records)} images, {total} nuclei in {seconds:.1f} s -> {self.output_dir}")
         return records

@@ -116,7 +116,8 @@ class StreamingInstanceLabeller:
 
     def _label(self, last: bool, write: Callable[[np.ndarray], Any] | None) -> tuple[list[Slab], np.ndarray]:
         rows = self.rows
-        labels, n_labels = ndimage.label(self.classes, structure=np.ones((3,) * self.classes.ndim))  # nonzero = foreground
+        # nonzero = foreground
+        labels, n_labels = ndimage.label(self.classes, structure=np.ones((3,) * self.classes.ndim))
         open_top, complete = rows, []
         for k, box in enumerate(ndimage.find_objects(labels), start=1):
             if box is None:
@@ -143,7 +144,9 @@ class StreamingInstanceLabeller:
         self.origin += open_top
         return ([slab] if open_top else []), concatenate_records(records, self.axis_names)
 
-    def _groups(self, complete: list[tuple[int, tuple[slice, ...]]]) -> list[tuple[list[tuple[int, tuple[slice, ...]]], slice | None]]:
+    def _groups(
+        self, complete: list[tuple[int, tuple[slice, ...]]]
+    ) -> list[tuple[list[tuple[int, tuple[slice, ...]]], slice | None]]:
         """Components grouped by where their bounding box starts along axis 1, as ``(group, columns)``.
 
         A component wider than ``max_width`` along axis 1 (no nucleus is) is cut, like one open
@@ -194,7 +197,10 @@ class StreamingInstanceLabeller:
             columns: restrict the members to these columns along axis 1.
         """
         crop = tuple(
-            slice(max(min(b[axis].start for _, b in group) - self.pad, 0), min(max(b[axis].stop for _, b in group) + self.pad, size))
+            slice(
+                max(min(b[axis].start for _, b in group) - self.pad, 0),
+                min(max(b[axis].stop for _, b in group) + self.pad, size),
+            )
             for axis, size in enumerate(labels.shape)
         )
         top = min(self.pad - (min(b[0].start for _, b in group) - crop[0].start), self.origin)
@@ -206,11 +212,17 @@ class StreamingInstanceLabeller:
             outside = np.ones(member.shape[1], dtype=bool)
             outside[columns.start - crop[1].start : columns.stop - crop[1].start] = False
             member[:, outside] = False
-        classes = np.pad(np.where(member, self.classes[crop], 0).astype(np.uint8), [(top, bottom)] + [(0, 0)] * (labels.ndim - 1))
+        classes = np.pad(
+            np.where(member, self.classes[crop], 0).astype(np.uint8), [(top, bottom)] + [(0, 0)] * (labels.ndim - 1)
+        )
         return _GroupCrop(crop, member, classes, top)
 
     def _post_process(
-        self, labels: np.ndarray, n_labels: int, last: bool, spec: tuple[list[tuple[int, tuple[slice, ...]]], slice | None]
+        self,
+        labels: np.ndarray,
+        n_labels: int,
+        last: bool,
+        spec: tuple[list[tuple[int, tuple[slice, ...]]], slice | None],
     ) -> tuple[_GroupCrop, np.ndarray, np.ndarray]:
         """One group ``spec = (group, columns)`` of :meth:`_groups`: its crop (:meth:`_group_crop`), ``to_instances``
         on it and the records of its instances (ids from 1). Runs in worker threads."""
@@ -232,7 +244,8 @@ class StreamingInstanceLabeller:
 
 
 class _GroupCrop(NamedTuple):
-    """A group of complete components cut out of the labeller's buffer (:meth:`StreamingInstanceLabeller._group_crop`)."""
+    """A group of complete components cut out of the labeller's buffer
+    (:meth:`StreamingInstanceLabeller._group_crop`)."""
 
     crop: tuple[slice, ...]  # the crop of the buffer
     member: np.ndarray  # pixels of the crop that belong to the group

@@ -60,8 +60,11 @@ def window_size(roi_size: Sequence[int] | int, spatial_dims: int) -> tuple[int, 
     return roi
 
 
-def prepare_network(network: torch.nn.Module, device: torch.device, ckpt_path: str | None, ckpt_key: str | None) -> torch.nn.Module:
-    """``network`` on ``device`` in ``eval()`` mode, with the weights of ``ckpt_path`` (under ``ckpt_key``) when given."""
+def prepare_network(
+    network: torch.nn.Module, device: torch.device, ckpt_path: str | None, ckpt_key: str | None
+) -> torch.nn.Module:
+    """``network`` on ``device`` in ``eval()`` mode, with the weights of ``ckpt_path`` (under ``ckpt_key``)
+    when given."""
     network = network.to(device).eval()
     if ckpt_path is not None:
         load_network_weights(network, ckpt_path, ckpt_key, device)
@@ -136,10 +139,13 @@ class SegmentationNetwork:
             output = self.inferer(inputs.to(self.device), self.network)
         probs = to_probabilities(output.float(), self.output_activation)[0].cpu().numpy()
         if self.postprocess == "ternary" and probs.shape[0] != 3:
-            raise UDAInputError(f"ternary post-processing needs 3 output channels, the network gave {probs.shape[0]}", path)
+            raise UDAInputError(
+                f"ternary post-processing needs 3 output channels, the network gave {probs.shape[0]}", path
+            )
         if self.postprocess == "binary" and probs.shape[0] != 1 and self.output_activation != "softmax":
             raise UDAInputError(
-                f"binary post-processing with {self.output_activation!r} needs 1 output channel, the network gave {probs.shape[0]}",
+                f"binary post-processing with {self.output_activation!r} needs 1 output channel, "
+                f"the network gave {probs.shape[0]}",
                 path,
             )
         return probs
@@ -169,7 +175,9 @@ class SegmentationNetwork:
         probs = to_probabilities(raw.nan_to_num_()[None], self.output_activation, inplace=True)[0]
         if self.postprocess == "ternary":
             if probs.shape[0] != 3:
-                raise UDAInputError(f"ternary post-processing needs 3 output channels, the network gave {probs.shape[0]}")
+                raise UDAInputError(
+                    f"ternary post-processing needs 3 output channels, the network gave {probs.shape[0]}"
+                )
             classes = torch.argmax(probs, dim=0)
         else:
             foreground = 1.0 - probs[0] if self.output_activation == "softmax" else probs[0]
@@ -178,7 +186,8 @@ class SegmentationNetwork:
         return classes.numpy().astype(np.uint8)
 
     def to_instances(self, classes: np.ndarray) -> np.ndarray:
-        """Class-map crop (``uint8``, 0 = background) -> instance ids, by the same post-processing as :meth:`instances`."""
+        """Class-map crop (``uint8``, 0 = background) -> instance ids, by the same post-processing as
+        :meth:`instances`."""
         if self.postprocess == "ternary":
             return ternary_to_instances(classes, min_size=self.min_size)
         return binary_to_instances(classes > 0, min_size=self.min_size)

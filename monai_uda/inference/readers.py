@@ -63,7 +63,12 @@ class SlideReader:
             except Exception as exc:
                 raise UDAInputError(f"cannot read image ({type(exc).__name__}: {exc})", self.path) from exc
             page = tif.series[0].levels[0].keyframe
-            if page.is_tiled and page.imagedepth == 1 and len(page.shape) in (2, 3) and (page.samplesperpixel == 1 or page.planarconfig == 1):
+            if (
+                page.is_tiled
+                and page.imagedepth == 1
+                and len(page.shape) in (2, 3)
+                and (page.samplesperpixel == 1 or page.planarconfig == 1)
+            ):
                 self._tif, self._page = tif, page
                 self.shape = tuple(int(s) for s in page.shape[:2])
                 self.channels = int(page.samplesperpixel)
@@ -87,7 +92,9 @@ class SlideReader:
     def _decode_tile(self, ty: int, tx: int) -> np.ndarray:
         index = ty * self._tiles_across + tx
         page = self._page
-        segments = self._tif.filehandle.read_segments([page.dataoffsets[index]], [page.databytecounts[index]], indices=[index])
+        segments = self._tif.filehandle.read_segments(
+            [page.dataoffsets[index]], [page.databytecounts[index]], indices=[index]
+        )
         data, index = next(iter(segments))
         tile, _, _ = page.decode(data, index)
         if tile is None:  # sparse (empty) tile
@@ -105,7 +112,9 @@ class SlideReader:
                 tile = self.tile(ty, tx)
                 ys, xs = max(y0, ty * th), max(x0, tx * tw)
                 ye, xe = min(y0 + h, (ty + 1) * th), min(x0 + w, (tx + 1) * tw)
-                out[ys - y0 : ye - y0, xs - x0 : xe - x0] = tile[ys - ty * th : ye - ty * th, xs - tx * tw : xe - tx * tw]
+                out[ys - y0 : ye - y0, xs - x0 : xe - x0] = tile[
+                    ys - ty * th : ye - ty * th, xs - tx * tw : xe - tx * tw
+                ]
         return out
 
     def close(self) -> None:
@@ -133,7 +142,9 @@ class VolumeReader:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         name = self.path.name.lower()
-        self.meta: dict[str, Any] = {"format": next((s for s in (".nii.gz", ".nii") if name.endswith(s)), self.path.suffix.lower())}
+        self.meta: dict[str, Any] = {
+            "format": next((s for s in (".nii.gz", ".nii") if name.endswith(s)), self.path.suffix.lower())
+        }
         self._tif = None
         try:
             if self.meta["format"] in (".nii", ".nii.gz"):
@@ -163,7 +174,9 @@ class VolumeReader:
             raise UDAInputError(f"cannot read volume ({type(exc).__name__}: {exc})", self.path) from exc
         shape = tuple(int(s) for s in self._source.shape)
         if len(shape) not in (3, 4) or (len(shape) == 4 and shape[-1] > 4):
-            raise UDAInputError(f"expected a 3D volume (optionally with up to 4 channels last), got shape {shape}", self.path)
+            raise UDAInputError(
+                f"expected a 3D volume (optionally with up to 4 channels last), got shape {shape}", self.path
+            )
         self.shape = shape[:3]
         self.channels = shape[3] if len(shape) == 4 else 1
         self.dtype = np.dtype(self._source.dtype)
@@ -173,7 +186,9 @@ class VolumeReader:
         """Rows ``[start, stop)`` of axis 0 as ``(C, rows, *rest)`` in the file's dtype (the last slab is cached)."""
         if self._slab is None or self._slab[:2] != (start, stop):
             if self._tif is not None:
-                data = self._tif.asarray(key=range(start, stop), series=0).reshape(stop - start, *self._source.shape[1:])
+                data = self._tif.asarray(key=range(start, stop), series=0).reshape(
+                    stop - start, *self._source.shape[1:]
+                )
             else:
                 data = np.asarray(self._source[start:stop])
             self._slab = (start, stop, np.moveaxis(data, -1, 0) if self._channels_last else data[None])
@@ -197,7 +212,9 @@ class VolumeReader:
             if integer:
                 hist += np.bincount(block.ravel(), minlength=hist.size)
             else:
-                samples.append(np.asarray(block[:, (-start) % stride :: stride, ::stride, ::stride], np.float64).ravel())
+                samples.append(
+                    np.asarray(block[:, (-start) % stride :: stride, ::stride, ::stride], np.float64).ravel()
+                )
         self._slab = None
         if integer:
             return tuple(percentile_from_histogram(hist, q) for q in PERCENTILES)

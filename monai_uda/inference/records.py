@@ -18,7 +18,15 @@ from scipy import ndimage
 
 from monai_uda.files import atomic_write
 
-__all__ = ["SLIDE_AXES", "NucleiTable", "concatenate_records", "instance_records", "nuclei_table", "record_dtype", "record_fields"]
+__all__ = [
+    "SLIDE_AXES",
+    "NucleiTable",
+    "concatenate_records",
+    "instance_records",
+    "nuclei_table",
+    "record_dtype",
+    "record_fields",
+]
 
 
 #: columns of the per-nucleus records (:func:`instance_records`) of a 2D slide
@@ -26,13 +34,21 @@ SLIDE_AXES = ("y", "x")
 
 
 def record_fields(axis_names: Sequence[str]) -> list[str]:
-    """Columns of the per-nucleus records and CSV: ``id``, ``centroid_<axis>``, ``area``, ``bbox_<axis>0``, ``bbox_<axis>1``."""
-    return ["id", *(f"centroid_{a}" for a in axis_names), "area", *(f"bbox_{a}{end}" for end in (0, 1) for a in axis_names)]
+    """Columns of the per-nucleus records and CSV: ``id``, ``centroid_<axis>``, ``area``, ``bbox_<axis>0``,
+    ``bbox_<axis>1``."""
+    return [
+        "id",
+        *(f"centroid_{a}" for a in axis_names),
+        "area",
+        *(f"bbox_{a}{end}" for end in (0, 1) for a in axis_names),
+    ]
 
 
 def record_dtype(axis_names: Sequence[str]) -> np.dtype:
     """Structured dtype of the records (:func:`record_fields`): centroids ``float64``, the rest ``int64``."""
-    return np.dtype([(name, np.float64 if name.startswith("centroid_") else np.int64) for name in record_fields(axis_names)])
+    return np.dtype(
+        [(name, np.float64 if name.startswith("centroid_") else np.int64) for name in record_fields(axis_names)]
+    )
 
 
 def instance_records(
@@ -67,7 +83,8 @@ def instance_records(
         sums = np.bincount(ids, weights=coords, minlength=n + 1)[present]
         records[f"centroid_{axis_names[axis]}"] = np.round(sums / area[present] + corner[axis], 2)
     boxes = ndimage.find_objects(instances.astype(np.int64, copy=False), max_label=n)
-    bounds = np.array([[(s.start, s.stop) for s in boxes[k - 1]] for k in present.tolist()], dtype=np.int64).reshape(present.size, -1, 2)
+    bounds = np.array([[(s.start, s.stop) for s in boxes[k - 1]] for k in present.tolist()], dtype=np.int64)
+    bounds = bounds.reshape(present.size, -1, 2)
     for axis, name in enumerate(axis_names):
         records[f"bbox_{name}0"] = bounds[:, axis, 0] + corner[axis]
         records[f"bbox_{name}1"] = bounds[:, axis, 1] + corner[axis]
@@ -88,7 +105,8 @@ class NucleiTable:
         self._writer.writerow(self.fields)
 
     def writerows(self, records: np.ndarray) -> None:
-        """Write the rows of a structured record array (column-wise conversion, no per-row Python objects but the rows)."""
+        """Write the rows of a structured record array (column-wise conversion, no per-row Python objects but
+        the rows)."""
         self._writer.writerows(zip(*(records[name].tolist() for name in self.fields)))
 
 

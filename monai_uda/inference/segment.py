@@ -101,7 +101,8 @@ class FolderSegmenter:
             input_dir,
             output_dir,
             folder_output_names(
-                mask_ext or (".png" if spatial_dims == 2 else ".nii.gz"), instance_ext or (".tif" if spatial_dims == 2 else ".nii.gz"),
+                mask_ext or (".png" if spatial_dims == 2 else ".nii.gz"),
+                instance_ext or (".tif" if spatial_dims == 2 else ".nii.gz"),
                 overlay=self.overlay,
             ),
         )
@@ -109,7 +110,9 @@ class FolderSegmenter:
     def segment_file(self, path: str | Path) -> dict[str, Any]:
         """Segment one image and write its outputs; returns the record described in :meth:`run`."""
         model = self.model
-        return segment_image(self.folder, self.transforms, path, lambda image, p: model.instances(model.probabilities(image[None], p)))
+        return segment_image(
+            self.folder, self.transforms, path, lambda image, p: model.instances(model.probabilities(image[None], p))
+        )
 
     def run(self) -> list[dict[str, Any]]:
         """Segment every image of ``input_dir``.

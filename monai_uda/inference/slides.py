@@ -76,7 +76,11 @@ class SlideRun:
         in_memory: str = "FolderSegmenter",
     ) -> None:
         self.folder = ImageFolder(input_dir, output_dir, slide_output_names)
-        self.scaling = {"value_range": tuple(float(v) for v in value_range), "channels": int(channels), "invert": bool(invert)}
+        self.scaling = {
+            "value_range": tuple(float(v) for v in value_range),
+            "channels": int(channels),
+            "invert": bool(invert),
+        }
         self.tissue = tissue
         self.thumbnail_size = thumbnail_size
         self.tile = tile
@@ -93,8 +97,10 @@ class SlideRun:
         tissue = tissue_mask(thumb) if self.tissue else None
         all_windows = grid(reader.shape)
         windows = [
-            (y, x) for y, x in all_windows
-            if tissue is None or tissue[y // factor : -(-(y + roi[0]) // factor), x // factor : -(-(x + roi[1]) // factor)].any()
+            (y, x)
+            for y, x in all_windows
+            if tissue is None
+            or tissue[y // factor : -(-(y + roi[0]) // factor), x // factor : -(-(x + roi[1]) // factor)].any()
         ]
         if hist is not None:
             a_min, a_max = (percentile_from_histogram(hist, q) for q in PERCENTILES)
@@ -103,7 +109,12 @@ class SlideRun:
         return all_windows, windows, window_scaler(a_min, a_max, **self.scaling)
 
     def segment_file(
-        self, path: str | Path, roi: tuple[int, ...], grid: Callable[[tuple[int, int]], list[tuple[int, int]]], infer: InferFn, timed: Any
+        self,
+        path: str | Path,
+        roi: tuple[int, ...],
+        grid: Callable[[tuple[int, int]], list[tuple[int, int]]],
+        infer: InferFn,
+        timed: Any,
     ) -> dict[str, Any]:
         """Segment one slide with ``infer`` over the windows of ``grid`` that hold tissue.
 
@@ -120,7 +131,10 @@ class SlideRun:
         with SlideReader(path) as reader:
             height, width = reader.shape
             if height < roi[0] or width < roi[1]:
-                message = f"slide {reader.shape} is smaller than the {self.window_name} {roi}; use {self.in_memory} (inference.yaml)"
+                message = (
+                    f"slide {reader.shape} is smaller than the {self.window_name} {roi}; "
+                    f"use {self.in_memory} (inference.yaml)"
+                )
                 raise UDAInputError(message, path)
             all_windows, windows, scale = self.windows(reader, roi, grid)
             n_instances = infer(reader, windows, scale, paths)
@@ -132,6 +146,8 @@ class SlideRun:
             fraction_skipped=skipped / len(all_windows), network_seconds=timed.network_seconds,
             megapixels_per_s=height * width / 1e6 / seconds,
         )
-        skipped_text = f"{skipped}/{len(all_windows)} {self.window_name}s skipped as blank ({record['fraction_skipped']:.1%})"
+        skipped_text = (
+            f"{skipped}/{len(all_windows)} {self.window_name}s skipped as blank ({record['fraction_skipped']:.1%})"
+        )
         print(f"{path.name}: {n_instances} nuclei, {skipped_text}")
         return record

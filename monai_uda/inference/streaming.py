@@ -57,7 +57,11 @@ class StreamingSegmentation:
     """
 
     def __init__(
-        self, model: SegmentationNetwork, group_width: int = 2048, prefetch_slabs: int | None = None, postprocess_workers: int | None = None
+        self,
+        model: SegmentationNetwork,
+        group_width: int = 2048,
+        prefetch_slabs: int | None = None,
+        postprocess_workers: int | None = None,
     ) -> None:
         self.model = model
         self.group_width = group_width
@@ -72,7 +76,11 @@ class StreamingSegmentation:
     def labeller(self, axis_names: Sequence[str], **kwargs: Any) -> StreamingInstanceLabeller:
         """A labeller post-processing with the model's route, ``group_width`` and ``postprocess_workers``."""
         return StreamingInstanceLabeller(
-            self.model.to_instances, axis_names, group_width=self.group_width, workers=self.postprocess_workers, **kwargs
+            self.model.to_instances,
+            axis_names,
+            group_width=self.group_width,
+            workers=self.postprocess_workers,
+            **kwargs,
         )
 
     def class_slabs(
@@ -89,13 +97,19 @@ class StreamingSegmentation:
                 outputs = model.forward(scale(np.stack([read(start) for start in starts])))
                 if blender is None:
                     blender = StreamingBlender(
-                        image_size, roi, outputs.shape[1], mode=model.inferer.mode, sigma_scale=model.inferer.sigma_scale
+                        image_size,
+                        roi,
+                        outputs.shape[1],
+                        mode=model.inferer.mode,
+                        sigma_scale=model.inferer.sigma_scale,
                     )
                 for start, output in zip(starts, outputs):
                     yield from map(self._classes_of, blender.add(start, output))
                 progress.update(len(starts))
         if blender is None:  # every window skipped: all background
-            blender = StreamingBlender(image_size, roi, 3 if model.postprocess == "ternary" else 1, mode=model.inferer.mode)
+            blender = StreamingBlender(
+                image_size, roi, 3 if model.postprocess == "ternary" else 1, mode=model.inferer.mode
+            )
         yield from map(self._classes_of, blender.finish())
 
     def _classes_of(self, slab: Slab) -> np.ndarray:

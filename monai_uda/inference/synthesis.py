@@ -149,12 +149,17 @@ class FolderSynthesizer:
         if self.mask_dir is None:
             shape = tuple(int(s) for s in (mask_shape if mask_shape is not None else roi))
             if len(shape) != spatial_dims:
-                raise UDAInputError(f"mask_shape {shape} does not have {spatial_dims} values (spatial_dims={spatial_dims})")
+                raise UDAInputError(
+                    f"mask_shape {shape} does not have {spatial_dims} values (spatial_dims={spatial_dims})"
+                )
             self.synthetic = SyntheticMaskDataset(
-                shape, int(num_masks), preset, axis_range, count_range, eccentricity_range, ternary, edge_fraction, seed=seed
+                shape, int(num_masks), preset, axis_range, count_range, eccentricity_range, ternary, edge_fraction,
+                seed=seed,
             )  # fmt: skip
         self.device = torch.device(device)
-        self.network = DomainTranslator(generator, to_domain=self.domain_label, from_domain="mask").to(self.device).eval()
+        self.network = (
+            DomainTranslator(generator, to_domain=self.domain_label, from_domain="mask").to(self.device).eval()
+        )
         self.inferer = SlidingWindowInferer(
             roi_size=roi, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode, padding_mode=padding_mode, cval=-1.0
         )
@@ -241,7 +246,9 @@ class FolderSynthesizer:
                     "mask": str(inputs[index]) if inputs else None, "n_instances": int(instances.max()),
                     "channels": int(image.shape[0]), "seconds": time.perf_counter() - tic,
                 })  # fmt: skip
-        datalist = write_datalist(self.output_dir, {"source": [{"image": r["image"], "label": r["label"]} for r in records]})
+        datalist = write_datalist(
+            self.output_dir, {"source": [{"image": r["image"], "label": r["label"]} for r in records]}
+        )
         print(
             f"synthesised {len(records)} images (domain label {self.domain_label:g}) in "
             f"{time.perf_counter() - start:.1f} s -> {datalist}"

@@ -21,11 +21,14 @@ __all__ = ["default_workers", "in_background", "ordered_map"]
 
 
 def default_workers() -> int:
-    """Worker threads of post-processing and slide scans: torch's thread count (the cores this process uses), at most 4."""
+    """Worker threads of post-processing and slide scans: torch's thread count (the cores this process uses),
+    at most 4."""
     return min(torch.get_num_threads(), 4)
 
 
-def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, ahead: int | None = None) -> Iterator[tuple[Any, Any]]:
+def ordered_map(
+    fn: Callable[[Any], Any], items: Iterable[Any], workers: int, ahead: int | None = None
+) -> Iterator[tuple[Any, Any]]:
     """``(item, fn(item))`` in the order of ``items``, ``fn`` running in ``workers`` threads.
 
     At most ``ahead`` items (default ``2 * workers``) are taken from ``items`` beyond the one

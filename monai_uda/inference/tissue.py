@@ -17,7 +17,9 @@ from monai_uda.inference.threads import ordered_map
 __all__ = ["scan_slide", "tissue_mask"]
 
 
-def scan_slide(reader: SlideReader, factor: int, chunk: int = 4096, workers: int = 1) -> tuple[np.ndarray | None, np.ndarray]:
+def scan_slide(
+    reader: SlideReader, factor: int, chunk: int = 4096, workers: int = 1
+) -> tuple[np.ndarray | None, np.ndarray]:
     """One streaming pass: intensity histogram (integer images, all channels) and a thumbnail.
 
     Regions are read here and summarised in ``workers`` threads (:func:`~monai_uda.inference.threads.ordered_map`).

@@ -73,7 +73,11 @@ class VolumeSegmenter:
             network_kwargs.pop(name, None)
         self.model = SegmentationNetwork(network, spatial_dims=3, **network_kwargs)
         self.stream = StreamingSegmentation(self.model, group_width, prefetch_slabs, postprocess_workers)
-        self.scaling = {"value_range": tuple(float(v) for v in value_range), "channels": int(channels), "invert": bool(invert)}
+        self.scaling = {
+            "value_range": tuple(float(v) for v in value_range),
+            "channels": int(channels),
+            "invert": bool(invert),
+        }
         names = folder_output_names(mask_ext or ".nii.gz", instance_ext or ".nii.gz", table=True)
         self.folder = ImageFolder(input_dir, output_dir, names)
 
@@ -87,7 +91,10 @@ class VolumeSegmenter:
         try:
             roi = self.model.roi_size
             if any(s < r for s, r in zip(reader.shape, roi)):
-                raise UDAInputError(f"volume {reader.shape} is smaller than the window {roi}; use FolderSegmenter (inference.yaml)", path)
+                raise UDAInputError(
+                    f"volume {reader.shape} is smaller than the window {roi}; use FolderSegmenter (inference.yaml)",
+                    path,
+                )
             scale = window_scaler(*reader.intensity_range(), **self.scaling)
             windows = window_starts(reader.shape, roi, float(self.model.inferer.overlap))
             geometry = {"affine": reader.meta.get("affine"), "spacing": reader.meta.get("spacing")}
@@ -96,7 +103,11 @@ class VolumeSegmenter:
         finally:
             reader.close()
         record = self.folder.record(path, paths)
-        record.update(n_instances=n_instances, seconds=time.perf_counter() - start_time, network_seconds=self.model.network_seconds)
+        record.update(
+            n_instances=n_instances,
+            seconds=time.perf_counter() - start_time,
+            network_seconds=self.model.network_seconds,
+        )
         return record
 
     def _write_outputs(
@@ -115,7 +126,9 @@ class VolumeSegmenter:
         mask = MemmapVolumeWriter(paths["mask"], reader.shape, np.dtype(np.uint8), **geometry)
         try:
             with nuclei_table(paths["table"], axes) as table:
-                for start, slab in self.stream.instance_slabs(lambda s: reader.read(s, roi), reader.shape, windows, scale, labeller, table):
+                for start, slab in self.stream.instance_slabs(
+                    lambda s: reader.read(s, roi), reader.shape, windows, scale, labeller, table
+                ):
                     instances.write(start, slab)
                     mask.write(start, (slab > 0).astype(np.uint8))
                 instances.close()

@@ -56,7 +56,9 @@ def volume_geometry(affine: np.ndarray | None, spacing: Sequence[float] | None) 
     return {"spacing": tuple(spacing)} if spacing and len(spacing) == 3 else {}
 
 
-def write_image_outputs(paths: dict[str, Path], image: MetaTensor, instances: np.ndarray, write_meta: dict[str, Any]) -> int:
+def write_image_outputs(
+    paths: dict[str, Path], image: MetaTensor, instances: np.ndarray, write_meta: dict[str, Any]
+) -> int:
     """Write the outputs of one image segmented in memory; returns the number of instances.
 
     ``paths["mask"]`` (2D: ``uint8`` 0/255; 3D: 0/1), ``paths["instances"]`` (``uint16``, ``uint32``
@@ -123,8 +125,14 @@ def write_tiled_tiff(
     bigtiff = shape[0] * shape[1] * np.dtype(dtype).itemsize > 2**31
     with atomic_write(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as writer:
         writer.write(
-            tiles, shape=shape, dtype=dtype, tile=(tile, tile), compression="zlib", compressionargs={"level": ZLIB_LEVEL},
-            maxworkers=workers, buffersize=4 * 2**20,
+            tiles,
+            shape=shape,
+            dtype=dtype,
+            tile=(tile, tile),
+            compression="zlib",
+            compressionargs={"level": ZLIB_LEVEL},
+            maxworkers=workers,
+            buffersize=4 * 2**20,
         )
     return path
 
@@ -140,7 +148,9 @@ def write_slide_outputs(
         write_tiled_tiff(paths["instances"], tiles, shape, np.uint32, tile, default_workers())
     with SlideReader(paths["instances"], cache_tiles=1) as instances:
         rows, cols = (math.ceil(s / tile) for s in shape)
-        masks = ((instances.tile(ty, tx)[..., 0] > 0).astype(np.uint8) * 255 for ty in range(rows) for tx in range(cols))
+        masks = (
+            (instances.tile(ty, tx)[..., 0] > 0).astype(np.uint8) * 255 for ty in range(rows) for tx in range(cols)
+        )
         write_tiled_tiff(paths["mask"], masks, shape, np.uint8, tile, default_workers())
 
 
@@ -154,7 +164,9 @@ class MemmapVolumeWriter:
 
     NIFTI_OFFSET = 352
 
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype, affine: np.ndarray | None = None, spacing: Any = None) -> None:
+    def __init__(
+        self, path: Path, shape: tuple[int, ...], dtype: np.dtype, affine: np.ndarray | None = None, spacing: Any = None
+    ) -> None:
         self.path = path
         self.gzip = path.name.lower().endswith(".nii.gz")
         suffix = ".npy" if path.suffix.lower() == ".npy" else ".nii"
@@ -185,7 +197,10 @@ class MemmapVolumeWriter:
         self.array.flush()
         del self.array
         if self.gzip:
-            with open(self.tmp, "rb") as source, gzip.open(self.tmp.with_suffix(".gz"), "wb", compresslevel=1) as target:
+            with (
+                open(self.tmp, "rb") as source,
+                gzip.open(self.tmp.with_suffix(".gz"), "wb", compresslevel=1) as target,
+            ):
                 shutil.copyfileobj(source, target, length=1 << 24)
             self.tmp.unlink()
             self.tmp = self.tmp.with_suffix(".gz")

@@ -90,7 +90,11 @@ class SlideSegmenter:
         return self.slides.segment_file(path, roi, grid, self._infer, self.model)
 
     def _infer(
-        self, reader: SlideReader, windows: list[tuple[int, int]], scale: Callable[[np.ndarray], torch.Tensor], paths: dict[str, Path]
+        self,
+        reader: SlideReader,
+        windows: list[tuple[int, int]],
+        scale: Callable[[np.ndarray], torch.Tensor],
+        paths: dict[str, Path],
     ) -> int:
         """Windows -> network -> blended slabs -> instances labelled as they complete (with the CSV)."""
         labeller = self.stream.labeller(SLIDE_AXES, max_open_rows=self.max_height, max_width=self.max_width)

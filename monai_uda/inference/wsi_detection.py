@@ -29,7 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai_uda.inference.detection import Candidate, TiledDetection, paint_candidate, paint_order, tile_candidates, tile_starts
+from monai_uda.inference.detection import (
+    Candidate,
+    TiledDetection,
+    paint_candidate,
+    paint_order,
+    tile_candidates,
+    tile_starts,
+)
 from monai_uda.inference.readers import SlideReader
 from monai_uda.inference.records import SLIDE_AXES, NucleiTable, concatenate_records, instance_records
 from monai_uda.inference.slides import SlideRun, pop_slide_options
@@ -113,13 +120,19 @@ class StreamingPainter:
         for cand in sorted(self.pending, key=paint_order):
             h, w = cand.mask.shape
             box = (slice(cand.y0 - self.origin, cand.y0 - self.origin + h), slice(cand.x0, cand.x0 + w))
-            if cand.y0 + h > frontier or (cand.y0 >= frontier - self.max_pending_rows and waiting[box][cand.mask].any()):
+            if cand.y0 + h > frontier or (
+                cand.y0 >= frontier - self.max_pending_rows and waiting[box][cand.mask].any()
+            ):
                 waiting[box] |= cand.mask
                 waits.add(id(cand))
                 continue
-            painted = paint_candidate(self.instances, cand, self.next_id, self.min_size, self.duplicate_overlap, self.origin)
+            painted = paint_candidate(
+                self.instances, cand, self.next_id, self.min_size, self.duplicate_overlap, self.origin
+            )
             if painted is not None:
-                records.append(instance_records(painted.view(np.uint8), self.axis_names, self.next_id - 1, (cand.y0, cand.x0)))
+                records.append(
+                    instance_records(painted.view(np.uint8), self.axis_names, self.next_id - 1, (cand.y0, cand.x0))
+                )
                 self.next_id += 1
         self.pending = [c for c in self.pending if id(c) in waits]
         final = min([frontier, *(c.y0 for c in self.pending)]) - self.origin
@@ -148,7 +161,12 @@ class SlideDetector:
     """
 
     def __init__(
-        self, network: torch.nn.Module, input_dir: str, output_dir: str, max_pending_rows: int | None = None, **kwargs: Any
+        self,
+        network: torch.nn.Module,
+        input_dir: str,
+        output_dir: str,
+        max_pending_rows: int | None = None,
+        **kwargs: Any,
     ) -> None:
         options = {"channels": 3, **pop_slide_options(kwargs)}
         self.slides = SlideRun(input_dir, output_dir, **options, window_name="tile", in_memory="FolderDetector")
@@ -167,7 +185,11 @@ class SlideDetector:
         return [(y, x) for y in tile_starts(shape[0], size, overlap) for x in tile_starts(shape[1], size, overlap)]
 
     def _infer(
-        self, reader: SlideReader, windows: list[tuple[int, int]], scale: Callable[[np.ndarray], torch.Tensor], paths: dict[str, Path]
+        self,
+        reader: SlideReader,
+        windows: list[tuple[int, int]],
+        scale: Callable[[np.ndarray], torch.Tensor],
+        paths: dict[str, Path],
     ) -> int:
         """Tiles (those with tissue) -> detector -> candidates -> :class:`StreamingPainter`, tile row by tile row."""
         tiled = self.detector.tiled
@@ -187,7 +209,13 @@ class SlideDetector:
                     detections = self.detector.detect(tile)
                     self.detector.network_seconds += time.perf_counter() - start
                     candidates += tile_candidates(
-                        detections, y0, x0, (size, size), reader.shape, tiled["score_threshold"], tiled["mask_threshold"]
+                        detections,
+                        y0,
+                        x0,
+                        (size, size),
+                        reader.shape,
+                        tiled["score_threshold"],
+                        tiled["mask_threshold"],
                     )
                 final, records = painter.push(candidates, rows[row + 1] if row + 1 < len(rows) else reader.shape[0])
                 table.writerows(records)

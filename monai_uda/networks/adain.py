@@ -259,7 +259,11 @@ class DomainTranslator(nn.Module):
     LEVELS = (-1.0, 0.0, 1.0)
 
     def __init__(
-        self, generator: AdaINGenerator, to_domain: str | float = "mask", from_domain: str | None = None, ternary: bool = False
+        self,
+        generator: AdaINGenerator,
+        to_domain: str | float = "mask",
+        from_domain: str | None = None,
+        ternary: bool = False,
     ) -> None:
         super().__init__()
         self.generator = generator

@@ -50,10 +50,14 @@ def _load_checkpoint(path: Path, map_location: Any) -> Any:
         raise unsafe_checkpoint_error(exc, path) from exc
     except Exception as exc:
         detail = (str(exc).splitlines() or [""])[0].split(". ")[0]
-        raise UDAInputError(f"cannot read checkpoint: truncated, corrupt or not a PyTorch file ({type(exc).__name__}: {detail})", path) from exc
+        raise UDAInputError(
+            f"cannot read checkpoint: truncated, corrupt or not a PyTorch file ({type(exc).__name__}: {detail})", path
+        ) from exc
 
 
-def load_network_weights(network: torch.nn.Module, ckpt_path: str | Path, key: str | None = None, map_location: Any = "cpu") -> torch.nn.Module:
+def load_network_weights(
+    network: torch.nn.Module, ckpt_path: str | Path, key: str | None = None, map_location: Any = "cpu"
+) -> torch.nn.Module:
     """Load a network's weights from a model or checkpoint file, with one-line errors.
 
     Args:
@@ -84,7 +88,11 @@ def load_network_weights(network: torch.nn.Module, ckpt_path: str | Path, key: s
             f"missing '{missing[0]}'" if missing else f"unexpected '{unexpected[0]}'" if unexpected
             else f"'{wrong[0]}' has shape {tuple(state[wrong[0]].shape)}, network expects {tuple(own[wrong[0]].shape)}"
         )
-        raise UDAInputError(f"checkpoint does not fit the network ({detail}; from another bundle or configuration?{_trained_with(path)})", path)
+        raise UDAInputError(
+            f"checkpoint does not fit the network ({detail}; "
+            f"from another bundle or configuration?{_trained_with(path)})",
+            path,
+        )
     network.load_state_dict(state)
     return network
 

@@ -14,7 +14,10 @@ from monai_uda.inference.detection import (
     tile_starts,
 )
 
-CENTRES = [(10, 12, 6), (30, 62, 8), (33, 100, 7), (62, 40, 7), (64, 64, 5), (70, 130, 8), (100, 20, 6), (98, 96, 8), (128, 62, 7), (140, 150, 6)]
+CENTRES = [
+    (10, 12, 6), (30, 62, 8), (33, 100, 7), (62, 40, 7), (64, 64, 5), (70, 130, 8), (100, 20, 6), (98, 96, 8),
+    (128, 62, 7), (140, 150, 6),
+]
 
 
 def _scene() -> tuple[np.ndarray, np.ndarray]:
@@ -29,7 +32,11 @@ def _scene() -> tuple[np.ndarray, np.ndarray]:
 def fake_detect(tile: torch.Tensor) -> dict[str, torch.Tensor]:
     """Discs by thresholding: one soft mask per connected component, score from its size."""
     components, n = ndimage.label(tile[0].numpy() > 0.5)
-    masks = torch.stack([torch.from_numpy((components == i).astype(np.float32)) for i in range(1, n + 1)]) if n else torch.zeros(0, *tile.shape[1:])
+    masks = (
+        torch.stack([torch.from_numpy((components == i).astype(np.float32)) for i in range(1, n + 1)])
+        if n
+        else torch.zeros(0, *tile.shape[1:])
+    )
     scores = masks.flatten(1).sum(1) / 1000.0 + 0.5
     return {"masks": masks[:, None], "scores": scores}
 
@@ -99,7 +106,13 @@ def test_mask_rcnn_detector_wrapper():
     class Dummy(torch.nn.Module):
         def forward(self, images):
             assert not self.training and not torch.is_grad_enabled()
-            return [{"masks": torch.ones(1, 1, *images[0].shape[1:]), "scores": torch.tensor([0.7]), "boxes": torch.zeros(1, 4)}]
+            return [
+                {
+                    "masks": torch.ones(1, 1, *images[0].shape[1:]),
+                    "scores": torch.tensor([0.7]),
+                    "boxes": torch.zeros(1, 4),
+                }
+            ]
 
     detect = mask_rcnn_detector(Dummy().train())
     out = detect(torch.zeros(3, 5, 6))

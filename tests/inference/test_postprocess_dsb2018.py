@@ -11,7 +11,9 @@ from monai_uda.data.io import read_label
 from monai_uda.inference.postprocess import binary_to_instances
 from monai_uda.metrics.instance import aggregated_jaccard_index
 
-SHARED_DATA = Path(os.environ.get("MONAI_UDA_SHARED_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data"))
+SHARED_DATA = Path(
+    os.environ.get("MONAI_UDA_SHARED_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data")
+)
 
 
 def test_watershed_resplits_merged_dsb2018_ground_truth():

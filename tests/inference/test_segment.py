@@ -134,7 +134,9 @@ def test_checkpoint_loading_and_mismatch(tmp_path):
     trained = BasicUNet(**unet_args)
     torch.save({"segmenter": trained.state_dict()}, tmp_path / "model.pt")
     network = BasicUNet(**unet_args)
-    segmenter = _segmenter(network, inputs, tmp_path / "out", ckpt_path=str(tmp_path / "model.pt"), ckpt_key="segmenter")
+    segmenter = _segmenter(
+        network, inputs, tmp_path / "out", ckpt_path=str(tmp_path / "model.pt"), ckpt_key="segmenter"
+    )
     for name, tensor in trained.state_dict().items():
         torch.testing.assert_close(network.state_dict()[name], tensor)
     assert len(segmenter.run()) == 1

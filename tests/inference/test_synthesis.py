@@ -52,7 +52,8 @@ def test_mask_dir_2d_grey_and_rgb_pairs_and_datalist(generator, tmp_path):
     masks.mkdir()
     instances = _discs((40, 72), [(12, 12), (20, 40), (28, 60)])  # not a multiple of the window
     tifffile.imwrite(masks / "a.tif", instances)
-    Image.fromarray(((_discs((24, 24), [(12, 12)]) > 0) * 255).astype(np.uint8)).save(masks / "b.png")  # binary, < window
+    # binary, < window
+    Image.fromarray(((_discs((24, 24), [(12, 12)]) > 0) * 255).astype(np.uint8)).save(masks / "b.png")
     for channels in (1, 3):
         out = tmp_path / f"out{channels}"
         records = _synthesizer(generator(channels), out, mask_dir=str(masks)).run()
@@ -62,7 +63,9 @@ def test_mask_dir_2d_grey_and_rgb_pairs_and_datalist(generator, tmp_path):
         assert image_a.shape == ((40, 72) if channels == 1 else (40, 72, 3))
         assert np.asarray(Image.open(out / "b_image.png")).shape[:2] == (24, 24)
         np.testing.assert_array_equal(read_label(out / "a_label.tif"), instances)
-        np.testing.assert_array_equal(read_label(out / "b_label.tif"), (read_label(masks / "b.png") > 0).astype(np.uint16))
+        np.testing.assert_array_equal(
+            read_label(out / "b_label.tif"), (read_label(masks / "b.png") > 0).astype(np.uint16)
+        )
         datalist = load_datalist(out)
         items = get_split(datalist, "source", require_labels=True)
         assert [i["image"] for i in items] == [str(out / "a_image.png"), str(out / "b_image.png")]

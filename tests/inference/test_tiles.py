@@ -12,7 +12,8 @@ from monai_uda.inference.windows import window_starts
 
 
 def _stream(classes: np.ndarray, slab: int, **kwargs) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Push ``classes`` in slabs of ``slab`` rows; returns the instance map, the records and the rows carried after each push."""
+    """Push ``classes`` in slabs of ``slab`` rows; returns the instance map, the records and the rows carried
+    after each push."""
     labeller = StreamingInstanceLabeller(lambda c: ndimage.label(c > 0)[0], **kwargs)
     out, records, carried = np.zeros(classes.shape, dtype=np.uint32), [], []
     for y in range(0, classes.shape[0], slab):
@@ -142,7 +143,9 @@ def test_worker_threads_give_the_same_instances_ids_and_records():
         classes[disk((y, x), int(rng.integers(4, 8)), shape=classes.shape)] = 1
     results = []
     for workers in (1, 3):
-        labeller = StreamingInstanceLabeller(lambda c: binary_to_instances(c > 0), group_width=40, max_width=40, workers=workers)
+        labeller = StreamingInstanceLabeller(
+            lambda c: binary_to_instances(c > 0), group_width=40, max_width=40, workers=workers
+        )
         out, records = np.zeros(classes.shape, dtype=np.uint32), []
         for y in range(0, 160, 32):
             slabs, new = labeller.push(classes[y : y + 32], last=y + 32 >= 160)
@@ -152,7 +155,9 @@ def test_worker_threads_give_the_same_instances_ids_and_records():
         results.append((out, np.concatenate(records)))
     (one, one_records), (three, three_records) = results
     assert one.max() > 60 // 2 and np.array_equal(one, three)  # many groups of 40 columns, same ids in the same places
-    assert one_records.tolist() == three_records.tolist() and sorted(one_records["id"].tolist()) == list(range(1, one.max() + 1))
+    assert one_records.tolist() == three_records.tolist() and sorted(one_records["id"].tolist()) == list(
+        range(1, one.max() + 1)
+    )
 
 
 def test_instance_records_of_non_contiguous_ids_and_their_csv(tmp_path):
@@ -198,7 +203,9 @@ def test_bad_thread_counts_are_refused():
         SlideSegmenter(net, ".", "out", channels=3, roi_size=(64, 64), postprocess_workers=0)
     with pytest.raises(UDAInputError, match="prefetch_slabs must be >= 0"):
         SlideSegmenter(net, ".", "out", channels=3, roi_size=(64, 64), prefetch_slabs=-1)
-    assert SlideSegmenter(net, ".", "out", channels=3, roi_size=(64, 64)).postprocess_workers == min(torch.get_num_threads(), 4)
+    assert SlideSegmenter(net, ".", "out", channels=3, roi_size=(64, 64)).postprocess_workers == min(
+        torch.get_num_threads(), 4
+    )
 
 
 def _dense_blend(image_size, roi, starts, outputs, weight):
@@ -220,7 +227,9 @@ def test_blender_slabs_match_the_dense_blend_with_skipped_windows_2d_and_3d():
         kept = [s for i, s in enumerate(starts) if i % 5 not in (1, 2)]  # skipped windows leave holes
         outputs = [rng.random((2, *roi), dtype=np.float32) for _ in kept]
         blender = StreamingBlender(image_size, roi, 2, mode="gaussian")
-        slabs = [slab for start, output in zip(kept, outputs) for slab in blender.add(start, output)] + list(blender.finish())
+        slabs = [slab for start, output in zip(kept, outputs) for slab in blender.add(start, output)] + list(
+            blender.finish()
+        )
         streamed = np.concatenate([array for _, array in slabs], axis=1)
         assert [start for start, _ in slabs] == list(np.cumsum([0] + [a.shape[1] for _, a in slabs[:-1]]))
         expected = _dense_blend(image_size, roi, kept, outputs, blender.weight)

@@ -59,7 +59,9 @@ def test_nifti_affine_kept_and_nuclei_labelled_once(tmp_path):
     np.testing.assert_array_equal(mask, (volume > 100).astype(np.uint8))
     with open(record["table"], newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert {(float(r["centroid_i"]), float(r["centroid_j"]), float(r["centroid_k"])) for r in rows} == {tuple(map(float, c)) for c in CENTRES}
+    assert {(float(r["centroid_i"]), float(r["centroid_j"]), float(r["centroid_k"])) for r in rows} == {
+        tuple(map(float, c)) for c in CENTRES
+    }
     # the in-memory path gives the same mask
     FolderSegmenter(_brightness_net(), str(tmp_path / "in"), str(tmp_path / "mem"), spatial_dims=3, **kwargs).run()
     np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "mem" / "vol_mask.nii.gz").dataobj), mask)
@@ -69,8 +71,10 @@ def test_tiff_stack_spacing_and_npy_outputs(tmp_path):
     (tmp_path / "in").mkdir()
     volume = _volume()
     tifffile.imwrite(tmp_path / "in" / "stack.tif", volume, imagej=True, metadata={"spacing": 2.5, "axes": "ZYX"})
-    seg = VolumeSegmenter(_brightness_net(), str(tmp_path / "in"), str(tmp_path / "out"), channels=1, roi_size=(16, 16, 16),
-                          min_size=5, instance_ext=".nii.gz", mask_ext=".npy")
+    seg = VolumeSegmenter(
+        _brightness_net(), str(tmp_path / "in"), str(tmp_path / "out"), channels=1, roi_size=(16, 16, 16), min_size=5,
+        instance_ext=".nii.gz", mask_ext=".npy",
+    )
     record = seg.run()[0]
     assert nib.load(record["instances"]).header.get_zooms() == (2.5, 1.0, 1.0)
     assert np.load(record["mask"]).sum() == (volume > 100).sum()

@@ -34,7 +34,8 @@ def _darkness_net() -> torch.nn.Module:
 
 
 def _context_net() -> torch.nn.Module:
-    """A small random network with a 9x9 receptive field, so window blending matters (reflect padding: no edge artefacts)."""
+    """A small random network with a 9x9 receptive field, so window blending matters (reflect padding: no edge
+    artefacts)."""
     torch.manual_seed(0)
     return torch.nn.Sequential(
         torch.nn.Conv2d(3, 4, 5, padding=2, padding_mode="reflect"), torch.nn.Tanh(),
@@ -42,7 +43,9 @@ def _context_net() -> torch.nn.Module:
     ).eval()
 
 
-def _slide(shape: tuple[int, int], centres: list[tuple[int, int]], radius: int, tissue_rows: int | None = None) -> np.ndarray:
+def _slide(
+    shape: tuple[int, int], centres: list[tuple[int, int]], radius: int, tissue_rows: int | None = None
+) -> np.ndarray:
     image = np.empty((*shape, 3), dtype=np.uint8)
     image[:] = GLASS
     image[: shape[0] if tissue_rows is None else tissue_rows] = TISSUE
@@ -52,7 +55,8 @@ def _slide(shape: tuple[int, int], centres: list[tuple[int, int]], radius: int, 
 
 
 def test_streaming_mask_equals_in_memory_sliding_window(tmp_path):
-    """A 4096 x 512 tiled TIFF (4k rows along the streaming axis): the streaming path and FolderSegmenter give the same mask and nuclei count."""
+    """A 4096 x 512 tiled TIFF (4k rows along the streaming axis): the streaming path and FolderSegmenter give
+    the same mask and nuclei count."""
     rng = np.random.default_rng(0)
     centres = [tuple(c) for c in rng.integers(8, (4088, 504), size=(200, 2))]
     image = _slide((4096, 512), centres, radius=6)
@@ -62,10 +66,13 @@ def test_streaming_mask_equals_in_memory_sliding_window(tmp_path):
     kwargs = dict(channels=3, roi_size=(256, 256), sw_batch_size=4, overlap=0.25, min_size=10)
     net = _context_net()
     record = SlideSegmenter(net, str(tmp_path / "in"), str(tmp_path / "wsi"), tissue=False, **kwargs).run()[0]
-    SlideSegmenter(net, str(tmp_path / "in"), str(tmp_path / "turns"), tissue=False, prefetch_slabs=2, **kwargs).run()  # worker thread
+    # worker thread
+    SlideSegmenter(net, str(tmp_path / "in"), str(tmp_path / "turns"), tissue=False, prefetch_slabs=2, **kwargs).run()
     FolderSegmenter(net, str(tmp_path / "in"), str(tmp_path / "mem"), overlay=False, **kwargs).run()
     streamed = tifffile.imread(tmp_path / "wsi" / "slide_mask.tif")
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / "turns" / "slide_instances.tif"), tifffile.imread(record["instances"]))
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "turns" / "slide_instances.tif"), tifffile.imread(record["instances"])
+    )
     in_memory = np.asarray(Image.open(tmp_path / "mem" / "slide_mask.png"))
     assert streamed.shape == in_memory.shape == (4096, 512)
     assert 0.005 < (in_memory > 0).mean() < 0.9  # a non-trivial mask
@@ -96,7 +103,8 @@ def test_nuclei_crossing_tile_and_slab_borders_keep_one_id(tmp_path):
     row = rows[ids[1]]  # the disc on the tile corner
     assert (float(row["centroid_y"]), float(row["centroid_x"])) == (256.0, 256.0)
     assert int(row["area"]) == int(np.sum(instances == ids[1]))
-    assert (int(row["bbox_y0"]), int(row["bbox_x0"]), int(row["bbox_y1"]), int(row["bbox_x1"])) == (245, 245, 268, 268)  # skimage disk: distance < 12
+    # skimage disk: distance < 12
+    assert (int(row["bbox_y0"]), int(row["bbox_x0"]), int(row["bbox_y1"]), int(row["bbox_x1"])) == (245, 245, 268, 268)
     mask = tifffile.imread(record["mask"])
     np.testing.assert_array_equal(mask, (instances > 0).astype(np.uint8) * 255)
 
@@ -104,7 +112,9 @@ def test_nuclei_crossing_tile_and_slab_borders_keep_one_id(tmp_path):
 def test_blank_glass_is_skipped_and_reported(tmp_path):
     centres = [(40, 40), (100, 200), (150, 60)]
     (tmp_path / "in").mkdir()
-    tifffile.imwrite(tmp_path / "in" / "s.tif", _slide((768, 256), centres, radius=10, tissue_rows=256), tile=(128, 128))
+    tifffile.imwrite(
+        tmp_path / "in" / "s.tif", _slide((768, 256), centres, radius=10, tissue_rows=256), tile=(128, 128)
+    )
     seg = SlideSegmenter(_darkness_net(), str(tmp_path / "in"), str(tmp_path / "out"), channels=3, roi_size=(64, 64),
                          overlap=0.25, thumbnail_size=128)
     record = seg.run()[0]
@@ -187,7 +197,8 @@ def test_bundle_inference_wsi_override(tmp_path, bundle):
 
 def test_component_wider_than_group_width_is_cut_and_table_matches_instances(tmp_path):
     """A dark bar wider than ``max_width`` (no nucleus is; capped here by ``group_width=128``) is post-processed
-    in 128-column pieces (bounded crops); discs stay whole, and every CSV row is ``regionprops`` of the written instances."""
+    in 128-column pieces (bounded crops); discs stay whole, and every CSV row is ``regionprops`` of the written
+    instances."""
     from skimage.measure import regionprops
 
     centres = [(60, 60), (200, 300), (420, 100), (430, 450)]
@@ -202,7 +213,9 @@ def test_component_wider_than_group_width_is_cut_and_table_matches_instances(tmp
     bar = np.zeros(instances.shape, dtype=bool)
     bar[300:330, 40:470] = True
     np.testing.assert_array_equal(instances[bar] > 0, True)  # the whole bar is labelled ...
-    pieces = [instances[bar & (np.arange(512) >= x0) & (np.arange(512) < min(x0 + 128, 470))] for x0 in range(40, 470, 128)]
+    pieces = [
+        instances[bar & (np.arange(512) >= x0) & (np.arange(512) < min(x0 + 128, 470))] for x0 in range(40, 470, 128)
+    ]
     for i, piece in enumerate(pieces):  # ... in 4 pieces of <= 128 columns, no id shared across a cut
         for other in pieces[i + 1 :]:
             assert not set(np.unique(piece)) & set(np.unique(other))
@@ -237,9 +250,13 @@ class _FailingNet(torch.nn.Module):
 
 def test_network_error_mid_slide_is_raised_and_leaves_no_partial_output(tmp_path):
     (tmp_path / "in").mkdir()
-    tifffile.imwrite(tmp_path / "in" / "slide.tif", _slide((1024, 512), [(100, 100), (700, 300)], radius=8), tile=(256, 256))
+    tifffile.imwrite(
+        tmp_path / "in" / "slide.tif", _slide((1024, 512), [(100, 100), (700, 300)], radius=8), tile=(256, 256)
+    )
     net = _FailingNet(fail_at=3)
-    segmenter = SlideSegmenter(net, str(tmp_path / "in"), str(tmp_path / "out"), tissue=False, channels=3, roi_size=(256, 256), sw_batch_size=2)
+    segmenter = SlideSegmenter(
+        net, str(tmp_path / "in"), str(tmp_path / "out"), tissue=False, channels=3, roi_size=(256, 256), sw_batch_size=2
+    )
     with pytest.raises(RuntimeError, match="out of memory"):
         segmenter.segment_file(tmp_path / "in" / "slide.tif")
     assert net.calls == 3  # stopped at the failing batch, not run to the end

@@ -36,7 +36,11 @@ class DiscDetector(torch.nn.Module):
             masks = np.zeros((n, 1, *components.shape), dtype=np.float32)
             scores = np.zeros(n, dtype=np.float32)
             for k, box in enumerate(ndimage.find_objects(components)):
-                mask = ndimage.binary_dilation(components == k + 1, iterations=self.grow) if self.grow else components == k + 1
+                mask = (
+                    ndimage.binary_dilation(components == k + 1, iterations=self.grow)
+                    if self.grow
+                    else components == k + 1
+                )
                 masks[k, 0] = mask
                 scores[k] = 0.6 + mask.sum() / 2000.0 + 0.01 * ((box[0].start * 7 + box[1].start * 3) % 10)
             out.append({"masks": torch.from_numpy(masks), "scores": torch.from_numpy(scores)})
@@ -79,10 +83,14 @@ def test_streaming_instances_equal_the_in_memory_detector(tmp_path, overlap, win
     painter that does not wait for open candidates gets one instance more; with 8 some discs are cut in every tile and
     the merge order (whole first, by score) decides more contested pixels: both paths still agree pixel for pixel."""
     rng = np.random.default_rng(1)
-    discs = [(int(y), int(x), int(r)) for (y, x), r in zip(rng.integers(5, (325, 185), (70, 2)), rng.integers(3, 8, 70))]
+    discs = [
+        (int(y), int(x), int(r)) for (y, x), r in zip(rng.integers(5, (325, 185), (70, 2)), rng.integers(3, 8, 70))
+    ]
     inputs = _write(tmp_path / "in", _slide((330, 190), discs))
     net = DiscDetector(grow=1)
-    record = SlideDetector(net, str(inputs), str(tmp_path / "wsi"), tissue=False, tile_overlap=overlap, **KWARGS).run()[0]
+    record = SlideDetector(net, str(inputs), str(tmp_path / "wsi"), tissue=False, tile_overlap=overlap, **KWARGS).run()[
+        0
+    ]
     FolderDetector(net, str(inputs), str(tmp_path / "mem"), overlay=False, tile_overlap=overlap, **KWARGS).run()
     streamed = tifffile.imread(record["instances"])
     in_memory = tifffile.imread(tmp_path / "mem" / "slide_instances.tif")
@@ -95,13 +103,18 @@ def test_streaming_instances_equal_the_in_memory_detector(tmp_path, overlap, win
 
 def test_nuclei_crossing_tile_rows_keep_one_id_and_the_table_is_regionprops(tmp_path):
     # 64 px tiles, overlap 24: tile rows start at 0, 40, 80, ..., 236 (the last ends at the slide's bottom, 300)
-    discs = [(40, 30, 6), (63, 100, 7), (80, 60, 5), (118, 150, 7), (120, 20, 6), (200, 100, 7), (236, 40, 6), (294, 150, 5)]
+    discs = [
+        (40, 30, 6), (63, 100, 7), (80, 60, 5), (118, 150, 7), (120, 20, 6), (200, 100, 7), (236, 40, 6), (294, 150, 5),
+    ]
     inputs = _write(tmp_path / "in", _slide((300, 180), discs))
-    seg = SlideDetector(DiscDetector(grow=0), str(inputs), str(tmp_path / "out"), tissue=False, tile_overlap=24, tile=64, **KWARGS)
+    seg = SlideDetector(
+        DiscDetector(grow=0), str(inputs), str(tmp_path / "out"), tissue=False, tile_overlap=24, tile=64, **KWARGS
+    )
     record = seg.run()[0]
     instances = tifffile.imread(record["instances"])
     ids = [int(instances[y, x]) for y, x, _ in discs]
-    assert sorted(ids) == list(range(1, len(discs) + 1)) == list(range(1, record["n_instances"] + 1))  # unique, consecutive
+    # unique, consecutive
+    assert sorted(ids) == list(range(1, len(discs) + 1)) == list(range(1, record["n_instances"] + 1))
     for (y, x, r), nucleus in zip(discs, ids):
         expected = np.zeros(instances.shape, dtype=bool)
         expected[disk((y, x), r, shape=instances.shape)] = True
@@ -115,7 +128,9 @@ def test_nuclei_crossing_tile_rows_keep_one_id_and_the_table_is_regionprops(tmp_
         assert int(row["area"]) == region.area
         assert tuple(int(row[k]) for k in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")) == region.bbox
     crossing = rows[int(instances[63, 100])]  # the disc across the first tile row's bottom
-    assert (crossing["centroid_y"], crossing["centroid_x"], crossing["bbox_y0"], crossing["bbox_y1"]) == ("63.0", "100.0", "57", "70")
+    assert (crossing["centroid_y"], crossing["centroid_x"], crossing["bbox_y0"], crossing["bbox_y1"]) == (
+        "63.0", "100.0", "57", "70",
+    )
 
 
 def test_painter_waits_for_earlier_overlapping_candidates():
@@ -128,10 +143,12 @@ def test_painter_waits_for_earlier_overlapping_candidates():
     a, c, b = box(30, 0, 8, 10, 0.6), box(35, 5, 10, 10, 0.7), box(42, 8, 10, 10, 0.9)
     painter = StreamingPainter((60, 20), min_size=1, duplicate_overlap=0.9)
     slabs, records = painter.push([a, c], frontier=40)
-    assert records.size == 0 and [(start, rows.shape) for start, rows in slabs] == [(0, (30, 20))]  # rows above a are final
+    # rows above a are final
+    assert records.size == 0 and [(start, rows.shape) for start, rows in slabs] == [(0, (30, 20))]
     assert all(not rows.any() for _, rows in slabs)
     more, records = painter.push([b], frontier=60)
-    assert [r["area"] for r in records] == [100, 100 - 3 * 7, 80 - 3 * 5]  # b whole, then c, then a without contested pixels
+    # b whole, then c, then a without contested pixels
+    assert [r["area"] for r in records] == [100, 100 - 3 * 7, 80 - 3 * 5]
     streamed = np.concatenate([rows for _, rows in slabs + more])
     assert streamed.shape == (60, 20)
     np.testing.assert_array_equal(streamed, _paint([a, c, b], (60, 20), 1, 0.9))
@@ -142,7 +159,9 @@ def test_blank_glass_tiles_are_skipped(tmp_path):
     image[..., 0] = np.maximum(image[..., 0], 150)  # stained (saturated) tissue ...
     image[120:] = 40  # ... above grey glass (dark, so that the disc detector sees nothing there)
     inputs = _write(tmp_path / "in", image)
-    record = SlideDetector(DiscDetector(), str(inputs), str(tmp_path / "out"), tile_overlap=24, thumbnail_size=64, **KWARGS).run()[0]
+    record = SlideDetector(
+        DiscDetector(), str(inputs), str(tmp_path / "out"), tile_overlap=24, thumbnail_size=64, **KWARGS
+    ).run()[0]
     assert record["n_instances"] == 2 and record["windows"] == 6 * 3
     # tile rows start at 0, 40, 80, 120, 160, 192: those at 160 and 192 see glass only (120 reaches the dilated tissue)
     assert record["windows_skipped"] == 2 * 3
@@ -163,8 +182,11 @@ def test_bundle_inference_wsi_override(tmp_path, bundle, small_pdam):
     from monai.bundle import ConfigParser, run
 
     configs = REPO / "bundles" / bundle / "configs"
-    rpn = {k: v for k, v in small_pdam.items() if k.startswith("rpn_") and k.endswith("_test")}  # the shared small settings
-    tiny = {"backbone": "resnet50", "patch": [64, 64], "tile_overlap": 16, "score_threshold": 0.0, "detections_per_tile": 5}
+    # the shared small settings
+    rpn = {k: v for k, v in small_pdam.items() if k.startswith("rpn_") and k.endswith("_test")}
+    tiny = {
+        "backbone": "resnet50", "patch": [64, 64], "tile_overlap": 16, "score_threshold": 0.0, "detections_per_tile": 5,
+    }
     tiny["detector_kwargs"] = rpn
     if bundle == "darcnn":
         tiny.update(projection_dim=16, mmd_grid=4)
@@ -187,5 +209,7 @@ def test_bundle_inference_wsi_override(tmp_path, bundle, small_pdam):
     in_memory = tifffile.imread(tmp_path / "mem" / "slide_instances.tif")
     assert streamed.shape == (160, 128) and streamed.dtype == np.uint32 and streamed.max() > 0
     assert _same_instances(streamed, in_memory)
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / "wsi" / "slide_mask.tif"), (streamed > 0).astype(np.uint8) * 255)
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "wsi" / "slide_mask.tif"), (streamed > 0).astype(np.uint8) * 255
+    )
     assert sorted(_rows(str(tmp_path / "wsi" / "slide_nuclei.csv"))) == list(range(1, int(streamed.max()) + 1))

@@ -24,7 +24,10 @@ HERE = Path(__file__).resolve().parent
 FAULTS = HERE / "configs" / "faults.yaml"
 
 #: CellSegUDA shrunk to a few thousand weights: every run of the suite takes about a second
-TINY = {"widths": [4, 8, 16], "disc_widths": [4, 4, 4, 4], "source_patch": [32, 32], "target_patch": [32, 32], "batch_size": 1}
+TINY = {
+    "widths": [4, 8, 16], "disc_widths": [4, 4, 4, 4], "source_patch": [32, 32], "target_patch": [32, 32],
+    "batch_size": 1,
+}
 
 
 def tiny_args(**extra: object) -> list[str]:
@@ -95,9 +98,15 @@ def error_line(stderr: str) -> str:
 
 def infer_args(input_dir: Path, output_dir: Path, ckpt: Path, **extra: object) -> list[str]:
     """``monai-uda infer`` arguments for the tiny segmenter."""
-    inference = {key: value for key, value in TINY.items() if key in ("widths", "target_patch")}  # keys of inference.yaml
-    return ["infer", "--input_dir", str(input_dir), "--output_dir", str(output_dir), "--ckpt_path", str(ckpt),
-            *[f"--{key}={json.dumps(value) if isinstance(value, (list, bool)) else value}" for key, value in {**inference, **extra}.items()]]
+    # keys of inference.yaml
+    inference = {key: value for key, value in TINY.items() if key in ("widths", "target_patch")}
+    return [
+        "infer", "--input_dir", str(input_dir), "--output_dir", str(output_dir), "--ckpt_path", str(ckpt),
+        *[
+            f"--{key}={json.dumps(value) if isinstance(value, (list, bool)) else value}"
+            for key, value in {**inference, **extra}.items()
+        ],
+    ]
 
 
 class Kit:

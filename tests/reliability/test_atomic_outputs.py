@@ -36,7 +36,9 @@ def test_inference_refuses_to_overwrite_an_input(tmp_path: Path, model_file: Pat
     before = _digests(images)
     code, stderr = kit.run(*kit.infer_args(images, images, model_file))
     line = kit.error_line(stderr)
-    assert code == 2 and "a_mask.png: output a_mask.png would overwrite an input image; choose another output_dir" in line, line
+    assert (
+        code == 2 and "a_mask.png: output a_mask.png would overwrite an input image; choose another output_dir" in line
+    ), line
     assert _digests(images) == before  # nothing written, nothing changed
 
 
@@ -47,7 +49,9 @@ def test_inference_into_the_input_folder_keeps_inputs(tmp_path: Path, model_file
     assert code == 0, stderr[-2000:]
     after = _digests(images)
     assert {name: after[name] for name in before} == before
-    assert set(after) - set(before) == {f"{s}_{kind}" for s in "ab" for kind in ("mask.png", "instances.tif", "overlay.png")}
+    assert set(after) - set(before) == {
+        f"{s}_{kind}" for s in "ab" for kind in ("mask.png", "instances.tif", "overlay.png")
+    }
     assert not [p for p in images.iterdir() if p.name.startswith(".tmp-")]
 
 
@@ -68,10 +72,14 @@ def test_failed_rewrite_keeps_the_previous_output(tmp_path: Path, model_file: Pa
         assert code == 2 and "a_instances.tif: cannot write output (No space left on device)" in kit.error_line(stderr)
     else:  # Ctrl-C: one line, exit 130, and still no partial output
         code, stderr = kit.run(*kit.infer_args(images, out, model_file))
-        assert code == 130 and stderr.strip().endswith("interrupted; a training continues from its newest checkpoint with --resume true")
+        assert code == 130 and stderr.strip().endswith(
+            "interrupted; a training continues from its newest checkpoint with --resume true"
+        )
     after = _digests(out)
     assert set(after) == set(before)  # no temporary or partial file left
-    assert after["a_instances.tif"] == before["a_instances.tif"] and after["b_instances.tif"] == before["b_instances.tif"]
+    assert (
+        after["a_instances.tif"] == before["a_instances.tif"] and after["b_instances.tif"] == before["b_instances.tif"]
+    )
 
 
 def test_write_array_is_all_or_nothing(tmp_path: Path, monkeypatch):
@@ -103,14 +111,18 @@ def _fail_nth_save(monkeypatch, n: int, match: str = "") -> list[int]:
 def test_disk_full_during_periodic_checkpoint_keeps_the_last_one(dataset: Path, tmp_path: Path, kit, monkeypatch):
     out = tmp_path / "run"
     _fail_nth_save(monkeypatch, 3)
-    code, stderr = kit.run("train", "--dataset_dir", dataset, "--output_dir", out, *kit.tiny_args(max_iterations=5, ckpt_interval=1))
+    code, stderr = kit.run(
+        "train", "--dataset_dir", dataset, "--output_dir", out, *kit.tiny_args(max_iterations=5, ckpt_interval=1)
+    )
     assert code == 2 and kit.error_line(stderr) == "error: cannot write (No space left on device)"
     monkeypatch.undo()
     # Ignite deletes the oldest of the n_saved=2 checkpoints before writing a new one: the newest good one stays
     assert sorted(p.name for p in out.glob("*.pt")) == ["checkpoint_iteration=2.pt"]
     assert torch.load(latest_checkpoint(out), weights_only=True)["trainer"]["iteration"] == 2
-    code, stderr = kit.run("train", "--dataset_dir", dataset, "--output_dir", out, *kit.tiny_args(max_iterations=5, ckpt_interval=1),
-                           "--resume", "true")
+    code, stderr = kit.run(
+        "train", "--dataset_dir", dataset, "--output_dir", out, *kit.tiny_args(max_iterations=5, ckpt_interval=1),
+        "--resume", "true",
+    )
     assert code == 0, stderr[-2000:]
     assert torch.load(out / "model.pt", weights_only=True).keys() == {"segmenter", "reconstructor", "discriminator"}
 
@@ -120,8 +132,10 @@ def test_disk_full_while_saving_the_final_model_keeps_the_previous_one(dataset: 
     assert kit.run("train", "--dataset_dir", dataset, "--output_dir", out, *kit.tiny_args(max_iterations=1))[0] == 0
     before = (out / "model.pt").read_bytes()
     _fail_nth_save(monkeypatch, 1, match=".tmp-")  # save_atomic's temporary file for model.pt
-    code, stderr = kit.run("train", "--dataset_dir", dataset, "--output_dir", out, *kit.tiny_args(max_iterations=2, seed=7),
-                           "--overwrite", "true")
+    code, stderr = kit.run(
+        "train", "--dataset_dir", dataset, "--output_dir", out, *kit.tiny_args(max_iterations=2, seed=7),
+        "--overwrite", "true",
+    )
     assert code == 2 and kit.error_line(stderr).endswith("model.pt: cannot write checkpoint (No space left on device)")
     assert (out / "model.pt").read_bytes() == before
     assert not list(out.glob(".tmp-*"))

@@ -46,28 +46,54 @@ def _five_channels(folder: Path) -> None:
 
 # (what is broken, how to break the dataset folder, file named in the error, reason in the error)
 TRAIN_CASES = {
-    "missing image": (lambda f: _edit_datalist(f, lambda d: d["source"][0].update(image="source/gone.tif")),
-                      "datalist.json", "'source' item 0 image 'source/gone.tif' does not exist"),
-    "unreadable image": (lambda f: (f / "target" / "t1.png").write_bytes(b"this is not a PNG"),
-                         "t1.png", "cannot read image (UnidentifiedImageError"),
+    "missing image": (
+        lambda f: _edit_datalist(f, lambda d: d["source"][0].update(image="source/gone.tif")),
+        "datalist.json", "'source' item 0 image 'source/gone.tif' does not exist",
+    ),
+    "unreadable image": (
+        lambda f: (f / "target" / "t1.png").write_bytes(b"this is not a PNG"),
+        "t1.png", "cannot read image (UnidentifiedImageError",
+    ),
     "truncated image": (lambda f: _truncate(f / "source" / "s1.tif"), "s1.tif", "cannot read image"),
-    "wrong channel count": (_five_channels, "t5.tif", "got shape (48, 48, 5): a 3D volume or an unsupported channel count"),
-    "NaN pixels": (lambda f: tifffile.imwrite(f / "source" / "s0.tif", np.where(np.eye(48) > 0, np.nan, 1.0).astype(np.float32)),
-                   "s0.tif", "image contains NaN or infinite pixels"),
-    "mask/image size mismatch": (lambda f: tifffile.imwrite(f / "source" / "s1_label.tif", np.zeros((40, 48), np.uint16)),
-                                 "s1_label.tif", "label shape (40, 48) does not match image shape (48, 48)"),
-    "negative label ids": (lambda f: tifffile.imwrite(f / "source" / "s0_label.tif", -np.eye(48, dtype=np.int32)),
-                           "s0_label.tif", "label map has negative ids (min -1)"),
-    "empty datalist": (lambda f: (f / "datalist.json").write_text('{"source": [], "target": []}'), "datalist.json", "empty datalist"),
-    "datalist naming a folder": (lambda f: _edit_datalist(f, lambda d: d["source"][0].update(image="source")),
-                                 "datalist.json", "'source' item 0 image 'source' is not a regular file"),
-    "domain with zero images": (lambda f: _edit_datalist(f, lambda d: d.update(target=[])),
-                                "datalist.json", "domain 'target' has zero images"),
-    "invalid JSON": (lambda f: (f / "datalist.json").write_text('{"source": [{"image": '), "datalist.json", "invalid JSON (line 1"),
-    "unlabelled source item": (lambda f: _edit_datalist(f, lambda d: d["source"][1].pop("label")),
-                               "datalist.json", "domain 'source' item 1"),
-    "3D image given to a 2D config": (lambda f: tifffile.imwrite(f / "source" / "s0.tif", np.zeros((12, 48, 48), np.uint8)),
-                                      "s0.tif", "expected a 2D image (grey, RGB or RGBA), got shape (12, 48, 48)"),
+    "wrong channel count": (
+        _five_channels, "t5.tif", "got shape (48, 48, 5): a 3D volume or an unsupported channel count",
+    ),
+    "NaN pixels": (
+        lambda f: tifffile.imwrite(f / "source" / "s0.tif", np.where(np.eye(48) > 0, np.nan, 1.0).astype(np.float32)),
+        "s0.tif", "image contains NaN or infinite pixels",
+    ),
+    "mask/image size mismatch": (
+        lambda f: tifffile.imwrite(f / "source" / "s1_label.tif", np.zeros((40, 48), np.uint16)),
+        "s1_label.tif", "label shape (40, 48) does not match image shape (48, 48)",
+    ),
+    "negative label ids": (
+        lambda f: tifffile.imwrite(f / "source" / "s0_label.tif", -np.eye(48, dtype=np.int32)),
+        "s0_label.tif", "label map has negative ids (min -1)",
+    ),
+    "empty datalist": (
+        lambda f: (f / "datalist.json").write_text('{"source": [], "target": []}'),
+        "datalist.json", "empty datalist",
+    ),
+    "datalist naming a folder": (
+        lambda f: _edit_datalist(f, lambda d: d["source"][0].update(image="source")),
+        "datalist.json", "'source' item 0 image 'source' is not a regular file",
+    ),
+    "domain with zero images": (
+        lambda f: _edit_datalist(f, lambda d: d.update(target=[])),
+        "datalist.json", "domain 'target' has zero images",
+    ),
+    "invalid JSON": (
+        lambda f: (f / "datalist.json").write_text('{"source": [{"image": '),
+        "datalist.json", "invalid JSON (line 1",
+    ),
+    "unlabelled source item": (
+        lambda f: _edit_datalist(f, lambda d: d["source"][1].pop("label")),
+        "datalist.json", "domain 'source' item 1",
+    ),
+    "3D image given to a 2D config": (
+        lambda f: tifffile.imwrite(f / "source" / "s0.tif", np.zeros((12, 48, 48), np.uint8)),
+        "s0.tif", "expected a 2D image (grey, RGB or RGBA), got shape (12, 48, 48)",
+    ),
 }
 
 
@@ -75,7 +101,9 @@ TRAIN_CASES = {
 def test_train_reports_bad_dataset_in_one_line(kind: str, dataset: Path, tmp_path: Path, kit):
     breaker, file_name, reason = TRAIN_CASES[kind]
     breaker(dataset)
-    code, stderr = kit.run("train", "--dataset_dir", dataset, "--output_dir", tmp_path / "run", *kit.tiny_args(max_iterations=1))
+    code, stderr = kit.run(
+        "train", "--dataset_dir", dataset, "--output_dir", tmp_path / "run", *kit.tiny_args(max_iterations=1)
+    )
     line = kit.error_line(stderr)
     assert code == 2
     assert line.startswith("error: ") and f"{file_name}: " in line and reason in line, line
@@ -83,16 +111,19 @@ def test_train_reports_bad_dataset_in_one_line(kind: str, dataset: Path, tmp_pat
 
 
 def test_2d_dataset_given_to_3d_config(dataset: Path, tmp_path: Path, kit):
-    code, stderr = kit.run("train", "--spatial_dims", 3, "--dataset_dir", dataset, "--output_dir", tmp_path / "run",
-                           "--widths=[4,8]", "--disc_widths=[4,4,4]", "--source_patch=[8,16,16]", "--target_patch=[8,16,16]",
-                           "--max_iterations", 1)
+    code, stderr = kit.run(
+        "train", "--spatial_dims", 3, "--dataset_dir", dataset, "--output_dir", tmp_path / "run", "--widths=[4,8]",
+        "--disc_widths=[4,4,4]", "--source_patch=[8,16,16]", "--target_patch=[8,16,16]", "--max_iterations", 1,
+    )
     line = kit.error_line(stderr)
     assert code == 2 and "s0.tif: expected a 3D image, got 2D (shape (48, 48))" in line, line
 
 
 def test_resume_without_checkpoint(dataset: Path, tmp_path: Path, kit):
-    code, stderr = kit.run("train", "--dataset_dir", dataset, "--output_dir", tmp_path / "run", *kit.tiny_args(max_iterations=1),
-                           "--resume", "true")
+    code, stderr = kit.run(
+        "train", "--dataset_dir", dataset, "--output_dir", tmp_path / "run", *kit.tiny_args(max_iterations=1),
+        "--resume", "true",
+    )
     assert code == 2 and kit.error_line(stderr).endswith("run: --resume true but no checkpoint to resume from")
 
 
@@ -100,30 +131,42 @@ def test_resume_without_checkpoint(dataset: Path, tmp_path: Path, kit):
 def test_resume_from_a_checkpoint_that_does_not_fit(kind: str, dataset: Path, tmp_path: Path, kit):
     out = tmp_path / "run"
     if kind == "other network sizes":
-        assert kit.run("train", "--dataset_dir", dataset, "--output_dir", out, *kit.tiny_args(max_iterations=1, ckpt_interval=1))[0] == 0
+        assert kit.run(
+            "train", "--dataset_dir", dataset, "--output_dir", out, *kit.tiny_args(max_iterations=1, ckpt_interval=1)
+        )[0] == 0
         reason = "size mismatch for model.0.conv.unit0.conv.weight"
     else:  # an AD-GAN-like checkpoint: other networks, no trainer state
         out.mkdir()
         torch.save({"generator": kit.tiny_segmenter().state_dict()}, out / "checkpoint_iteration=1.pt")
         reason = "Key 'trainer' from x is not found in y: dict_keys(['generator'])"
-    code, stderr = kit.run("train", "--dataset_dir", dataset, "--output_dir", out, *kit.tiny_args(max_iterations=2, ckpt_interval=1),
-                           "--widths=[8,16,32]", "--resume", "true")
+    code, stderr = kit.run(
+        "train", "--dataset_dir", dataset, "--output_dir", out, *kit.tiny_args(max_iterations=2, ckpt_interval=1),
+        "--widths=[8,16,32]", "--resume", "true",
+    )
     line = kit.error_line(stderr)
     if kind == "other network sizes":  # the run recorded its config (run_config.json): refused before loading
-        assert code == 2 and line.endswith("run: cannot resume: widths is [8, 16, 32] but the run that wrote this folder used "
-                                           "[4, 8, 16] (see run_config.json); resume with --widths [4, 8, 16], or start a new run "
-                                           "with --overwrite true or another --output_dir"), line
+        assert code == 2 and line.endswith(
+            "run: cannot resume: widths is [8, 16, 32] but the run that wrote this folder used "
+            "[4, 8, 16] (see run_config.json); resume with --widths [4, 8, 16], or start a new run "
+            "with --overwrite true or another --output_dir"
+        ), line
         (out / "run_config.json").unlink()  # a folder without a record: the loader's check
-        code, stderr = kit.run("train", "--dataset_dir", dataset, "--output_dir", out,
-                               *kit.tiny_args(max_iterations=2, ckpt_interval=1), "--widths=[8,16,32]", "--resume", "true")
+        code, stderr = kit.run(
+            "train", "--dataset_dir", dataset, "--output_dir", out, *kit.tiny_args(max_iterations=2, ckpt_interval=1),
+            "--widths=[8,16,32]", "--resume", "true",
+        )
         line = kit.error_line(stderr)
-    assert code == 2 and "checkpoint_iteration=1.pt: cannot resume: the checkpoint does not fit this configuration (" in line, line
+    assert (
+        code == 2
+        and "checkpoint_iteration=1.pt: cannot resume: the checkpoint does not fit this configuration (" in line
+    ), line
     assert reason in line and "another bundle or with other network sizes?" in line, line
 
 
 @pytest.mark.parametrize("bundle", ["cellseg_uda", "ad_gan", "cyc_pdam", "darcnn"])
 def test_every_resume_goes_through_the_one_line_loader(bundle: str):
-    """A checkpoint that does not fit is one ``error:`` line in every bundle (cyc_pdam and darcnn used MONAI's plain loader)."""
+    """A checkpoint that does not fit is one ``error:`` line in every bundle (cyc_pdam and darcnn used MONAI's
+    plain loader)."""
     import yaml
 
     def loaders(node):
@@ -137,15 +180,21 @@ def test_every_resume_goes_through_the_one_line_loader(bundle: str):
             for value in node:
                 yield from loaders(value)
 
-    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "bundles" / bundle / "configs" / "train.yaml").read_text(encoding="utf-8"))
+    config = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "bundles" / bundle / "configs" / "train.yaml").read_text(
+            encoding="utf-8"
+        )
+    )
     found = list(loaders(config))
     assert found and set(found) == {"monai_uda.engines.ResumeCheckpointLoader"}, found
 
 
 def test_false_means_false_on_the_command_line(dataset: Path, tmp_path: Path, kit):
     """fire keeps ``false`` as the string "false", which Python treats as true: ``--resume false`` resumed."""
-    code, stderr = kit.run("train", "--dataset_dir", dataset, "--output_dir", tmp_path / "run", *kit.tiny_args(max_iterations=1),
-                           "--resume", "false")
+    code, stderr = kit.run(
+        "train", "--dataset_dir", dataset, "--output_dir", tmp_path / "run", *kit.tiny_args(max_iterations=1),
+        "--resume", "false",
+    )
     assert code == 0, stderr[-2000:]
     assert (tmp_path / "run" / "model.pt").is_file()
 
@@ -182,12 +231,17 @@ def test_infer_volume_with_2d_config(tmp_path: Path, model_file: Path, kit):
 
 def test_infer_2d_rgb_image_with_3d_config(tmp_path: Path, kit):
     """Read as a volume, an RGB PNG would be one 40-slice-deep volume of 40x3 pixels: it is refused instead."""
-    torch.save({"segmenter": UNet(3, 1, 1, channels=[4, 8], strides=[2], num_res_units=1).state_dict()}, tmp_path / "model3d.pt")
+    torch.save(
+        {"segmenter": UNet(3, 1, 1, channels=[4, 8], strides=[2], num_res_units=1).state_dict()},
+        tmp_path / "model3d.pt",
+    )
     images = _input_dir(tmp_path)
     code, stderr = kit.run("infer", "--spatial_dims", 3, "--input_dir", images, "--output_dir", tmp_path / "out",
                            "--ckpt_path", tmp_path / "model3d.pt", "--widths=[4,8]", "--target_patch=[16,16,16]")
     line = kit.error_line(stderr)
-    assert code == 2 and "x.png: expected a 3D volume, got a 2D image with 3 channel(s) (shape (40, 40, 3))" in line, line
+    assert code == 2 and "x.png: expected a 3D volume, got a 2D image with 3 channel(s) (shape (40, 40, 3))" in line, (
+        line
+    )
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -209,7 +263,10 @@ def test_infer_bad_checkpoint(kind: str, tmp_path: Path, model_file: Path, kit):
         reason = "checkpoint has no network 'segmenter' (it has: generator)"
     elif kind == "wrong shape":
         torch.save({"segmenter": kit.tiny_segmenter([8, 16, 32]).state_dict()}, ckpt)
-        reason = "checkpoint does not fit the network ('model.0.conv.unit0.conv.weight' has shape (8, 3, 3, 3), network expects (4, 3, 3, 3)"
+        reason = (
+            "checkpoint does not fit the network "
+            "('model.0.conv.unit0.conv.weight' has shape (8, 3, 3, 3), network expects (4, 3, 3, 3)"
+        )
     elif kind == "pickled object":
         torch.save({"segmenter": _Touch(marker)}, ckpt)
         reason = "refused to load: the checkpoint holds Python objects"
@@ -275,12 +332,17 @@ def test_prepare_monuseg_malformed_polygons(tmp_path: Path, kit):
         _REGION.format(id=3, vertices=_vertex("abc", 3) + _vertex(4, 4) + _vertex(6, 9)),
         _REGION.format(id=4, vertices="".join(_vertex(x, y) for x, y in [(100, 100), (120, 100), (110, 120)])),
     ]
-    src = _monuseg(tmp_path, f"<Annotations><Annotation><Regions>{''.join(regions)}</Regions></Annotation></Annotations>")
+    src = _monuseg(
+        tmp_path, f"<Annotations><Annotation><Regions>{''.join(regions)}</Regions></Annotation></Annotations>"
+    )
     code, stderr = kit.run("prepare", "monuseg", src, tmp_path / "out")
     assert code == 0 and "Traceback" not in stderr
-    warnings = [line[line.index("warning:"):] for line in stderr.splitlines() if "warning:" in line]  # after tqdm's redraw
+    # after tqdm's redraw
+    warnings = [line[line.index("warning:"):] for line in stderr.splitlines() if "warning:" in line]
     assert len(warnings) == 3 and all("a.xml: region" in w for w in warnings), stderr
-    assert "region 2: 2 vertices" in warnings[0] and "region 3: vertex 0: non-numeric coordinates X='abc'" in warnings[1]
+    assert (
+        "region 2: 2 vertices" in warnings[0] and "region 3: vertex 0: non-numeric coordinates X='abc'" in warnings[1]
+    )
     assert "region 4: zero area after clipping to the 40x40 image" in warnings[2]
     label = read_label(tmp_path / "out" / "labels" / "a.tif")
     assert set(np.unique(label)) == {0, 1}  # only the well-formed square, id 1
@@ -342,7 +404,9 @@ def test_image_smaller_than_patch_trains_and_segments(tmp_path: Path, model_file
     for nucleus in np.unique(label)[1:]:  # every nucleus keeps its id and size
         assert int((item["label"] == int(nucleus)).sum()) == int((label == nucleus).sum())
 
-    code, stderr = kit.run("train", "--dataset_dir", data, "--output_dir", tmp_path / "run", *kit.tiny_args(max_iterations=2))
+    code, stderr = kit.run(
+        "train", "--dataset_dir", data, "--output_dir", tmp_path / "run", *kit.tiny_args(max_iterations=2)
+    )
     assert code == 0, stderr[-2000:]
     code, stderr = kit.run(*kit.infer_args(data / "test", tmp_path / "pred", tmp_path / "run" / "model.pt"))
     assert code == 0, stderr[-2000:]
@@ -354,7 +418,9 @@ def test_label_map_with_gaps_is_kept_and_scored(tmp_path: Path, kit):
     gapped[2:8, 2:8], gapped[12:20, 12:20], gapped[24:30, 3:9] = 3, 7, 20
     tifffile.imwrite(tmp_path / "g.tif", np.zeros((32, 32), np.uint8))
     tifffile.imwrite(tmp_path / "g_label.tif", gapped)
-    item = train_transforms(2, [32, 32], channels=1, augment=False)({"image": str(tmp_path / "g.tif"), "label": str(tmp_path / "g_label.tif")})
+    item = train_transforms(2, [32, 32], channels=1, augment=False)(
+        {"image": str(tmp_path / "g.tif"), "label": str(tmp_path / "g_label.tif")}
+    )
     np.testing.assert_array_equal(item["label"][0].numpy(), gapped)  # ids are not renumbered or binarised
 
     (tmp_path / "gt").mkdir()
@@ -362,7 +428,9 @@ def test_label_map_with_gaps_is_kept_and_scored(tmp_path: Path, kit):
     tifffile.imwrite(tmp_path / "gt" / "g.tif", gapped)
     consecutive = np.select([gapped == 3, gapped == 7, gapped == 20], [1, 2, 3], 0).astype(np.uint16)
     tifffile.imwrite(tmp_path / "pred" / "g_instances.tif", consecutive)
-    code, stderr = kit.run("evaluate", "--pred", tmp_path / "pred", "--gt", tmp_path / "gt", "--out", tmp_path / "m.json")
+    code, stderr = kit.run(
+        "evaluate", "--pred", tmp_path / "pred", "--gt", tmp_path / "gt", "--out", tmp_path / "m.json"
+    )
     assert code == 0, stderr[-2000:]
     mean = json.loads((tmp_path / "m.json").read_text())["mean"]
     assert mean["aji"] == 1.0 and mean["pq"] == 1.0 and mean["object_f1"] == 1.0

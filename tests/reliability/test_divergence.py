@@ -22,7 +22,9 @@ def with_faults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(("loss", "value", "iteration"), [("seg", "nan", 3), ("disc", "inf", 2)])
-def test_injected_bad_loss_stops_training_in_one_line(dataset: Path, tmp_path: Path, kit, with_faults, loss, value, iteration):
+def test_injected_bad_loss_stops_training_in_one_line(
+    dataset: Path, tmp_path: Path, kit, with_faults, loss, value, iteration
+):
     out = tmp_path / "run"
     code, stderr = kit.run("train", "--dataset_dir", dataset, "--output_dir", out, *kit.tiny_args(
         max_iterations=5, ckpt_interval=1, inject_nan_at=iteration, inject_loss=loss, inject_value=value))

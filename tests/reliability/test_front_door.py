@@ -24,7 +24,9 @@ TRAIN = REPO / "bundles" / "cellseg_uda" / "configs" / "train.yaml"
 def _python(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("MONAI_UDA_DEBUG", None)
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def _last_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -70,7 +72,10 @@ def test_help_through_a_subprocess_writes_nothing(tmp_path: Path):
     [
         (["train", "--max_iteration", "4"], "error: unknown option --max_iteration (did you mean --max_iterations?)"),
         (["infer", "--ckpt_pth", "x.pt"], "error: unknown option --ckpt_pth (did you mean --ckpt_path?)"),
-        (["train", "--network_def#channelz", "3"], "error: unknown option --network_def#channelz (did you mean --network_def#channels?)"),
+        (
+            ["train", "--network_def#channelz", "3"],
+            "error: unknown option --network_def#channelz (did you mean --network_def#channels?)",
+        ),
         (["demo", "--ouput_dir", "x"], "error: unknown option --ouput_dir (did you mean --output_dir?)"),
         (["trian"], "error: unknown command 'trian' (did you mean train?)"),
         (["train", "--max_iterations", "abc"], "error: --max_iterations must be a whole number >= 1, got 'abc'"),
@@ -78,7 +83,10 @@ def test_help_through_a_subprocess_writes_nothing(tmp_path: Path):
         (["train", "--max_iterations", "0"], "error: --max_iterations must be a whole number >= 1, got 0"),
         (["train", "--max_iterations", "-1"], "error: --max_iterations must be a whole number >= 1, got -1"),
         (["train", "--batch_size=0"], "error: --batch_size must be a whole number >= 1, got 0"),
-        (["train", "--bundle", "cyc_pdam", "--cyclegan_iterations", "0"], "error: --cyclegan_iterations must be a whole number >= 1, got 0"),
+        (
+            ["train", "--bundle", "cyc_pdam", "--cyclegan_iterations", "0"],
+            "error: --cyclegan_iterations must be a whole number >= 1, got 0",
+        ),
         (["train", "--lr_segmenter", "fast"], "error: --lr_segmenter must be a number, got 'fast'"),
         (["train", "--resume", "maybe"], "error: --resume must be true or false, got 'maybe'"),
         (["demo", "--max_iterations", "abc"], "error: --max_iterations must be a whole number >= 1, got 'abc'"),
@@ -106,11 +114,17 @@ def test_component_arguments_are_known_options():
         (["--max_iteration", 4], "error: unknown option --max_iteration (did you mean --max_iterations?)"),
         (["--max_iterations", "abc"], "error: --max_iterations must be a whole number >= 1, got 'abc'"),
         (["--max_iterations=-1"], "error: --max_iterations must be a whole number >= 1, got -1"),
-        (["--dataset_dir", "/nonexistent/data", "--max_iterations", 1], "error: /nonexistent/data: datalist file does not exist"),
+        (
+            ["--dataset_dir", "/nonexistent/data", "--max_iterations", 1],
+            "error: /nonexistent/data: datalist file does not exist",
+        ),
     ],
 )
 def test_monai_bundle_run_answers_slips_in_one_last_line(args: list[object], line: str, tmp_path: Path):
-    result = _python("-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--output_dir", tmp_path / "run", *args, cwd=tmp_path)
+    result = _python(
+        "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--output_dir", tmp_path / "run", *args,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     assert _last_line(result) == line
     assert not (tmp_path / "run" / "model.pt").exists()
@@ -119,9 +133,15 @@ def test_monai_bundle_run_answers_slips_in_one_last_line(args: list[object], lin
 def test_monai_bundle_debug_switch_shows_the_traceback(tmp_path: Path):
     env_debug = {"MONAI_UDA_DEBUG": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "evaluate", "--config_file", str(TRAIN.with_name("evaluate.yaml")),
-         "--pred_dir", str(tmp_path / "none")],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), **env_debug}, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable, "-m", "monai.bundle", "run", "evaluate",
+            "--config_file", str(TRAIN.with_name("evaluate.yaml")), "--pred_dir", str(tmp_path / "none"),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env_debug},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2 and "Traceback" in result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'none'}: folder does not exist"
@@ -136,11 +156,17 @@ def _truncated(folder: Path) -> None:
     (folder / "source" / "s1.tif").write_bytes(data[: len(data) // 2])
 
 
-@pytest.mark.parametrize(("breaker", "reason"), [(_mismatch, "does not match image shape"), (_truncated, "cannot read image")])
-def test_data_error_while_caching_ends_with_exit_2_through_both_doors(breaker, reason: str, dataset: Path, tmp_path: Path, kit):
+@pytest.mark.parametrize(
+    ("breaker", "reason"), [(_mismatch, "does not match image shape"), (_truncated, "cannot read image")]
+)
+def test_data_error_while_caching_ends_with_exit_2_through_both_doors(
+    breaker, reason: str, dataset: Path, tmp_path: Path, kit
+):
     breaker(dataset)
     tiny = kit.tiny_args(max_iterations=1)
-    cli = _python("-m", "monai_uda.cli", "train", "--dataset_dir", dataset, "--output_dir", tmp_path / "a", *tiny, cwd=tmp_path)
+    cli = _python(
+        "-m", "monai_uda.cli", "train", "--dataset_dir", dataset, "--output_dir", tmp_path / "a", *tiny, cwd=tmp_path
+    )
     bundle = _python("-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--dataset_dir", dataset,
                      "--output_dir", tmp_path / "b", *tiny, cwd=tmp_path)
     for result in (cli, bundle):
@@ -163,7 +189,9 @@ def test_cache_threads_have_stopped_when_an_item_fails(tmp_path: Path):
         "        t = torch.nn.functional.avg_pool2d(t[None], 3, 1, 1)[0]\n"
         "    return x\n"
         "try:\n"
-        "    StoppingCacheDataset([{'i': i} for i in range(3)], Compose([Lambda(load)]), num_workers=int(sys.argv[1]), progress=False)\n"
+        "    StoppingCacheDataset(\n"
+        "        [{'i': i} for i in range(3)], Compose([Lambda(load)]), num_workers=int(sys.argv[1]), progress=False\n"
+        "    )\n"
         "except RuntimeError:\n"
         "    sys.exit(2)\n"
     )
@@ -178,7 +206,10 @@ def test_not_a_checkpoint_and_tiny_rgb_image(tmp_path: Path, kit):
     (tmp_path / "notes.txt").write_text("not weights\n")
     for fake in (tmp_path / "notes.txt", inputs / "tiny.png"):
         code, stderr = kit.run(*kit.infer_args(inputs, tmp_path / "out", fake))
-        assert code == 2 and kit.error_line(stderr) == f"error: {fake}: not a checkpoint (not a file written by torch.save)"
+        assert (
+            code == 2
+            and kit.error_line(stderr) == f"error: {fake}: not a checkpoint (not a file written by torch.save)"
+        )
 
     from monai_uda.data.io import read_image
 
@@ -198,15 +229,22 @@ def test_every_config_users_run_checks_its_command_line_first(bundle: str):
 
 
 def test_input_error_in_a_distributed_worker_is_its_last_line(dataset: Path, tmp_path: Path, kit):
-    """torch.distributed wraps sys.excepthook and buffers stderr: the error line must still be printed (torchrun worker)."""
+    """torch.distributed wraps sys.excepthook and buffers stderr: the error line must still be printed
+    (torchrun worker)."""
     _mismatch(dataset)
     env = {**os.environ, "PYTHONPATH": str(REPO), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29531"}
     configs = f"['{TRAIN}','{TRAIN.with_name('multi_gpu_train.yaml')}']"
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", configs, "--dataset_dir", str(dataset),
-         "--output_dir", str(tmp_path / "run"), *kit.tiny_args(max_iterations=1)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", configs,
+            "--dataset_dir", str(dataset), "--output_dir", str(tmp_path / "run"), *kit.tiny_args(max_iterations=1),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2, result.stderr[-3000:]
     assert _last_line(result).startswith("error: ") and "does not match image shape" in _last_line(result)

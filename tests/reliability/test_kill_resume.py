@@ -29,7 +29,11 @@ def _iterations(folder: Path) -> list[int]:
 
 def _kill_after_checkpoint(command: list[str], out: Path, log: Path, iteration: int, timeout: float = 240.0) -> int:
     """Start ``command``, SIGKILL it once ``checkpoint_iteration=<iteration>.pt`` exists; returns the exit code."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "MKL_NUM_THREADS": str(torch.get_num_threads())}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),
+        "MKL_NUM_THREADS": str(torch.get_num_threads()),
+    }
     with open(log, "w") as log_file:
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         try:
@@ -48,10 +52,12 @@ def _kill_after_checkpoint(command: list[str], out: Path, log: Path, iteration: 
 def test_kill9_then_resume_gives_the_uninterrupted_weights(dataset: Path, tmp_path: Path, kit):
     killed, full = tmp_path / "killed", tmp_path / "full"
     overrides = kit.tiny_args(max_iterations=MAX_ITERATIONS, ckpt_interval=1)
-    command = [sys.executable, "-m", "monai.bundle", "run", "training",
-               "--config_file", json.dumps([str(kit.CONFIGS / "train.yaml"), str(kit.FAULTS)]),
-               "--meta_file", str(kit.CONFIGS / "metadata.json"), "--dataset_dir", str(dataset), "--output_dir", str(killed),
-               "--iteration_delay", "0.3", *overrides]
+    command = [
+        sys.executable, "-m", "monai.bundle", "run", "training",
+        "--config_file", json.dumps([str(kit.CONFIGS / "train.yaml"), str(kit.FAULTS)]),
+        "--meta_file", str(kit.CONFIGS / "metadata.json"), "--dataset_dir", str(dataset), "--output_dir", str(killed),
+        "--iteration_delay", "0.3", *overrides,
+    ]
     assert _kill_after_checkpoint(command, killed, tmp_path / "killed.log", iteration=2) == -signal.SIGKILL
 
     # what the kill left: complete checkpoints only, no final model

@@ -1,4 +1,5 @@
-"""Outputs never collide and never go over what is not a regular file: inputs sharing a stem, symlinks, devices, umask."""
+"""Outputs never collide and never go over what is not a regular file: inputs sharing a stem, symlinks, devices,
+umask."""
 
 from __future__ import annotations
 
@@ -34,14 +35,18 @@ def test_inputs_sharing_a_stem_get_distinct_outputs(tmp_path: Path, model_file: 
         assert f"{stem}_mask.png" in names and f"{stem}_instances.tif" in names, names
     assert not any(n.startswith("x_mask") for n in names)
     # x.png's result is its own (y.png is the same image), not x.tif's
-    np.testing.assert_array_equal(np.asarray(Image.open(out / "x_png_instances.tif")), np.asarray(Image.open(out / "y_instances.tif")))
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(out / "x_png_instances.tif")), np.asarray(Image.open(out / "y_instances.tif"))
+    )
 
     # an input whose own stem is another's disambiguated name: refused before anything is written
     Image.fromarray(rgb).save(images / "x_png.png")
     fresh = tmp_path / "fresh"
     code, stderr = kit.run(*kit.infer_args(images, fresh, model_file))
     line = kit.error_line(stderr)
-    assert code == 2 and line.endswith("x_png_mask.png: two inputs would write output x_png_mask.png; rename one of them"), line
+    assert code == 2 and line.endswith(
+        "x_png_mask.png: two inputs would write output x_png_mask.png; rename one of them"
+    ), line
     assert _outputs(fresh) == []
 
 
