@@ -13,7 +13,7 @@ import pytest
 import torch
 from ignite.engine import Events
 
-from monai_uda.engines import AdaptationTrainer, checkpoint_objects
+from monai_uda.engines import AdaptationTrainer, ScheduleHandler, checkpoint_objects
 from monai_uda.methods.ad_gan import ADGAN
 from monai_uda.methods.cyc_pdam import CycleGANStage, PDAMStage
 from monai_uda.methods.darcnn import DARCNNStage1
@@ -56,8 +56,12 @@ def _ad_gan(_: dict) -> tuple[ADGAN, list, dict]:
 
 
 def schedule_handlers(kind: str, method: Any) -> list:
-    """The schedule handlers the bundle configs attach for ``kind`` (none: the method schedules itself)."""
-    return []
+    """The schedule handlers the bundle configs attach for ``kind``."""
+    if kind == "pdam":
+        return [ScheduleHandler(method.lr_at), ScheduleHandler(method.grl_alpha_at, "grl_alpha")]
+    if kind == "darcnn":
+        return [ScheduleHandler(method.sim_weight_at, "sim")]
+    return [ScheduleHandler(method.lr_at)]
 
 
 BUILD: dict[str, Callable[[dict], tuple[Any, list, dict]]] = {"cyclegan": _cyclegan, "pdam": _pdam, "darcnn": _darcnn, "ad_gan": _ad_gan}

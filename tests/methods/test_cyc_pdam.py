@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from monai_uda.engines import ScheduleHandler
 from monai_uda.methods.cyc_pdam import (
     PDAM_VARIANTS,
     CycleGANStage,
@@ -85,7 +86,10 @@ def test_one_pdam_step_updates_detector_and_all_three_discriminators(small_pdam)
         "instance_discriminator": net.instance_discriminator,
     }
     before = {name: _snapshot(module) for name, module in parts.items()}
-    out = method.step(_engine(5, 10), _batch())
+    engine = _engine(5, 10)
+    for handler in (ScheduleHandler(method.lr_at), ScheduleHandler(method.grl_alpha_at, "grl_alpha")):  # as the config attaches them
+        handler(SimpleNamespace(state=engine.state, method=method))
+    out = method.step(engine, _batch())
     assert [name for name, module in parts.items() if not _changed(module, before[name])] == []
     assert out["grl_alpha"] == pytest.approx(grl_alpha(4 / 9)) and out["lr"] == pytest.approx(0.002)
     for key in ("mask", "objectness", "semseg", "da_image", "da_semantic", "da_instance", "total"):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from monai_uda.engines.distributed import average_gradients
+from monai_uda.engines import ScheduleHandler
 from monai_uda.methods.darcnn import DARCNNStage1, DARCNNStage2, alpha_ramp, build_for_benchmark
 from monai_uda.networks.domain_separation import DomainSeparationMaskRCNN
 
@@ -53,7 +54,9 @@ def test_stage1_step_updates_all_but_the_target_head(tiny_rcnn):
     }
     before = {name: _snapshot(m) for name, m in parts.items()}
     head_t = _snapshot(net.heads["target"])
-    losses = method.step(_engine(2), _batch())
+    engine = _engine(2)
+    ScheduleHandler(method.sim_weight_at, "sim")(SimpleNamespace(state=engine.state, method=method))  # as the config attaches it
+    losses = method.step(engine, _batch())
     assert losses["alpha"] == pytest.approx(0.5)
     for key in ("source", "sim", "diff", "target", "total"):
         assert torch.isfinite(losses[key]), key
