@@ -19,7 +19,11 @@ from ignite.handlers import ProgressBar
 from monai.handlers import CheckpointSaver, StatsHandler, TensorBoardStatsHandler
 
 from monai_uda import flag
-from monai_uda.engines.checkpoint import AtomicCheckpointSaver, FinalModelSaver, checkpoint_objects
+from monai_uda.engines.checkpoint import (
+    AtomicCheckpointSaver,
+    FinalModelSaver,
+    checkpoint_objects,
+)
 
 __all__ = ["training_outputs"]
 

@@ -26,7 +26,12 @@ from typing import Any
 from torch import nn
 
 from monai_uda import flag
-from monai_uda.engines.checkpoint import ResumeCheckpointLoader, checkpoint_objects, latest_checkpoint, load_network_weights
+from monai_uda.engines.checkpoint import (
+    ResumeCheckpointLoader,
+    checkpoint_objects,
+    latest_checkpoint,
+    load_network_weights,
+)
 
 __all__ = ["Stage"]
 

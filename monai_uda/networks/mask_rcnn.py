@@ -8,10 +8,10 @@ GroupNorm for batch size 1, any number of input channels) and loads optional use
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -67,6 +67,16 @@ def _normalisation(
     return image_mean, image_std
 
 
+def _resnet_fpn(backbone: str, norm: str, in_channels: int, trainable_layers: int) -> tuple[nn.Module, Callable[[int], nn.Module] | None]:
+    """The ResNet-FPN feature extractor (random weights) and the normalisation of the FPN and mask head."""
+    norm_layer = _norm_layer(norm)
+    body = getattr(resnet, backbone)(weights=None, norm_layer=norm_layer)
+    if in_channels != 3:
+        body.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    fpn_norm = None if norm == "frozen_batch" else norm_layer
+    return _resnet_fpn_extractor(body, trainable_layers, norm_layer=fpn_norm), fpn_norm
+
+
 def build_mask_rcnn(
     backbone: str = "resnet50",
     norm: str = "group",
@@ -111,27 +121,15 @@ def build_mask_rcnn(
     """
     _check_settings(backbone, norm, num_classes, in_channels, anchor_sizes)
     kwargs.update(extra_kwargs or {})
-    norm_layer = _norm_layer(norm)
-    body = getattr(resnet, backbone)(weights=None, norm_layer=norm_layer)
-    if in_channels != 3:
-        body.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    fpn_norm = None if norm == "frozen_batch" else norm_layer
-    features = _resnet_fpn_extractor(body, trainable_layers, norm_layer=fpn_norm)
+    features, fpn_norm = _resnet_fpn(backbone, norm, in_channels, trainable_layers)
     image_mean, image_std = _normalisation(in_channels, image_mean, image_std)
     kwargs.setdefault(
         "rpn_anchor_generator",
         AnchorGenerator(tuple((int(s),) for s in anchor_sizes), (tuple(float(r) for r in aspect_ratios),) * 5),
     )
     kwargs.setdefault("mask_head", MaskRCNNHeads(features.out_channels, [256] * 4, 1, norm_layer=fpn_norm))
-    model = MaskRCNN(
-        features,
-        num_classes=num_classes,
-        min_size=min_size,
-        max_size=max_size,
-        image_mean=list(image_mean),
-        image_std=list(image_std),
-        **kwargs,
-    )
+    model = MaskRCNN(features, num_classes=num_classes, min_size=min_size, max_size=max_size,
+                     image_mean=list(image_mean), image_std=list(image_std), **kwargs)
     if weights_path is not None:
         load_mask_rcnn_weights(model, weights_path)
     return model

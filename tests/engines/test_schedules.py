@@ -7,7 +7,8 @@ uninterrupted and after a resume from a checkpoint in the middle of the run.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -25,11 +26,12 @@ RESUME_AT = 3
 
 
 def _detection_batch() -> dict[str, torch.Tensor]:
+    """One 64 x 64 source image with two square nuclei and a target image (the schedules do not depend on it)."""
     label = torch.zeros(1, 1, 64, 64, dtype=torch.int64)
-    label[0, 0, 8:20, 10:24] = 1
-    label[0, 0, 36:50, 30:42] = 2
-    source = (label > 0).float().expand(-1, 3, -1, -1) * 0.8 + 0.1
-    return {"source_image": source.contiguous(), "source_label": label, "target_image": 1.0 - 0.5 * source}
+    for index, (y, x) in enumerate(((10, 12), (38, 32)), start=1):
+        label[0, 0, y : y + 12, x : x + 12] = index
+    image = (label > 0).float().repeat(1, 3, 1, 1) * 0.8 + 0.1
+    return {"source_image": image, "source_label": label, "target_image": 1.0 - 0.5 * image}
 
 
 def _cyclegan(_: dict) -> tuple[CycleGANStage, list, dict]:

@@ -9,7 +9,12 @@ import pytest
 import torch
 from monai.handlers import CheckpointSaver, StatsHandler
 
-from monai_uda.engines import AtomicCheckpointSaver, FinalModelSaver, Stage, training_outputs
+from monai_uda.engines import (
+    AtomicCheckpointSaver,
+    FinalModelSaver,
+    Stage,
+    training_outputs,
+)
 from monai_uda.engines.run_folder import RunFolder
 from monai_uda.errors import UDAInputError
 

@@ -21,7 +21,6 @@ from monai_uda.methods.cyc_pdam import (
 from monai_uda.networks.pdam import PDAMDetector
 
 
-
 def _engine(iteration: int, max_iterations: int) -> SimpleNamespace:
     return SimpleNamespace(state=SimpleNamespace(iteration=iteration, max_iterations=max_iterations))
 

@@ -5,11 +5,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from monai_uda.engines.distributed import average_gradients
 from monai_uda.engines import ScheduleHandler
-from monai_uda.methods.darcnn import DARCNNStage1, DARCNNStage2, alpha_ramp, build_for_benchmark
+from monai_uda.engines.distributed import average_gradients
+from monai_uda.methods.darcnn import (
+    DARCNNStage1,
+    DARCNNStage2,
+    alpha_ramp,
+    build_for_benchmark,
+)
 from monai_uda.networks.domain_separation import DomainSeparationMaskRCNN
-
 
 
 def _engine(iteration: int = 1) -> SimpleNamespace:
