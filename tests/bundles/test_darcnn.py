@@ -137,6 +137,8 @@ def _resume_parser(output_dir: Path, sample_2d: Path, resume: bool) -> ConfigPar
     parser = ConfigParser()
     parser.read_config(_cfg("train.yaml"))
     parser.update({"output_dir": str(output_dir), "dataset_dir": str(sample_2d), "resume": resume, **TINY_TRAIN})
+    if not resume:  # the stages' plan alone: a new run over these checkpoints would be refused by the run folder
+        parser.update({"stage1_handlers": [], "stage2_handlers": []})
     return parser
 
 
