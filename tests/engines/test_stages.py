@@ -12,6 +12,7 @@ from monai.handlers import CheckpointSaver, StatsHandler
 from monai_uda.engines import (
     AtomicCheckpointSaver,
     FinalModelSaver,
+    ResumeCheckpointLoader,
     Stage,
     training_outputs,
 )
@@ -54,6 +55,7 @@ def test_resume_continues_from_the_newest_checkpoint_and_needs_one_in_the_first_
     newest = _checkpoint(tmp_path / "one", 4)
     stage = Stage("one", _Trainer(), str(tmp_path / "one"), resume="true")
     assert not stage.finished and stage.checkpoint == str(newest)
+    assert isinstance(stage.resume_loader(), ResumeCheckpointLoader)  # a checkpoint that does not fit: one error line
     with pytest.raises(UDAInputError, match="no checkpoint to resume from"):
         Stage("two", _Trainer(), str(tmp_path / "two"), resume=True)
     assert Stage("two", _Trainer(), str(tmp_path / "two"), resume=True, require_checkpoint=False).checkpoint is None
