@@ -14,6 +14,9 @@ from monai_uda.engines.checkpoint import (
 )
 from monai_uda.engines.distributed import distributed_device, init_distributed, is_main_process, wrap_ddp
 from monai_uda.engines.method import AdaptationMethod
+from monai_uda.engines.handlers import training_outputs
+from monai_uda.engines.schedules import ScheduleHandler
+from monai_uda.engines.stages import Stage
 from monai_uda.engines.trainer import (
     AdaptationTrainer,
     IndexedEpochDataset,
@@ -31,6 +34,8 @@ __all__ = [
     "RNGState",
     "ResumeCheckpointLoader",
     "ResumableSampler",
+    "ScheduleHandler",
+    "Stage",
     "TrainingDivergedError",
     "checkpoint_objects",
     "distributed_device",
@@ -41,4 +46,5 @@ __all__ = [
     "load_network_weights",
     "make_train_loader",
     "save_atomic",
+    "training_outputs",
 ]

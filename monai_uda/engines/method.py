@@ -14,13 +14,14 @@ takes the sum of the micro-batches' gradients, each weighted by its share of the
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
+from monai_uda import flag
 from monai_uda.engines.distributed import average_gradients
 
 __all__ = ["AdaptationMethod"]
@@ -36,16 +37,16 @@ class AdaptationMethod(nn.Module):
 
     Args:
         optimizers: name -> optimiser, filled by the subclass once its networks exist.
-        amp: use ``torch.autocast`` in :meth:`autocast` (CUDA float16 / CPU bfloat16; set
+        amp: use ``torch.autocast`` in :meth:`autocast` (a bool or a true/false word, as the command line gives it) (CUDA float16 / CPU bfloat16; set
             :attr:`amp_dtype` to choose). Float16 losses are scaled by a ``GradScaler`` per optimiser.
     """
 
     #: name of the sub-module used for inference (segmenter / generator / detector)
     inference_network_name: str = "segmenter"
 
-    def __init__(self, amp: bool = False) -> None:
+    def __init__(self, amp: Any = False) -> None:
         super().__init__()
-        self.amp = amp
+        self.amp = flag(amp)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.loss_weights: dict[str, float] = {}
         #: autocast dtype; ``None``: float16 on CUDA, bfloat16 elsewhere
@@ -91,14 +92,14 @@ class AdaptationMethod(nn.Module):
         device_type, dtype = self._autocast_args()
         return torch.autocast(device_type=device_type, dtype=dtype, enabled=self.amp)
 
-    def enable_amp(self, amp: bool) -> None:
+    def enable_amp(self, amp: Any) -> None:
         """Switch autocast on or off, with a ``GradScaler`` per optimiser when it runs in float16.
 
         Float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs
         none. Called by the trainer once the method is on its device, so the scalers exist (and
         are checkpointed, :meth:`checkpoint_objects`) before a resumed run loads them.
         """
-        self.amp = bool(amp)
+        self.amp = flag(amp)
         device_type, dtype = self._autocast_args()
         if self.amp and dtype == torch.float16:
             self.scalers = {name: self.scalers.get(name) or torch.amp.GradScaler(device_type) for name in self.optimizers}
@@ -109,8 +110,8 @@ class AdaptationMethod(nn.Module):
     def last_micro_batch(self) -> bool:
         """False while the trainer runs an earlier micro-batch of an iteration.
 
-        Once-per-iteration side effects that are not optimiser steps (learning-rate schedulers,
-        moving averages of weights) belong under ``if self.last_micro_batch``.
+        Once-per-iteration side effects that are not optimiser steps (moving averages of weights)
+        belong under ``if self.last_micro_batch``; schedules are handlers that run once per iteration.
         """
         return self._last_micro
 
@@ -174,6 +175,19 @@ class AdaptationMethod(nn.Module):
         scaler.step(optimizer)
         if scaler not in (self.scalers.get(other) for other in self._scaled_by.values()):
             scaler.update()  # the last optimiser this scaler scaled in this iteration
+
+    def set_scheduled(self, name: str, value: float, optimizers: Sequence[str] | None = None) -> None:
+        """Set a scheduled value (:class:`~monai_uda.engines.schedules.ScheduleHandler`, before each iteration).
+
+        ``"lr"``: the learning rate of ``optimizers`` (names; default all); any other name: the loss
+        weight ``loss_weights[name]``. Subclasses add their own scheduled parameters.
+        """
+        if name != "lr":
+            self.loss_weights[name] = float(value)
+            return
+        for key in self.optimizers if optimizers is None else optimizers:
+            for group in self.optimizers[key].param_groups:
+                group["lr"] = value
 
     def networks(self) -> dict[str, nn.Module]:
         """The sub-modules that hold weights (loss modules without state are left out), DDP unwrapped."""

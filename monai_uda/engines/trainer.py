@@ -23,6 +23,7 @@ from ignite.engine import Events
 from monai.engines import Trainer
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from monai_uda import flag
 from monai_uda.engines.memory import MemoryPlan, batch_length, plan_training, split_batch
 from monai_uda.engines.method import AdaptationMethod
 from monai_uda.errors import TrainingDivergedError
@@ -139,7 +140,7 @@ class AdaptationTrainer(Trainer):
         train_data_loader: loader of unpaired batches (see :func:`make_train_loader`).
         method: the method; moved to ``device``.
         epoch_length: iterations per virtual epoch (``ckpt_interval`` is a good choice).
-        amp: enable autocast in the method (``method.amp``).
+        amp: enable autocast in the method (``method.amp``); booleans here may be true/false words.
         handlers: MONAI/Ignite handlers with ``attach(engine)``.
         non_blocking: non-blocking host-to-device copies.
         memory_check: at the first iteration, measure the step and fit it to the device's memory
@@ -155,10 +156,10 @@ class AdaptationTrainer(Trainer):
         train_data_loader: DataLoader,
         method: AdaptationMethod,
         epoch_length: int | None = None,
-        amp: bool = False,
+        amp: Any = False,
         handlers: Sequence | None = None,
         non_blocking: bool = False,
-        memory_check: bool = False,
+        memory_check: Any = False,
         memory_hint: str | None = None,
     ) -> None:
         if max_iterations < 1:
@@ -176,7 +177,7 @@ class AdaptationTrainer(Trainer):
         )
         self.method = method.to(self.state.device)
         self.method.enable_amp(amp)
-        self.memory_check, self.memory_hint = bool(memory_check), memory_hint
+        self.memory_check, self.memory_hint = flag(memory_check), memory_hint
         self.memory_plan: MemoryPlan | None = None
         self.network = self.method  # what MONAI handlers expect to find
         self.state.max_iterations = int(max_iterations)

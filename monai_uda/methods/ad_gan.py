@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from monai.losses import PatchAdversarialLoss
 from torch.func import functional_call
 
+from monai_uda import flag
 from monai_uda.engines.method import AdaptationMethod
 from monai_uda.networks.adain import IMAGE_DOMAIN, MASK_DOMAIN, AdaINGenerator, DomainTranslator
 from monai_uda.networks.patchgan import PatchDiscriminator
@@ -54,12 +55,14 @@ class ADGAN(AdaptationMethod):
         lambda_rec, lambda_ctr, lambda_cyc, lambda_adv: loss weights (paper: 20, 1, 20, 1).
         gan_mode: ``"least_squares"`` (official code) or ``"bce"``.
         lr, weight_decay, betas: Adam settings for both optimisers.
-        constant_iterations, decay_iterations: learning rate constant, then linear decay to 0.
+        constant_iterations, decay_iterations: learning rate constant, then linear decay to 0
+            (:meth:`lr_at`, which the config attaches as a schedule handler).
         use_rec, use_ctr, use_cyc: the paper's Table 3 loss ablations (``False`` drops the loss).
             Without ``L_rec`` nothing else would train the decoder, so it is not frozen then.
         encoder_adain: ``False``: plain instance norm in the encoder (Table 3 "w/o AdaIN").
         aligned: ``False``: no ADT (Table 3 "w/o ADT"): every loss updates the decoder and D
             compares real images with translations.
+            The switches take a bool or a true/false word (as the command line gives it).
         amp: bfloat16 (CPU) / float16 (CUDA) autocast for the forward passes.
         channels_last: channels-last memory format for the networks and inputs.
     """
@@ -93,6 +96,7 @@ class ADGAN(AdaptationMethod):
         channels_last: bool = False,
     ) -> None:
         super().__init__(amp=amp)
+        use_rec, use_ctr, use_cyc, encoder_adain, aligned = (flag(v) for v in (use_rec, use_ctr, use_cyc, encoder_adain, aligned))
         if gan_mode not in ("least_squares", "bce"):
             raise ValueError(f"gan_mode must be 'least_squares' or 'bce', got {gan_mode!r}")
         if disc_channels is None:
@@ -118,17 +122,15 @@ class ADGAN(AdaptationMethod):
             "generator": torch.optim.Adam(self.generator.parameters(), **adam),
             "discriminator": torch.optim.Adam(self.discriminator.parameters(), **adam),
         }
+        self.lr, self.constant_iterations, self.decay_iterations = lr, constant_iterations, decay_iterations
 
-        def factor(epoch: int) -> float:
-            return 1.0 - max(0, epoch - constant_iterations) / max(decay_iterations, 1)
+    def lr_at(self, iteration: int, max_iterations: int) -> float:
+        """The learning rate of ``iteration``: ``lr`` for ``constant_iterations`` finished iterations, then linear decay to 0.
 
-        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, factor) for name, opt in self.optimizers.items()}
-
-    def checkpoint_objects(self) -> dict[str, Any]:
-        """Networks, optimisers and the learning-rate schedules."""
-        objects = super().checkpoint_objects()
-        objects.update({f"scheduler_{name}": s for name, s in self.schedulers.items()})
-        return objects
+        The official code steps a scheduler after every iteration, so iteration ``i`` (1-based) uses
+        the factor of ``i - 1`` finished ones. For a :class:`~monai_uda.engines.ScheduleHandler`.
+        """
+        return self.lr * (1.0 - max(0, iteration - 1 - self.constant_iterations) / max(self.decay_iterations, 1))
 
     # ------------------------------------------------------------------ forward pieces
     def _decode_frozen(self, content: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
@@ -193,10 +195,7 @@ class ADGAN(AdaptationMethod):
         self.backward(loss_d, "discriminator", inputs=[p for p in self.discriminator.parameters() if p.requires_grad])
         self.step_optimizer("generator")
         self.step_optimizer("discriminator")
-        lr = opt_g.param_groups[0]["lr"]
-        if self.last_micro_batch:  # once per iteration, also when the batch runs as micro-batches
-            for scheduler in self.schedulers.values():
-                scheduler.step()
+        lr = opt_g.param_groups[0]["lr"]  # set by the schedule handler (lr_at)
         logs: dict[str, torch.Tensor | float] = {f"loss_{name}": value.detach() for name, value in losses.items()}
         logs.update({"loss_g": loss_g.detach(), "loss_d": loss_d.detach(), "lr": lr})
         return logs

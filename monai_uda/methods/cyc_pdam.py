@@ -124,11 +124,6 @@ def pdam_lr(
     return lr
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
 class CycleGANStage(AdaptationMethod):
     """CyC-PDAM stage 1: CycleGAN between the source (e.g. fluorescence) and target styles.
 
@@ -137,7 +132,8 @@ class CycleGANStage(AdaptationMethod):
         source_channels: channels of the source images; target_channels: of the target images.
         channels: generator base width (64). num_blocks: residual blocks (9 for 256 patches).
         discriminator_channels: PatchGAN widths ((64, 128, 256, 512) = 70x70 PatchGAN).
-        lr: Adam learning rate (1e-4), constant then linearly decayed (:func:`cyclegan_lr`).
+        lr: Adam learning rate (1e-4), constant then linearly decayed (:func:`cyclegan_lr`; the
+            config attaches :meth:`lr_at` as a schedule handler).
         lambda_cycle: cycle-consistency weight (10).
         lambda_identity: identity weight relative to ``lambda_cycle`` (0 = off; CycleGAN's 0.5);
             needs ``source_channels == target_channels``.
@@ -181,6 +177,10 @@ class CycleGANStage(AdaptationMethod):
         self.optimizers["generators"] = torch.optim.Adam(generators, lr=lr, betas=(0.5, 0.999))
         self.optimizers["discriminators"] = torch.optim.Adam(discriminators, lr=lr, betas=(0.5, 0.999))
 
+    def lr_at(self, iteration: int, max_iterations: int) -> float:
+        """The learning rate of ``iteration`` (:func:`cyclegan_lr`), for a :class:`~monai_uda.engines.ScheduleHandler`."""
+        return cyclegan_lr(iteration, max_iterations, self.lr)
+
     def checkpoint_objects(self) -> dict[str, Any]:
         """Networks, optimisers and both image pools (``pool_source``, ``pool_target``)."""
         return {**super().checkpoint_objects(), **{f"pool_{domain}": pool for domain, pool in self.pools.items()}}
@@ -191,9 +191,7 @@ class CycleGANStage(AdaptationMethod):
 
     def step(self, engine: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | float]:
         """One CycleGAN iteration: generators first, then both discriminators on pooled fakes."""
-        lr = cyclegan_lr(engine.state.iteration, engine.state.max_iterations, self.lr)
-        for optimizer in self.optimizers.values():
-            _set_lr(optimizer, lr)
+        lr = self.optimizers["generators"].param_groups[0]["lr"]  # set by the schedule handler (lr_at)
         real_s = self._source_in(batch["source_image"])
         real_t = batch["target_image"] * 2.0 - 1.0
         discriminators = [self.discriminator_t, self.discriminator_s]
@@ -257,12 +255,11 @@ class PDAMStage(AdaptationMethod):
         detector: the PDAM network (its built branches decide which discriminators run).
         lr: SGD base learning rate (0.002); momentum (0.9); weight_decay (0.001).
         warmup_iterations: linear warm-up length (500); decay_at: fraction of training after
-            which the lr is multiplied by 0.1 (0.75). See :func:`pdam_lr`.
+            which the lr is multiplied by 0.1 (0.75). See :func:`pdam_lr`; the config attaches
+            :meth:`lr_at` and :meth:`grl_alpha_at` (eq 5) as schedule handlers.
         beta: eq 3 cap of the task weights (2).
         reweight: apply eq 3 ("w/o TR" = False).
         adversarial_weight: weight of the discriminator losses in eq 4 (1).
-        alpha_schedule: set the reversal strength from eq 5 every step; ``False`` leaves it to
-            a handler calling ``detector.set_grl_alpha(grl_alpha(progress))``.
         grad_clip: optional gradient-norm clip (``None`` = off, as in the paper).
         amp: autocast the forward passes.
     """
@@ -280,17 +277,32 @@ class PDAMStage(AdaptationMethod):
         beta: float = 2.0,
         reweight: bool = True,
         adversarial_weight: float = 1.0,
-        alpha_schedule: bool = True,
         grad_clip: float | None = None,
         amp: bool = False,
     ) -> None:
         super().__init__(amp=amp)
         self.detector = detector
         self.lr, self.warmup_iterations, self.decay_at = lr, warmup_iterations, decay_at
-        self.beta, self.reweight, self.alpha_schedule, self.grad_clip = beta, reweight, alpha_schedule, grad_clip
+        self.beta, self.reweight, self.grad_clip = beta, reweight, grad_clip
         self.loss_weights = {"adversarial": adversarial_weight}
         params = [p for p in detector.parameters() if p.requires_grad]
         self.optimizers["detector"] = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+    def lr_at(self, iteration: int, max_iterations: int) -> float:
+        """The learning rate of ``iteration`` (:func:`pdam_lr`), for a :class:`~monai_uda.engines.ScheduleHandler`."""
+        return pdam_lr(iteration, max_iterations, self.lr, self.warmup_iterations, decay_at=self.decay_at)
+
+    @staticmethod
+    def grl_alpha_at(iteration: int, max_iterations: int) -> float:
+        """Eq 5's reversal strength at ``iteration`` (progress ``(iteration - 1) / (max_iterations - 1)``)."""
+        return grl_alpha((iteration - 1) / max(max_iterations - 1, 1))
+
+    def set_scheduled(self, name: str, value: float, optimizers: Sequence[str] | None = None) -> None:
+        """``"grl_alpha"`` sets the detector's gradient-reversal strength; other names as the base class."""
+        if name == "grl_alpha":
+            self.detector.set_grl_alpha(value)
+        else:
+            super().set_scheduled(name, value, optimizers)
 
     def _adversarial(self, source_logits: torch.Tensor, target_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Domain loss (source = 1, target = 0, averaged) and the eq-3 weight of one discriminator."""
@@ -302,12 +314,8 @@ class PDAMStage(AdaptationMethod):
     def step(self, engine: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | float]:
         """One PDAM iteration (eqs 3-5, see the module docstring)."""
         net = self.detector
-        iteration, max_iterations = engine.state.iteration, engine.state.max_iterations
-        if self.alpha_schedule:
-            net.set_grl_alpha(grl_alpha((iteration - 1) / max(max_iterations - 1, 1)))
-        lr = pdam_lr(iteration, max_iterations, self.lr, self.warmup_iterations, decay_at=self.decay_at)
         optimizer = self.optimizers["detector"]
-        _set_lr(optimizer, lr)
+        lr = optimizer.param_groups[0]["lr"]  # lr and reversal strength: set by the schedule handlers (lr_at, grl_alpha_at)
         optimizer.zero_grad(set_to_none=True)
         targets = [instance_targets(label) for label in batch["source_label"]]
         one = torch.ones((), device=batch["source_image"].device)

@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from monai_uda.data.pseudo_labels import PseudoLabelAugment, filter_detections, instance_targets
+from monai_uda import flag
 from monai_uda.engines.method import AdaptationMethod
 from monai_uda.losses.domain import DEFAULT_BANDWIDTHS, background_consistency_loss, mmd_loss, orthogonality_loss
 from monai_uda.networks.domain_separation import DomainSeparationMaskRCNN
@@ -62,8 +63,8 @@ def _follow(follower: nn.Module, leader: nn.Module, momentum: float, copy_buffer
 def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Adam:
     """Adam with the fused kernel (paper lr 1e-4).
 
-    One pass over the detector's ~100M parameters instead of a loop of small element-wise
-    operations: about 5x faster optimiser steps on CPU, same update rule.
+    One pass over the detector's parameters instead of a loop of small element-wise operations:
+    faster optimiser steps, same update rule.
     """
     return torch.optim.Adam(params, lr=lr, fused=True)
 
@@ -80,10 +81,9 @@ class DARCNNStage1(AdaptationMethod):
     initialisation as in the paper, 0 copies the source part every iteration. The encoder's pull
     must outweigh its own Adam steps (about ``lr`` per weight whatever the gradient's size, so its
     weights settle about ``lr / (1 - momentum)`` from E_p^s), hence 0.9 rather than the head's 0.99.
-    Measured on DSB2018 -> MoNuSeg (ResNet-18, 128 px, CPU): without the encoder EMA (506
-    iterations) and with momentum 0.99 (700 iterations) the source branch scored 12-23 nuclei
-    per 128-px MoNuSeg crop above 0.5 while the target branch stayed below 0.41, leaving stage 2
-    without pseudo-labels; the same target branch with E_p^s in place of E_p^t found 16-20.
+    Without the encoder average, or with a momentum as slow as the head's, the target branch
+    lags the source branch so far that it finds no confident nuclei on target images, which
+    would leave stage 2 without pseudo-labels.
 
     The projection P of L_sim is learned adversarially: it *maximises* the MMD (its gradient
     is negated before the optimiser step, a learned test kernel as in MMD-GAN) while the
@@ -92,7 +92,9 @@ class DARCNNStage1(AdaptationMethod):
     Args:
         detector: the domain separation Mask R-CNN (both domains).
         lr: Adam learning rate (paper 1e-4).
-        alpha, alpha_start, alpha_warmup_iterations: L_sim weight ramp (paper 0 -> 1 over 0.1 epoch).
+        alpha, alpha_start, alpha_warmup_iterations: L_sim weight ramp (paper 0 -> 1 over 0.1 epoch),
+            ``loss_weights["sim"]``, set before each iteration by the schedule handler the config
+            attaches (:meth:`sim_weight_at`); its first iteration's value until then.
         beta: L_diff weight (paper 1). gamma: L_target weight (paper 0.1).
         score_threshold: k, proposal score above which L_target uses a proposal (paper 0.5).
         mask_threshold: i, mask probability below which a position is background (paper 0.5).
@@ -133,7 +135,7 @@ class DARCNNStage1(AdaptationMethod):
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         self.detector = detector
         self.alpha, self.alpha_start, self.alpha_warmup_iterations = alpha, alpha_start, alpha_warmup_iterations
-        self.loss_weights = {"diff": beta, "target": gamma}
+        self.loss_weights = {"sim": alpha_ramp(1, alpha_warmup_iterations, alpha_start, alpha), "diff": beta, "target": gamma}
         self.score_threshold, self.mask_threshold = score_threshold, mask_threshold
         self.diff_channel_fraction = diff_channel_fraction
         self.bandwidths = tuple(bandwidths)
@@ -143,13 +145,17 @@ class DARCNNStage1(AdaptationMethod):
         trained = [p for p in detector.parameters() if id(p) not in head_t]
         self.optimizers["detector"] = _adam(trained, lr)
 
+    def sim_weight_at(self, iteration: int, max_iterations: int) -> float:
+        """The L_sim weight of ``iteration`` (:func:`alpha_ramp`), for a :class:`~monai_uda.engines.ScheduleHandler` of ``"sim"``."""
+        return alpha_ramp(iteration, self.alpha_warmup_iterations, self.alpha_start, self.alpha)
+
     def _levels(self, features: Mapping[str, torch.Tensor]) -> list[str]:
         return list(features) if self.feature_levels is None else [k for k in self.feature_levels if k in features]
 
     def step(self, engine: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | float]:
         """One iteration of DARCNN stage 1 (eq 1, see the module docstring)."""
         net = self.detector
-        alpha = alpha_ramp(engine.state.iteration, self.alpha_warmup_iterations, self.alpha_start, self.alpha)
+        alpha = self.loss_weights["sim"]  # set by the schedule handler (sim_weight_at)
         optimizer = self.optimizers["detector"]
         optimizer.zero_grad(set_to_none=True)
         targets = [instance_targets(label) for label in batch["source_label"]]
@@ -227,6 +233,7 @@ class DARCNNStage2(AdaptationMethod):
         mask_threshold: probability above which a pseudo-label mask pixel is foreground.
         blur_sigma, contrast, brightness: the augmentation (:class:`PseudoLabelAugment`;
             paper 1, 1.5, -150/255); all ``None`` = pseudo-labels without augmentation.
+        augment: ``False`` (or a false word): no augmentation whatever the three values.
         amp: autocast the forward passes.
     """
 
@@ -241,9 +248,12 @@ class DARCNNStage2(AdaptationMethod):
         blur_sigma: float | None = 1.0,
         contrast: float | None = 1.5,
         brightness: float | None = -150.0 / 255.0,
+        augment: Any = True,
         amp: bool = False,
     ) -> None:
         super().__init__(amp=amp)
+        if not flag(augment):
+            blur_sigma = contrast = brightness = None
         self.detector = detector
         self.teacher = detector.branch_copy("target")
         self.teacher.register_buffer("synced", torch.zeros((), dtype=torch.bool))  # checkpointed with the teacher

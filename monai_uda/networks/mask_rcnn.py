@@ -8,10 +8,10 @@ GroupNorm for batch size 1, any number of input channels) and loads optional use
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,6 +42,41 @@ def _norm_layer(norm: str) -> Callable[[int], nn.Module]:
     return misc_nn_ops.FrozenBatchNorm2d
 
 
+def _check_settings(backbone: str, norm: str, num_classes: int, in_channels: int, anchor_sizes: Sequence[int]) -> None:
+    """Refuse an unknown backbone/norm, a bad channel or class count, or anchors not one per FPN level."""
+    if backbone not in BACKBONES:
+        raise UDAInputError(f"unknown Mask R-CNN backbone {backbone!r}; choose one of {BACKBONES}")
+    if norm not in NORMS:
+        raise UDAInputError(f"unknown Mask R-CNN norm {norm!r}; choose one of {NORMS}")
+    if in_channels < 1 or num_classes < 2:
+        raise UDAInputError(f"need in_channels >= 1 and num_classes >= 2, got {in_channels} and {num_classes}")
+    if len(anchor_sizes) != 5:
+        raise UDAInputError(f"anchor_sizes needs one size per FPN level (5), got {tuple(anchor_sizes)}")
+
+
+def _normalisation(
+    in_channels: int, image_mean: Sequence[float] | None, image_std: Sequence[float] | None
+) -> tuple[Sequence[float], Sequence[float]]:
+    """The per-channel mean/std: ImageNet's for 3 channels, 0.5/0.25 otherwise, unless given."""
+    if image_mean is None:
+        image_mean = _IMAGENET_MEAN if in_channels == 3 else (0.5,) * in_channels
+    if image_std is None:
+        image_std = _IMAGENET_STD if in_channels == 3 else (0.25,) * in_channels
+    if len(image_mean) != in_channels or len(image_std) != in_channels:
+        raise UDAInputError(f"image_mean/image_std need {in_channels} values, got {len(image_mean)} and {len(image_std)}")
+    return image_mean, image_std
+
+
+def _resnet_fpn(backbone: str, norm: str, in_channels: int, trainable_layers: int) -> tuple[nn.Module, Callable[[int], nn.Module] | None]:
+    """The ResNet-FPN feature extractor (random weights) and the normalisation of the FPN and mask head."""
+    norm_layer = _norm_layer(norm)
+    body = getattr(resnet, backbone)(weights=None, norm_layer=norm_layer)
+    if in_channels != 3:
+        body.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    fpn_norm = None if norm == "frozen_batch" else norm_layer
+    return _resnet_fpn_extractor(body, trainable_layers, norm_layer=fpn_norm), fpn_norm
+
+
 def build_mask_rcnn(
     backbone: str = "resnet50",
     norm: str = "group",
@@ -55,13 +90,14 @@ def build_mask_rcnn(
     trainable_layers: int = 5,
     anchor_sizes: Sequence[int] = (8, 16, 32, 64, 128),
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    extra_kwargs: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> MaskRCNN:
     """Build a ResNet-FPN Mask R-CNN from scratch (no pretrained weights are ever downloaded).
 
     Args:
         backbone: ``"resnet50"`` or ``"resnet101"`` (the papers'), or ``"resnet18"``/``"resnet34"``
-            (BasicBlock ResNets, same FPN: about 2.7x faster per DARCNN step on a CPU, for short budgets).
+            (BasicBlock ResNets, same FPN: faster steps, for short CPU budgets).
         norm: normalisation of the backbone, FPN and mask head: ``"group"`` (GroupNorm, 32 groups;
             trains with one image per iteration as in CyC-PDAM), ``"batch"`` or ``"frozen_batch"``
             (frozen statistics; only sensible with ``weights_path``).
@@ -78,44 +114,22 @@ def build_mask_rcnn(
         aspect_ratios: anchor aspect ratios shared by all levels.
         kwargs: forwarded to :class:`torchvision.models.detection.MaskRCNN`
             (e.g. ``rpn_post_nms_top_n_train``, ``box_detections_per_img``).
+        extra_kwargs: more of those as one mapping (a config's ``detector_kwargs``).
 
     Raises:
         UDAInputError: unknown backbone/norm, bad channel count or unusable weights file.
     """
-    if backbone not in BACKBONES:
-        raise UDAInputError(f"unknown Mask R-CNN backbone {backbone!r}; choose one of {BACKBONES}")
-    if norm not in NORMS:
-        raise UDAInputError(f"unknown Mask R-CNN norm {norm!r}; choose one of {NORMS}")
-    if in_channels < 1 or num_classes < 2:
-        raise UDAInputError(f"need in_channels >= 1 and num_classes >= 2, got {in_channels} and {num_classes}")
-    if len(anchor_sizes) != 5:
-        raise UDAInputError(f"anchor_sizes needs one size per FPN level (5), got {tuple(anchor_sizes)}")
-    norm_layer = _norm_layer(norm)
-    body = getattr(resnet, backbone)(weights=None, norm_layer=norm_layer)
-    if in_channels != 3:
-        body.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    fpn_norm = None if norm == "frozen_batch" else norm_layer
-    features = _resnet_fpn_extractor(body, trainable_layers, norm_layer=fpn_norm)
-    if image_mean is None:
-        image_mean = _IMAGENET_MEAN if in_channels == 3 else (0.5,) * in_channels
-    if image_std is None:
-        image_std = _IMAGENET_STD if in_channels == 3 else (0.25,) * in_channels
-    if len(image_mean) != in_channels or len(image_std) != in_channels:
-        raise UDAInputError(f"image_mean/image_std need {in_channels} values, got {len(image_mean)} and {len(image_std)}")
+    _check_settings(backbone, norm, num_classes, in_channels, anchor_sizes)
+    kwargs.update(extra_kwargs or {})
+    features, fpn_norm = _resnet_fpn(backbone, norm, in_channels, trainable_layers)
+    image_mean, image_std = _normalisation(in_channels, image_mean, image_std)
     kwargs.setdefault(
         "rpn_anchor_generator",
         AnchorGenerator(tuple((int(s),) for s in anchor_sizes), (tuple(float(r) for r in aspect_ratios),) * 5),
     )
     kwargs.setdefault("mask_head", MaskRCNNHeads(features.out_channels, [256] * 4, 1, norm_layer=fpn_norm))
-    model = MaskRCNN(
-        features,
-        num_classes=num_classes,
-        min_size=min_size,
-        max_size=max_size,
-        image_mean=list(image_mean),
-        image_std=list(image_std),
-        **kwargs,
-    )
+    model = MaskRCNN(features, num_classes=num_classes, min_size=min_size, max_size=max_size,
+                     image_mean=list(image_mean), image_std=list(image_std), **kwargs)
     if weights_path is not None:
         load_mask_rcnn_weights(model, weights_path)
     return model

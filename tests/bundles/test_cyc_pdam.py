@@ -120,20 +120,21 @@ def test_resume_plan_of_an_unfinished_cyclegan(trained, sample_2d, tmp_path):
     parser = ConfigParser()
     parser.read_config(_cfg("train.yaml"))
     parser.update({"dataset_dir": str(sample_2d), "output_dir": str(out), "resume": True, "max_iterations": 2, **TINY})
-    assert parser.get_parsed_content("resume_cyclegan") and not parser.get_parsed_content("resume_pdam")
+    cyclegan = parser.get_parsed_content("cyclegan_stage")
+    assert not cyclegan.finished and cyclegan.checkpoint is not None  # the CycleGAN continues
     assert not parser.get_parsed_content("synthesis_done")  # translated again by the continued CycleGAN
-    loader = parser.get_parsed_content("cyclegan_handlers#0")
+    loader = cyclegan.resume_loader()
     assert Path(loader.load_path).name in _checkpoints(out / "cyclegan")
+    pdam = parser.get_parsed_content("pdam_stage")
+    assert not pdam.finished and pdam.checkpoint is None  # PDAM has not begun: it starts afresh
 
 
 def test_multi_gpu_config_disables_rank_local_outputs_and_waits_for_synthesis():
     parser = ConfigParser()
     parser.read_config(_cfg("train.yaml", "multi_gpu_train.yaml"))
-    for stage in ("cyclegan_handlers", "pdam_handlers"):
-        handlers = parser[stage]
-        rank0_only = [h["_target_"] for h in handlers if isinstance(h, dict) and h.get("_disabled_") == "$not @is_main"]
-        assert rank0_only == ["CheckpointSaver", "StatsHandler", "TensorBoardStatsHandler", "ignite.handlers.ProgressBar"]
-        assert handlers[0]["_target_"] == "monai_uda.engines.ResumeCheckpointLoader"  # every rank resumes
+    for stage in ("cyclegan", "pdam"):
+        assert parser[f"{stage}_outputs"]["main_process"] == "@is_main"  # by name, not by list position
+        assert parser[f"{stage}_stage"]["resume"] == "@resume"  # every rank resumes (the stage's loader)
     assert parser["run"] == ["@run_cyclegan", "@run_synthesis", "$torch.distributed.barrier()", "@run_pdam"]
     assert parser["write_synthesis"] == "$@is_main and not @synthesis_done"
 

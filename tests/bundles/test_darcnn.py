@@ -137,6 +137,8 @@ def _resume_parser(output_dir: Path, sample_2d: Path, resume: bool) -> ConfigPar
     parser = ConfigParser()
     parser.read_config(_cfg("train.yaml"))
     parser.update({"output_dir": str(output_dir), "dataset_dir": str(sample_2d), "resume": resume, **TINY_TRAIN})
+    if not resume:  # the stages' plan alone: a new run over these checkpoints would be refused by the run folder
+        parser.update({"stage1_handlers": [], "stage2_handlers": []})
     return parser
 
 
@@ -145,17 +147,19 @@ def test_resume_picks_the_stage(sample_2d, tmp_path):
     stage1_ckpt = _touch_checkpoint(out / "stage1", 4)
     _touch_checkpoint(out / "stage1", 2)
     parser = _resume_parser(out, sample_2d, resume=False)
-    assert not parser.get_parsed_content("resume_stage1") and not parser.get_parsed_content("resume_stage2")
+    assert parser.get_parsed_content("stage1_stage").checkpoint is None and parser.get_parsed_content("stage2_stage").checkpoint is None
 
     parser = _resume_parser(out, sample_2d, resume=True)  # no stage-2 checkpoint yet: continue stage 1
-    assert parser.get_parsed_content("resume_stage1") and not parser.get_parsed_content("resume_stage2")
-    assert parser.get_parsed_content("stage1_handlers#0#load_path") == str(stage1_ckpt)
+    stage1 = parser.get_parsed_content("stage1_stage")
+    assert not stage1.finished and parser.get_parsed_content("stage2_stage").checkpoint is None
+    assert stage1.resume_loader().load_path == str(stage1_ckpt)
 
     stage2_ckpt = _touch_checkpoint(out / "stage2", 3)
     parser = _resume_parser(out, sample_2d, resume=True)  # stage 2 has begun: stage 1 is not run again
-    assert parser.get_parsed_content("resume_stage2") and not parser.get_parsed_content("resume_stage1")
-    assert parser.get_parsed_content("stage2_handlers#0#load_path") == str(stage2_ckpt)
-    assert parser.get_parsed_content("run_stage1") == [None, None]
+    stage1 = parser.get_parsed_content("stage1_stage")
+    assert stage1.finished and stage1.checkpoint is None
+    assert parser.get_parsed_content("stage2_stage").resume_loader().load_path == str(stage2_ckpt)
+    assert parser.get_parsed_content("run_stage1") is None  # not run
     assert not (out / "stage1" / "model.pt").exists()
 
 
@@ -168,19 +172,20 @@ def test_resume_skips_a_finished_stage1_and_starts_stage2_from_its_model(sample_
     torch.save({"detector": finished}, out / "stage1" / "model.pt")  # stage 1 ended: its final model exists
 
     parser = _resume_parser(out, sample_2d, resume=True)
-    assert parser.get_parsed_content("stage1_finished") and not parser.get_parsed_content("resume_stage1")
-    assert parser.get_parsed_content("run_stage1") == [None, None]
-    loaded = parser.get_parsed_content("load_stage1")
-    assert loaded is parser.get_parsed_content("network_def")
+    stage1 = parser.get_parsed_content("stage1_stage")
+    assert stage1.finished and stage1.checkpoint is None
+    assert parser.get_parsed_content("run_stage1") is None  # not run; its model is loaded for stage 2
+    loaded = parser.get_parsed_content("network_def")
+    assert stage1.weights["detector"] is loaded
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in finished.items())
-    assert not _resume_parser(out, sample_2d, resume=False).get_parsed_content("stage1_finished")  # a fresh run retrains
+    assert not _resume_parser(out, sample_2d, resume=False).get_parsed_content("stage1_stage").finished  # a fresh run retrains
 
 
 def test_multi_gpu_config_parses_and_metadata_verifies():
     parser = ConfigParser()
     parser.read_config(_cfg("train.yaml", "multi_gpu_train.yaml"))
     assert parser["device"].startswith("$") and parser["training"] == "@run"
-    assert parser["stage2_handlers"][1]["_disabled_"] == "$not @is_main"
+    assert parser["stage1_outputs"]["main_process"] == parser["stage2_outputs"]["main_process"] == "@is_main"
     if not SCHEMA.is_file():
         pytest.skip("bundle schema not found beside the checkout")
     verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))  # raises on any schema error

@@ -7,7 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+<<<<<<< HEAD
 from monai_uda.methods.ad_gan import ADGAN, DomainTranslator
+=======
+from monai_uda.engines import ScheduleHandler
+from monai_uda.methods.ad_gan import ADGAN, DomainTranslator, build_for_benchmark
+>>>>>>> r20-configs
 
 ENGINE = SimpleNamespace(state=SimpleNamespace(iteration=1, max_iterations=10))
 
@@ -113,9 +118,14 @@ def test_ablation_switches():
 
 def test_lr_constant_then_linear_decay():
     method = _method(constant_iterations=2, decay_iterations=2, lr=1e-3)
-    lrs = [method.step(ENGINE, _batch(size=8))["lr"] for _ in range(5)]
+    schedule, lrs = ScheduleHandler(method.lr_at), []  # as the config attaches it
+    for iteration in range(1, 6):
+        engine = SimpleNamespace(state=SimpleNamespace(iteration=iteration, max_iterations=10), method=method)
+        schedule(engine)
+        lrs.append(method.step(engine, _batch(size=8))["lr"])
     assert lrs == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 0.0])
-    assert {"scheduler_generator", "scheduler_discriminator", "optimizer_generator", "generator"} <= set(method.checkpoint_objects())
+    assert method.optimizers["discriminator"].param_groups[0]["lr"] == 0.0
+    assert {"optimizer_generator", "optimizer_discriminator", "generator"} <= set(method.checkpoint_objects())
 
 
 def test_rgb_amp_channels_last_and_3d_steps():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from monai_uda.engines import ScheduleHandler
 from monai_uda.methods.cyc_pdam import (
     PDAM_VARIANTS,
     CycleGANStage,
@@ -20,9 +21,18 @@ from monai_uda.methods.cyc_pdam import (
 from monai_uda.networks.pdam import PDAMDetector
 
 
-
 def _engine(iteration: int, max_iterations: int) -> SimpleNamespace:
     return SimpleNamespace(state=SimpleNamespace(iteration=iteration, max_iterations=max_iterations))
+
+
+def _scheduled(method: CycleGANStage | PDAMStage, engine: SimpleNamespace) -> SimpleNamespace:
+    """``engine`` after the schedule handlers the config attaches to ``method`` set this iteration's values."""
+    handlers = [ScheduleHandler(method.lr_at)]
+    if isinstance(method, PDAMStage):
+        handlers.append(ScheduleHandler(method.grl_alpha_at, "grl_alpha"))
+    for handler in handlers:
+        handler(SimpleNamespace(state=engine.state, method=method))
+    return engine
 
 
 def _logit(p: float) -> float:
@@ -85,7 +95,7 @@ def test_one_pdam_step_updates_detector_and_all_three_discriminators(small_pdam)
         "instance_discriminator": net.instance_discriminator,
     }
     before = {name: _snapshot(module) for name, module in parts.items()}
-    out = method.step(_engine(5, 10), _batch())
+    out = method.step(_scheduled(method, _engine(5, 10)), _batch())
     assert [name for name, module in parts.items() if not _changed(module, before[name])] == []
     assert out["grl_alpha"] == pytest.approx(grl_alpha(4 / 9)) and out["lr"] == pytest.approx(0.002)
     for key in ("mask", "objectness", "semseg", "da_image", "da_semantic", "da_instance", "total"):
@@ -99,7 +109,7 @@ def test_cycada_variant_without_semantic_branch_or_reweighting(small_pdam):
     variant = PDAM_VARIANTS["cycada"]
     method = PDAMStage(PDAMDetector(**small_pdam, **variant["detector"]), warmup_iterations=0, **variant["method"])
     assert method.detector.semantic_head is None
-    out = method.step(_engine(1, 10), _batch())
+    out = method.step(_scheduled(method, _engine(1, 10)), _batch())
     assert out["weight_image"] == 1.0 and out["weight_instance"] == 1.0 and float(out["semseg"]) == 0.0
     assert out["grl_alpha"] == 0.0 and math.isfinite(float(out["total"]))
 
@@ -111,10 +121,11 @@ def test_cyclegan_step_and_translate():
     )
     before = {name: _snapshot(getattr(method, name)) for name in ("generator_s2t", "generator_t2s", "discriminator_t", "discriminator_s")}
     batch = {"source_image": torch.rand(1, 1, 32, 32), "target_image": torch.rand(1, 3, 32, 32)}
-    out = method.step(_engine(1, 4), batch)
+    out = method.step(_scheduled(method, _engine(1, 4)), batch)
     assert all(_changed(getattr(method, name), snap) for name, snap in before.items())
     assert out["lr"] == 1e-4 and out["identity"].item() == 0.0 and out["cycle"].item() > 0
-    assert method.step(_engine(4, 4), batch)["lr"] == 0.0
+    assert method.step(_scheduled(method, _engine(4, 4)), batch)["lr"] == 0.0
+    assert all(group["lr"] == 0.0 for opt in method.optimizers.values() for group in opt.param_groups)
     image = method.translate(np.random.default_rng(0).random((1, 30, 34), dtype=np.float32))
     assert image.shape == (3, 30, 34) and image.min() >= 0.0 and image.max() <= 1.0
     assert method.generator_s2t.training  # translate restores the mode

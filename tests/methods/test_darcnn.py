@@ -5,10 +5,19 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from monai_uda.engines import ScheduleHandler
 from monai_uda.engines.distributed import average_gradients
+<<<<<<< HEAD
 from monai_uda.methods.darcnn import DARCNNStage1, DARCNNStage2, alpha_ramp
+=======
+from monai_uda.methods.darcnn import (
+    DARCNNStage1,
+    DARCNNStage2,
+    alpha_ramp,
+    build_for_benchmark,
+)
+>>>>>>> r20-configs
 from monai_uda.networks.domain_separation import DomainSeparationMaskRCNN
-
 
 
 def _engine(iteration: int = 1) -> SimpleNamespace:
@@ -53,7 +62,9 @@ def test_stage1_step_updates_all_but_the_target_head(tiny_rcnn):
     }
     before = {name: _snapshot(m) for name, m in parts.items()}
     head_t = _snapshot(net.heads["target"])
-    losses = method.step(_engine(2), _batch())
+    engine = _engine(2)
+    ScheduleHandler(method.sim_weight_at, "sim")(SimpleNamespace(state=engine.state, method=method))  # as the config attaches it
+    losses = method.step(engine, _batch())
     assert losses["alpha"] == pytest.approx(0.5)
     for key in ("source", "sim", "diff", "target", "total"):
         assert torch.isfinite(losses[key]), key

@@ -153,7 +153,7 @@ def test_two_stage_bundle_keeps_the_lock_until_its_last_stage_completes(tmp_path
 
 @pytest.mark.parametrize("bundle", ["cellseg_uda", "ad_gan", "cyc_pdam", "darcnn"])
 def test_every_train_config_claims_its_output_folder(bundle: str):
-    """``overwrite: false`` and ``run_folder`` in every train.yaml; the last stage's handlers hold ``@run_folder``."""
+    """``overwrite: false`` and ``run_folder`` in every train.yaml; the last stage's outputs release ``@run_folder``."""
     import yaml
 
     config = yaml.safe_load(
@@ -161,15 +161,18 @@ def test_every_train_config_claims_its_output_folder(bundle: str):
     )
     assert config["overwrite"] is False and config["run_folder"]["bundle"] == bundle
     assert config["run_folder"]["_target_"] == "monai_uda.engines.run_folder.claim_run_folder"
-    lists = {
-        "cellseg_uda": ["train_handlers"],
-        "ad_gan": ["train_handlers"],
-        "cyc_pdam": ["cyclegan_handlers", "pdam_handlers"],
-        "darcnn": ["stage1_handlers", "stage2_handlers"],
+    stages = {
+        "cellseg_uda": ["train"],
+        "ad_gan": ["train"],
+        "cyc_pdam": ["cyclegan", "pdam"],
+        "darcnn": ["stage1", "stage2"],
     }[bundle]
-    assert config[lists[-1]][-1] == "@run_folder"
-    if len(lists) == 2:
-        assert config[lists[0]][-1] == "$@run_folder.hold"
+    for stage in stages:  # the stage's output handlers (engines.training_outputs), listed in its handlers
+        assert config[f"{stage}_outputs"]["run_folder"] == "@run_folder"
+        assert f"@{stage}_outputs" in config[f"{stage}_handlers"]
+    assert config[f"{stages[-1]}_outputs"].get("last_stage", True) is True
+    if len(stages) == 2:
+        assert config[f"{stages[0]}_outputs"]["last_stage"] is False  # holds the lock until the last stage completes
 
 
 def test_a_checkpoint_that_does_not_fit_names_the_command_that_trained_it(tmp_path):
