@@ -137,11 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
         if not argv or argv[0] in ("--help", "-h"):
-            _print_help(main_help(Commands))
+            _print_help(main_help(Commands, __doc__))
             return 0
         if wants_help(argv):
             _check_command_line(argv[:1])
-            _print_help(command_help(Commands, argv[0], argv[1:]))
+            _print_help(command_help(Commands, argv[0], argv[1:], __doc__))
             return 0
         if not argv[0].startswith("-"):
             _check_command_line(argv)

@@ -67,12 +67,15 @@ def _argv_option(argv: Sequence[str], name: str, default: Any) -> Any:
     return default
 
 
-def main_help(commands: type) -> str:
-    """Usage of ``monai-uda``: one line per command."""
-    from monai_uda import cli
+def main_help(commands: type, usage: str) -> str:
+    """Usage of ``monai-uda``: one line per command.
 
-    lines = [cli.__doc__.strip().splitlines()[0], "", "usage:"]
-    lines += [line for line in cli.__doc__.splitlines() if line.startswith("    monai-uda ")]
+    Args:
+        commands: the class whose public functions are the commands.
+        usage: the CLI module's docstring (its first line and its ``monai-uda ...`` examples).
+    """
+    lines = [usage.strip().splitlines()[0], "", "usage:"]
+    lines += [line for line in usage.splitlines() if line.startswith("    monai-uda ")]
     lines += ["", "commands:"]
     for name, func in inspect.getmembers(commands, inspect.isfunction):
         if not name.startswith("_"):
@@ -139,12 +142,10 @@ def _prepare_help() -> list[str]:
     return lines
 
 
-def command_help(commands: type, command: str, argv: Sequence[str]) -> str:
-    """Usage of one command: its description, options and their defaults."""
-    from monai_uda import cli
-
+def command_help(commands: type, command: str, argv: Sequence[str], usage: str) -> str:
+    """Usage of one command: its description, options and their defaults (``usage``: as in :func:`main_help`)."""
     func = getattr(commands, command)
-    usage = [line.strip() for line in cli.__doc__.splitlines() if line.strip().startswith(f"monai-uda {command}")]
+    usage = [line.strip() for line in usage.splitlines() if line.strip().startswith(f"monai-uda {command}")]
     lines = ["usage: " + usage[0] if usage else f"usage: monai-uda {command} [OPTIONS]", *usage[1:], ""]
     lines += [inspect.getdoc(func) or "", "", "options:"]
     if command in ("train", "infer"):

@@ -60,9 +60,10 @@ def _add_unmarked(instances: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def _reconstruction_by_dilation(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Grey reconstruction by dilation of ``seed`` under ``mask`` (full connectivity) with ITK.
 
-    Same result as ``skimage.morphology.reconstruction(seed, mask)`` on ``float32`` input, and
-    much faster on multi-megapixel images. Only the two wrapper modules needed are imported: the
-    lazy ``itk.ReconstructionByDilationImageFilter`` lookup would load many unrelated wrappers.
+    Same result as ``skimage.morphology.reconstruction(seed, mask)`` on ``float32`` input; ITK's
+    filter scales to multi-megapixel images, where scikit-image's queue-based one does not. Only
+    the two wrapper modules needed are imported: the lazy
+    ``itk.ReconstructionByDilationImageFilter`` lookup would load many unrelated wrappers.
     """
     from itk import itkPyBufferPython, itkReconstructionByDilationImageFilterPython
 
@@ -84,14 +85,14 @@ def _reconstruction_by_dilation(seed: np.ndarray, mask: np.ndarray) -> np.ndarra
 def h_maxima_markers(distance: np.ndarray, h: float) -> np.ndarray:
     """Markers of the maxima of ``distance`` with a dynamic of at least ``h``, per foreground component.
 
-    ``skimage.morphology.h_maxima``'s float recipe (reconstruct by dilation from
-    ``distance - h - resolution``, keep residues ``>= h``), with the reconstruction done by ITK:
-    the same markers ~10x faster, which on tissue-dense slides was the bulk of the
-    post-processing time. ``distance`` is 0 on the background, so through it no component's
-    reconstruction is raised above its own values: every component gets the markers it would get
-    alone. Pixels below ``h`` are never markers, so a component whose maximum is below ``h`` gets
-    none (whole-image ``h_maxima`` marks its top when no taller component is near, an artefact of
-    its global shift); :func:`binary_to_instances` gives it its own id anyway.
+    ``skimage.morphology.h_maxima``'s float recipe (reconstruct by dilation from ``distance - h -
+    resolution``, keep residues ``>= h``), with the reconstruction done by ITK: the same markers,
+    cheaper on tissue-dense slides, where this step dominates post-processing. ``distance`` is 0 on
+    the background, so through it no component's reconstruction is raised above its own values:
+    every component gets the markers it would get alone. Pixels below ``h`` are never markers, so a
+    component whose maximum is below ``h`` gets none (whole-image ``h_maxima`` marks its top when no
+    taller component is near, an artefact of its global shift); :func:`binary_to_instances` gives it
+    its own id anyway.
 
     Args:
         distance: non-negative map (positive on the foreground, 0 on the background), 2D or 3D;
