@@ -124,7 +124,11 @@ def check_value(key: str, value: Any, default: Any) -> None:
         least = 1 if _COUNT.search(key) and key not in _ZERO_ALLOWED else 0
         if type(value) is not int or value < least:
             raise UDAInputError(f"--{key} must be a whole number >= {least}, got {value!r}")
-    elif isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))) and not _float_word(value):
+    elif (
+        isinstance(default, float)
+        and (isinstance(value, bool) or not isinstance(value, (int, float)))
+        and not _float_word(value)
+    ):
         raise UDAInputError(f"--{key} must be a number, got {value!r}")
 
 

@@ -24,7 +24,7 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai_uda.engines.distributed import is_main_process
 from monai_uda.errors import UDAInputError
 from monai_uda.files import atomic_write
-from monai_uda.networks.weights import unsafe_checkpoint_error, load_network_weights
+from monai_uda.networks.weights import load_network_weights, unsafe_checkpoint_error
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -164,7 +164,10 @@ def latest_checkpoint(output_dir: str | Path, required: bool = True) -> str | No
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename (never half-written; :mod:`monai_uda.files`)."""
+    """``torch.save`` to a temporary file in the same folder, then rename.
+
+    A reader never sees a half-written file (:mod:`monai_uda.files`).
+    """
     path = Path(path)
     with atomic_write(path, what="checkpoint") as tmp:
         torch.save(obj, tmp)

@@ -77,7 +77,9 @@ def average_gradients(optimizer: torch.optim.Optimizer, *args: object, **kwargs:
         offset += p.numel()
 
 
-def wrap_ddp(method: AdaptationMethod, device: torch.device | str, find_unused_parameters: bool = True) -> AdaptationMethod:
+def wrap_ddp(
+    method: AdaptationMethod, device: torch.device | str, find_unused_parameters: bool = True
+) -> AdaptationMethod:
     """Make ``method`` data-parallel over the process group (in place) and move it to ``device``.
 
     Every network's parameters and buffers are broadcast from rank 0, and every optimiser of the
@@ -96,7 +98,11 @@ def wrap_ddp(method: AdaptationMethod, device: torch.device | str, find_unused_p
         ids = [device.index] if device.type == "cuda" else None
         for name, module in method.networks().items():
             if any(p.requires_grad for p in module.parameters()):
-                setattr(method, name, DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused_parameters))
+                setattr(
+                    method,
+                    name,
+                    DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused_parameters),
+                )
         return method
     for tensor in [*method.parameters(), *method.buffers()]:
         dist.broadcast(tensor.data, src=0)

@@ -164,7 +164,8 @@ def split_batch(batch: Mapping[str, Any], steps: int) -> list[dict[str, Any]]:
     steps = max(1, min(int(steps), size))
     parts: list[dict[str, Any]] = [{} for _ in range(steps)]
     for key, value in batch.items():
-        pieces = torch.tensor_split(value, steps) if isinstance(value, torch.Tensor) and value.ndim and len(value) == size else [value] * steps
+        batched = isinstance(value, torch.Tensor) and value.ndim and len(value) == size
+        pieces = torch.tensor_split(value, steps) if batched else [value] * steps
         for part, piece in zip(parts, pieces):
             part[key] = piece
     return parts
@@ -196,7 +197,10 @@ class MemoryPlan:
 
     def describe(self) -> str:
         """One log line: needed, available and the plan."""
-        head = f"memory plan ({self.device}): a step at batch {self.batch_size} needs ~{_gib(self.needed)}, {_gib(self.available)} available"
+        head = (
+            f"memory plan ({self.device}): a step at batch {self.batch_size} needs ~{_gib(self.needed)}, "
+            f"{_gib(self.available)} available"
+        )
         if self.steps == 1:
             return f"{head}; batch {self.batch_size} fits"
         return (
@@ -218,7 +222,13 @@ def fit_line(peak_1: int, peak_2: int | None) -> tuple[int, int]:
 
 
 def plan_batches(
-    batch_size: int, fixed: int, per_sample: int, available: int, device: str = "cpu", hint: str | None = None, headroom: float = HEADROOM
+    batch_size: int,
+    fixed: int,
+    per_sample: int,
+    available: int,
+    device: str = "cpu",
+    hint: str | None = None,
+    headroom: float = HEADROOM,
 ) -> MemoryPlan:
     """Decide the micro-batches of a step needing ``fixed + b * per_sample`` bytes at batch ``b``.
 
@@ -291,7 +301,10 @@ def measure_step(
         for size in sizes:
             if budget is not None and peaks and peaks[-1] * size / sizes[len(peaks) - 1] > budget:
                 break
-            micro = {k: v[:size] if isinstance(v, torch.Tensor) and v.ndim and len(v) == batch_length(batch) else v for k, v in batch.items()}
+            micro = {
+                k: v[:size] if isinstance(v, torch.Tensor) and v.ndim and len(v) == batch_length(batch) else v
+                for k, v in batch.items()
+            }
             clean = release_cached(device)
             with PeakMemory(device) as meter:
                 if not clean:
@@ -325,7 +338,11 @@ def _agree(steps: int, refuse: bool, device: torch.device) -> tuple[int, bool]:
 
 
 def plan_training(
-    step: Callable[[dict[str, Any]], Any], method: Any, batch: Mapping[str, Any], device: torch.device | str, hint: str | None = None
+    step: Callable[[dict[str, Any]], Any],
+    method: Any,
+    batch: Mapping[str, Any],
+    device: torch.device | str,
+    hint: str | None = None,
 ) -> MemoryPlan:
     """Measure ``step`` on ``batch``'s first samples and plan its micro-batches (see the module docstring)."""
     device = torch.device(device)
@@ -337,10 +354,12 @@ def plan_training(
     try:
         plan = plan_batches(batch_size, fixed, per_sample, available, device.type, hint)
     except MemoryPlanError as e:
-        error, plan = e, MemoryPlan(batch_size, 1, batch_size, fixed + batch_size * per_sample, fixed + per_sample, available, device.type)
+        needed = fixed + batch_size * per_sample
+        error, plan = e, MemoryPlan(batch_size, 1, batch_size, needed, fixed + per_sample, available, device.type)
     steps, refuse = _agree(plan.steps, error is not None, device)
     if refuse:
-        raise error or MemoryPlanError(f"not enough memory to train on another rank; use {hint}" if hint else "not enough memory to train on another rank")
+        message = "not enough memory to train on another rank"
+        raise error or MemoryPlanError(f"{message}; use {hint}" if hint else message)
     if steps != plan.steps:
         micro = math.ceil(batch_size / steps)
         plan = MemoryPlan(batch_size, micro, steps, plan.needed, fixed + micro * per_sample, available, device.type)

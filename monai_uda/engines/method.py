@@ -37,8 +37,9 @@ class AdaptationMethod(nn.Module):
 
     Args:
         optimizers: name -> optimiser, filled by the subclass once its networks exist.
-        amp: use ``torch.autocast`` in :meth:`autocast` (a bool or a true/false word, as the command line gives it) (CUDA float16 / CPU bfloat16; set
-            :attr:`amp_dtype` to choose). Float16 losses are scaled by a ``GradScaler`` per optimiser.
+        amp: use ``torch.autocast`` in :meth:`autocast` (a bool or a true/false word, as the command
+            line gives it) (CUDA float16 / CPU bfloat16; set :attr:`amp_dtype` to choose). Float16
+            losses are scaled by a ``GradScaler`` per optimiser.
     """
 
     #: name of the sub-module used for inference (segmenter / generator / detector)
@@ -102,7 +103,9 @@ class AdaptationMethod(nn.Module):
         self.amp = flag(amp)
         device_type, dtype = self._autocast_args()
         if self.amp and dtype == torch.float16:
-            self.scalers = {name: self.scalers.get(name) or torch.amp.GradScaler(device_type) for name in self.optimizers}
+            self.scalers = {
+                name: self.scalers.get(name) or torch.amp.GradScaler(device_type) for name in self.optimizers
+            }
         else:
             self.scalers = {}
 

@@ -97,7 +97,11 @@ def _running_config() -> dict[str, Any]:
         parser = frame.f_locals.get("self")
         if isinstance(parser, ConfigParser):
             raw = parser.get()
-            return {k: v for k, v in raw.items() if not k.startswith("_") and k != "imports" and _plain(v)} if isinstance(raw, dict) else {}
+            return (
+                {k: v for k, v in raw.items() if not k.startswith("_") and k != "imports" and _plain(v)}
+                if isinstance(raw, dict)
+                else {}
+            )
         frame = frame.f_back
     return {}
 
@@ -174,8 +178,13 @@ def _take_lock(folder: Path) -> str:
     """Write ``run.lock`` (exclusive create; a stale lock is replaced); returns this run's token."""
     lock = folder / LOCK_NAME
     token = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
-    content = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "command": " ".join(sys.argv), "token": token}
+    content = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(sys.argv),
+        "token": token,
+    }
     for _ in range(3):
         owner = _lock_owner(lock)
         if owner is not None:
@@ -204,7 +213,9 @@ def _check_resume(folder: Path, bundle: str, config: dict[str, Any]) -> bool:
     except FileNotFoundError:
         return False
     except (OSError, ValueError) as exc:
-        raise UDAInputError(f"cannot read the recorded run config ({exc}); delete it to resume without the check", record_path) from exc
+        raise UDAInputError(
+            f"cannot read the recorded run config ({exc}); delete it to resume without the check", record_path
+        ) from exc
     if record.get("bundle") != bundle:
         raise UDAInputError(f"cannot resume: the folder holds a {record.get('bundle')} run, this is {bundle}", folder)
     recorded = record.get("config", {})
@@ -253,7 +264,11 @@ def _record(bundle: str, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def claim_run_folder(
-    output_dir: str | Path, bundle: str, resume: Any = False, overwrite: Any = False, config: dict[str, Any] | None = None
+    output_dir: str | Path,
+    bundle: str,
+    resume: Any = False,
+    overwrite: Any = False,
+    config: dict[str, Any] | None = None,
 ) -> RunFolder:
     """Lock ``output_dir`` for this training, refuse to overwrite another run, record or check the config.
 

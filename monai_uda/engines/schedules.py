@@ -32,7 +32,9 @@ class ScheduleHandler:
         optimizers: for ``"lr"``, the names of the optimisers to set (default: all of them).
     """
 
-    def __init__(self, schedule: Callable[[int, int], float], param: str = "lr", optimizers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, schedule: Callable[[int, int], float], param: str = "lr", optimizers: Sequence[str] | None = None
+    ) -> None:
         self.schedule = schedule
         self.param = param
         self.optimizers = None if optimizers is None else list(optimizers)

@@ -92,7 +92,9 @@ class Stage:
         """The handler loading :attr:`checkpoint` (every rank resumes), or ``None`` when not resuming."""
         if self.checkpoint is None:
             return None
-        return ResumeCheckpointLoader(load_path=self.checkpoint, load_dict=checkpoint_objects(self.trainer), map_location=self.device)
+        return ResumeCheckpointLoader(
+            load_path=self.checkpoint, load_dict=checkpoint_objects(self.trainer), map_location=self.device
+        )
 
     def run(self) -> None:
         """Train the stage; a finished one is not run (its final networks are loaded when the next stage needs them)."""

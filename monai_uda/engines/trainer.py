@@ -215,7 +215,9 @@ class AdaptationTrainer(Trainer):
         batch = _to_device(batchdata, engine.state.device, engine.non_blocking)
         self.method.train()
         if self.memory_check and self.memory_plan is None:
-            self.memory_plan = plan_training(lambda micro: self.method.step(engine, micro), self.method, batch, engine.state.device, self.memory_hint)
+            self.memory_plan = plan_training(
+                lambda micro: self.method.step(engine, micro), self.method, batch, engine.state.device, self.memory_hint
+            )
             logger.info(self.memory_plan.describe())
         parts = split_batch(batch, self.memory_plan.steps if self.memory_plan else 1)
         size = batch_length(batch)
@@ -229,7 +231,8 @@ class AdaptationTrainer(Trainer):
                 if not math.isfinite(value):
                     raise TrainingDivergedError(
                         f"training diverged: loss '{name}' is {value} at iteration {engine.state.iteration}; "
-                        "the last good checkpoint in the output folder is kept (lower the learning rate or enable gradient clipping)"
+                        "the last good checkpoint in the output folder is kept "
+                        "(lower the learning rate or enable gradient clipping)"
                     )
                 output[name] = output.get(name, 0.0) + weight * value
         return output

@@ -29,7 +29,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from monai.losses import PatchAdversarialLoss
 from torch.func import functional_call
@@ -96,7 +95,9 @@ class ADGAN(AdaptationMethod):
         channels_last: bool = False,
     ) -> None:
         super().__init__(amp=amp)
-        use_rec, use_ctr, use_cyc, encoder_adain, aligned = (flag(v) for v in (use_rec, use_ctr, use_cyc, encoder_adain, aligned))
+        use_rec, use_ctr, use_cyc, encoder_adain, aligned = (
+            flag(v) for v in (use_rec, use_ctr, use_cyc, encoder_adain, aligned)
+        )
         if gan_mode not in ("least_squares", "bce"):
             raise ValueError(f"gan_mode must be 'least_squares' or 'bce', got {gan_mode!r}")
         if disc_channels is None:
@@ -125,10 +126,11 @@ class ADGAN(AdaptationMethod):
         self.lr, self.constant_iterations, self.decay_iterations = lr, constant_iterations, decay_iterations
 
     def lr_at(self, iteration: int, max_iterations: int) -> float:
-        """The learning rate of ``iteration``: ``lr`` for ``constant_iterations`` finished iterations, then linear decay to 0.
+        """The learning rate of ``iteration``: ``lr``, then linear decay to 0.
 
-        The official code steps a scheduler after every iteration, so iteration ``i`` (1-based) uses
-        the factor of ``i - 1`` finished ones. For a :class:`~monai_uda.engines.ScheduleHandler`.
+        ``lr`` holds for ``constant_iterations`` finished iterations. The official code steps a
+        scheduler after every iteration, so iteration ``i`` (1-based) uses the factor of ``i - 1``
+        finished ones. For a :class:`~monai_uda.engines.ScheduleHandler`.
         """
         return self.lr * (1.0 - max(0, iteration - 1 - self.constant_iterations) / max(self.decay_iterations, 1))
 
@@ -147,7 +149,10 @@ class ADGAN(AdaptationMethod):
         if self.memory_format is not None:
             x = x.contiguous(memory_format=self.memory_format)
         domain = torch.cat(
-            [torch.full((len(masks),), MASK_DOMAIN, device=x.device), torch.full((len(images),), IMAGE_DOMAIN, device=x.device)]
+            [
+                torch.full((len(masks),), MASK_DOMAIN, device=x.device),
+                torch.full((len(images),), IMAGE_DOMAIN, device=x.device),
+            ]
         )
         return x, domain
 
@@ -191,7 +196,9 @@ class ADGAN(AdaptationMethod):
         opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
         opt_g.zero_grad(set_to_none=True)
         opt_d.zero_grad(set_to_none=True)
-        self.backward(loss_g, "generator", inputs=[p for p in self.generator.parameters() if p.requires_grad], retain_graph=True)
+        self.backward(
+            loss_g, "generator", inputs=[p for p in self.generator.parameters() if p.requires_grad], retain_graph=True
+        )
         self.backward(loss_d, "discriminator", inputs=[p for p in self.discriminator.parameters() if p.requires_grad])
         self.step_optimizer("generator")
         self.step_optimizer("discriminator")
@@ -201,12 +208,16 @@ class ADGAN(AdaptationMethod):
         return logs
 
     # ------------------------------------------------------------------ inference helpers
-    def translator(self, to_domain: str | float = "mask", from_domain: str | None = None, ternary: bool = False) -> DomainTranslator:
+    def translator(
+        self, to_domain: str | float = "mask", from_domain: str | None = None, ternary: bool = False
+    ) -> DomainTranslator:
         """The generator as a one-input network translating to ``to_domain`` (see :class:`DomainTranslator`)."""
         return DomainTranslator(self.generator, to_domain, from_domain, ternary)
 
     @torch.no_grad()
-    def translate(self, images: torch.Tensor, to_domain: str | float = "mask", from_domain: str | None = None) -> torch.Tensor:
+    def translate(
+        self, images: torch.Tensor, to_domain: str | float = "mask", from_domain: str | None = None
+    ) -> torch.Tensor:
         """Translate a batch: image -> mask (segmentation), mask -> image (synthesis) or to a float label.
 
         Args:

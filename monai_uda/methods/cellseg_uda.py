@@ -76,10 +76,14 @@ class CellSegUDA(AdaptationMethod):
         self.optimizers["segmenter"] = torch.optim.Adam(segmenter.parameters(), lr=lr_segmenter, betas=betas)
         if self.reconstruct:
             self.reconstructor = reconstructor
-            self.optimizers["reconstructor"] = torch.optim.Adam(reconstructor.parameters(), lr=lr_reconstructor, betas=betas)
+            self.optimizers["reconstructor"] = torch.optim.Adam(
+                reconstructor.parameters(), lr=lr_reconstructor, betas=betas
+            )
         if self.adversarial:
             self.discriminator = discriminator
-            self.optimizers["discriminator"] = torch.optim.Adam(discriminator.parameters(), lr=lr_discriminator, betas=betas)
+            self.optimizers["discriminator"] = torch.optim.Adam(
+                discriminator.parameters(), lr=lr_discriminator, betas=betas
+            )
         self.loss_weights = {"adv": lambda_adv, "recons": lambda_recons}
         self.dice = DiceLoss(sigmoid=True)
 

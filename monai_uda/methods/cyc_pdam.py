@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from monai_uda.data.pseudo_labels import instance_targets
@@ -77,7 +76,9 @@ def pdam_variant(name: str) -> dict[str, dict[str, bool]]:
         UDAInputError: unknown variant name.
     """
     if name not in PDAM_VARIANTS:
-        raise UDAInputError(f"unknown CyC-PDAM variant {name!r}; choose one of {sorted(PDAM_VARIANTS)} (w/o NI: inpaint false)")
+        raise UDAInputError(
+            f"unknown CyC-PDAM variant {name!r}; choose one of {sorted(PDAM_VARIANTS)} (w/o NI: inpaint false)"
+        )
     return PDAM_VARIANTS[name]
 
 
@@ -178,7 +179,10 @@ class CycleGANStage(AdaptationMethod):
         self.optimizers["discriminators"] = torch.optim.Adam(discriminators, lr=lr, betas=(0.5, 0.999))
 
     def lr_at(self, iteration: int, max_iterations: int) -> float:
-        """The learning rate of ``iteration`` (:func:`cyclegan_lr`), for a :class:`~monai_uda.engines.ScheduleHandler`."""
+        """The learning rate of ``iteration`` (:func:`cyclegan_lr`).
+
+        For a :class:`~monai_uda.engines.ScheduleHandler`.
+        """
         return cyclegan_lr(iteration, max_iterations, self.lr)
 
     def checkpoint_objects(self) -> dict[str, Any]:
@@ -202,7 +206,8 @@ class CycleGANStage(AdaptationMethod):
         with self.autocast():
             fake_t = self.generator_s2t(real_s)
             fake_s = self.generator_t2s(real_t)
-            adv = gan_loss(self.discriminator_t(fake_t), True, self.gan_mode) + gan_loss(self.discriminator_s(fake_s), True, self.gan_mode)
+            adv_t = gan_loss(self.discriminator_t(fake_t), True, self.gan_mode)
+            adv = adv_t + gan_loss(self.discriminator_s(fake_s), True, self.gan_mode)
             cycle = F.l1_loss(self.generator_t2s(fake_t), real_s) + F.l1_loss(self.generator_s2t(fake_s), real_t)
             loss_g = adv + self.loss_weights["cycle"] * cycle
             identity = torch.zeros((), device=real_s.device)
@@ -216,8 +221,12 @@ class CycleGANStage(AdaptationMethod):
         opt_d = self.optimizers["discriminators"]
         opt_d.zero_grad(set_to_none=True)
         with self.autocast():
-            loss_d_t = discriminator_loss(self.discriminator_t(real_t), self.discriminator_t(self.pools["target"].query(fake_t)), self.gan_mode)
-            loss_d_s = discriminator_loss(self.discriminator_s(real_s), self.discriminator_s(self.pools["source"].query(fake_s)), self.gan_mode)
+            loss_d_t = discriminator_loss(
+                self.discriminator_t(real_t), self.discriminator_t(self.pools["target"].query(fake_t)), self.gan_mode
+            )
+            loss_d_s = discriminator_loss(
+                self.discriminator_s(real_s), self.discriminator_s(self.pools["source"].query(fake_s)), self.gan_mode
+            )
         self.backward(loss_d_t + loss_d_s, "discriminators")
         self.step_optimizer("discriminators")
         return {
@@ -304,9 +313,15 @@ class PDAMStage(AdaptationMethod):
         else:
             super().set_scheduled(name, value, optimizers)
 
-    def _adversarial(self, source_logits: torch.Tensor, target_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _adversarial(
+        self, source_logits: torch.Tensor, target_logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Domain loss (source = 1, target = 0, averaged) and the eq-3 weight of one discriminator."""
-        losses = [gan_loss(logits, is_source, "bce") for logits, is_source in ((source_logits, True), (target_logits, False)) if logits.numel()]
+        losses = [
+            gan_loss(logits, is_source, "bce")
+            for logits, is_source in ((source_logits, True), (target_logits, False))
+            if logits.numel()
+        ]
         loss = torch.stack(losses).mean() if losses else source_logits.sum() * 0.0
         weight = task_weight(source_logits, self.beta) if self.reweight else torch.ones((), device=loss.device)
         return loss, weight
@@ -315,7 +330,8 @@ class PDAMStage(AdaptationMethod):
         """One PDAM iteration (eqs 3-5, see the module docstring)."""
         net = self.detector
         optimizer = self.optimizers["detector"]
-        lr = optimizer.param_groups[0]["lr"]  # lr and reversal strength: set by the schedule handlers (lr_at, grl_alpha_at)
+        # lr and reversal strength: set by the schedule handlers (lr_at, grl_alpha_at)
+        lr = optimizer.param_groups[0]["lr"]
         optimizer.zero_grad(set_to_none=True)
         targets = [instance_targets(label) for label in batch["source_label"]]
         one = torch.ones((), device=batch["source_image"].device)
@@ -323,12 +339,22 @@ class PDAMStage(AdaptationMethod):
         with self.autocast():
             source = net.run_domain(list(batch["source_image"]), targets)
             target = net.run_domain(list(batch["target_image"]))
-            loss_img, w_img = self._adversarial(net.image_logits(source), net.image_logits(target)) if net.image_discriminator else (zero, one)
+            loss_img, w_img = (
+                self._adversarial(net.image_logits(source), net.image_logits(target))
+                if net.image_discriminator
+                else (zero, one)
+            )
             loss_sem_adv, w_sem, loss_semseg = zero, one, zero
             if net.semantic_head is not None:
                 loss_sem_adv, w_sem = self._adversarial(net.entropy_logits(source), net.entropy_logits(target))
-                loss_semseg = F.cross_entropy(source.semantic_logits.float(), net.semantic_labels(source), ignore_index=-100)
-            loss_ins, w_ins = self._adversarial(net.instance_logits(source), net.instance_logits(target)) if net.instance_discriminator else (zero, one)
+                loss_semseg = F.cross_entropy(
+                    source.semantic_logits.float(), net.semantic_labels(source), ignore_index=-100
+                )
+            loss_ins, w_ins = (
+                self._adversarial(net.instance_logits(source), net.instance_logits(target))
+                if net.instance_discriminator
+                else (zero, one)
+            )
             rpn = sum(v for k, v in source.losses.items() if k in ("loss_objectness", "loss_rpn_box_reg"))
             heads = sum(v for k, v in source.losses.items() if k not in ("loss_objectness", "loss_rpn_box_reg"))
             detection = w_img * rpn + w_ins * heads + w_sem * loss_semseg  # eq 3

@@ -21,12 +21,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.utils import parametrize
 
-from monai_uda.data.pseudo_labels import PseudoLabelAugment, filter_detections, instance_targets
 from monai_uda import flag
+from monai_uda.data.pseudo_labels import PseudoLabelAugment, filter_detections, instance_targets
 from monai_uda.engines.method import AdaptationMethod
 from monai_uda.losses.domain import DEFAULT_BANDWIDTHS, background_consistency_loss, mmd_loss, orthogonality_loss
 from monai_uda.networks.domain_separation import DomainSeparationMaskRCNN
@@ -130,12 +129,17 @@ class DARCNNStage1(AdaptationMethod):
         super().__init__(amp=amp)
         if set(detector.domains) != {"source", "target"}:
             raise ValueError(f"stage 1 needs a source and a target branch, got {detector.domains}")
-        for name, value in (("target_head_momentum", target_head_momentum), ("target_encoder_momentum", target_encoder_momentum)):
+        momenta = (("target_head_momentum", target_head_momentum), ("target_encoder_momentum", target_encoder_momentum))
+        for name, value in momenta:
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         self.detector = detector
         self.alpha, self.alpha_start, self.alpha_warmup_iterations = alpha, alpha_start, alpha_warmup_iterations
-        self.loss_weights = {"sim": alpha_ramp(1, alpha_warmup_iterations, alpha_start, alpha), "diff": beta, "target": gamma}
+        self.loss_weights = {
+            "sim": alpha_ramp(1, alpha_warmup_iterations, alpha_start, alpha),
+            "diff": beta,
+            "target": gamma,
+        }
         self.score_threshold, self.mask_threshold = score_threshold, mask_threshold
         self.diff_channel_fraction = diff_channel_fraction
         self.bandwidths = tuple(bandwidths)
@@ -146,11 +150,41 @@ class DARCNNStage1(AdaptationMethod):
         self.optimizers["detector"] = _adam(trained, lr)
 
     def sim_weight_at(self, iteration: int, max_iterations: int) -> float:
-        """The L_sim weight of ``iteration`` (:func:`alpha_ramp`), for a :class:`~monai_uda.engines.ScheduleHandler` of ``"sim"``."""
+        """The L_sim weight of ``iteration`` (:func:`alpha_ramp`).
+
+        The schedule of a :class:`~monai_uda.engines.ScheduleHandler` of ``"sim"``.
+        """
         return alpha_ramp(iteration, self.alpha_warmup_iterations, self.alpha_start, self.alpha)
 
     def _levels(self, features: Mapping[str, torch.Tensor]) -> list[str]:
         return list(features) if self.feature_levels is None else [k for k in self.feature_levels if k in features]
+
+    def _feature_losses(
+        self,
+        shared_s: Mapping[str, torch.Tensor],
+        private_s: Mapping[str, torch.Tensor],
+        shared_t: Mapping[str, torch.Tensor],
+        private_t: Mapping[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_sim (eq 2) and L_diff (eq 3, source and target) over the feature levels of the encodings."""
+        net = self.detector
+        levels = self._levels(shared_s)
+        # P's orthogonal parametrisation: computed (and back-propagated) once, not per level
+        with parametrize.cached():
+            loss_sim = torch.stack(  # eq 2
+                [
+                    mmd_loss(net.project(shared_s[k]).float(), net.project(shared_t[k]).float(), self.bandwidths)
+                    for k in levels
+                ]
+            ).mean()
+        loss_diff = torch.stack(  # eq 3, source and target
+            [
+                orthogonality_loss(shared[k].float(), private[k].float(), self.diff_channel_fraction)
+                for shared, private in ((shared_s, private_s), (shared_t, private_t))
+                for k in levels
+            ]
+        ).sum() / len(levels)
+        return loss_sim, loss_diff
 
     def step(self, engine: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | float]:
         """One iteration of DARCNN stage 1 (eq 1, see the module docstring)."""
@@ -166,21 +200,10 @@ class DARCNNStage1(AdaptationMethod):
             shared_t, private_t = net.encode(images_t, "target")
 
             proposals, rpn_losses = net.propose(images_s, shared_s, targets)  # L_source
-            _, head_losses = net.heads["source"](net.fuse(shared_s, private_s), proposals, images_s.image_sizes, targets)
+            fused_s = net.fuse(shared_s, private_s)
+            _, head_losses = net.heads["source"](fused_s, proposals, images_s.image_sizes, targets)
             loss_source = sum(rpn_losses.values()) + sum(head_losses.values())
-
-            levels = self._levels(shared_s)
-            with parametrize.cached():  # P's orthogonal parametrisation: computed (and back-propagated) once, not per level
-                loss_sim = torch.stack(  # eq 2
-                    [mmd_loss(net.project(shared_s[k]).float(), net.project(shared_t[k]).float(), self.bandwidths) for k in levels]
-                ).mean()
-            loss_diff = torch.stack(  # eq 3, source and target
-                [
-                    orthogonality_loss(shared[k].float(), private[k].float(), self.diff_channel_fraction)
-                    for shared, private in ((shared_s, private_s), (shared_t, private_t))
-                    for k in levels
-                ]
-            ).sum() / len(levels)
+            loss_sim, loss_diff = self._feature_losses(shared_s, private_s, shared_t, private_t)
 
             detections, roi_features = net.detect_with_features(images_t, shared_t, private_t, "target")
             background = background_consistency_loss(  # eqs 4-6
@@ -201,8 +224,11 @@ class DARCNNStage1(AdaptationMethod):
         if self.target_head_momentum < 1.0 and self.last_micro_batch:
             _follow(net.heads["target"], net.heads["source"], min(self.target_head_momentum, warmup))
         if self.target_encoder_momentum < 1.0 and self.last_micro_batch:
-            _follow(net.private_encoders["target"], net.private_encoders["source"], min(self.target_encoder_momentum, warmup), copy_buffers=False)
-        losses: dict[str, torch.Tensor | float] = {f"source_{k.removeprefix('loss_')}": v.detach() for k, v in {**rpn_losses, **head_losses}.items()}
+            momentum = min(self.target_encoder_momentum, warmup)
+            _follow(net.private_encoders["target"], net.private_encoders["source"], momentum, copy_buffers=False)
+        losses: dict[str, torch.Tensor | float] = {
+            f"source_{k.removeprefix('loss_')}": v.detach() for k, v in {**rpn_losses, **head_losses}.items()
+        }
         losses.update(
             source=loss_source.detach(),
             sim=loss_sim.detach(),
@@ -282,7 +308,10 @@ class DARCNNStage2(AdaptationMethod):
         self.teacher.eval()
         with self.autocast():
             detections = self.teacher(list(self.augment(images)))
-        return [filter_detections({k: v.float() for k, v in d.items()}, self.score_threshold, self.mask_threshold) for d in detections]
+        return [
+            filter_detections({k: v.float() for k, v in d.items()}, self.score_threshold, self.mask_threshold)
+            for d in detections
+        ]
 
     def step(self, engine: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | float]:
         """One iteration of DARCNN stage 2."""
@@ -294,10 +323,14 @@ class DARCNNStage2(AdaptationMethod):
         optimizer = self.optimizers["detector"]
         optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            losses = self.detector(list(batch["target_image"]), [{k: v for k, v in t.items() if k != "scores"} for t in targets], "target")
+            losses = self.detector(
+                list(batch["target_image"]), [{k: v for k, v in t.items() if k != "scores"} for t in targets], "target"
+            )
             total = sum(losses.values())
         self.backward(total, "detector")
         self.step_optimizer("detector")
-        out: dict[str, torch.Tensor | float] = {f"pseudo_{k.removeprefix('loss_')}": v.detach() for k, v in losses.items()}
+        out: dict[str, torch.Tensor | float] = {
+            f"pseudo_{k.removeprefix('loss_')}": v.detach() for k, v in losses.items()
+        }
         out.update(total=total.detach(), pseudo_instances=float(sum(len(t["boxes"]) for t in targets)))
         return out

@@ -63,11 +63,15 @@ def _normalisation(
     if image_std is None:
         image_std = _IMAGENET_STD if in_channels == 3 else (0.25,) * in_channels
     if len(image_mean) != in_channels or len(image_std) != in_channels:
-        raise UDAInputError(f"image_mean/image_std need {in_channels} values, got {len(image_mean)} and {len(image_std)}")
+        raise UDAInputError(
+            f"image_mean/image_std need {in_channels} values, got {len(image_mean)} and {len(image_std)}"
+        )
     return image_mean, image_std
 
 
-def _resnet_fpn(backbone: str, norm: str, in_channels: int, trainable_layers: int) -> tuple[nn.Module, Callable[[int], nn.Module] | None]:
+def _resnet_fpn(
+    backbone: str, norm: str, in_channels: int, trainable_layers: int
+) -> tuple[nn.Module, Callable[[int], nn.Module] | None]:
     """The ResNet-FPN feature extractor (random weights) and the normalisation of the FPN and mask head."""
     norm_layer = _norm_layer(norm)
     body = getattr(resnet, backbone)(weights=None, norm_layer=norm_layer)
@@ -128,8 +132,10 @@ def build_mask_rcnn(
         AnchorGenerator(tuple((int(s),) for s in anchor_sizes), (tuple(float(r) for r in aspect_ratios),) * 5),
     )
     kwargs.setdefault("mask_head", MaskRCNNHeads(features.out_channels, [256] * 4, 1, norm_layer=fpn_norm))
-    model = MaskRCNN(features, num_classes=num_classes, min_size=min_size, max_size=max_size,
-                     image_mean=list(image_mean), image_std=list(image_std), **kwargs)
+    model = MaskRCNN(
+        features, num_classes=num_classes, min_size=min_size, max_size=max_size, image_mean=list(image_mean),
+        image_std=list(image_std), **kwargs,
+    )
     if weights_path is not None:
         load_mask_rcnn_weights(model, weights_path)
     return model
@@ -185,6 +191,8 @@ def load_mask_rcnn_weights(model: MaskRCNN, weights_path: str | Path) -> list[st
             loadable[key] = value
     if problems or not loadable:
         shown = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
-        raise UDAInputError(f"weights do not fit this Mask R-CNN (backbone/norm/in_channels?): {shown or 'no matching keys'}", path)
+        raise UDAInputError(
+            f"weights do not fit this Mask R-CNN (backbone/norm/in_channels?): {shown or 'no matching keys'}", path
+        )
     model.load_state_dict(loadable, strict=False)
     return sorted(set(own) - set(loadable))

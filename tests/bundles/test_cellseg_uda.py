@@ -12,15 +12,21 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, run
 
-from monai_uda.data.io import read_array
 from monai_uda.data.datalist import export_split
+from monai_uda.data.io import read_array
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "cellseg_uda" / "configs"
 SCHEMA = REPO.parent / "shared" / "monai_schema" / "meta_schema_20240725.json"
 
-TINY_2D = {"widths": [4, 8, 16], "disc_widths": [4, 4, 4, 4], "source_patch": [64, 64], "target_patch": [64, 64], "batch_size": 2}
-TINY_3D = {"widths": [4, 8], "disc_widths": [4, 4, 4, 4], "source_patch": [32, 32, 32], "target_patch": [32, 32, 32], "batch_size": 1}
+TINY_2D = {
+    "widths": [4, 8, 16], "disc_widths": [4, 4, 4, 4], "source_patch": [64, 64], "target_patch": [64, 64],
+    "batch_size": 2,
+}
+TINY_3D = {
+    "widths": [4, 8], "disc_widths": [4, 4, 4, 4], "source_patch": [32, 32, 32], "target_patch": [32, 32, 32],
+    "batch_size": 1,
+}
 
 
 def _cfg(*names: str) -> list[str]:
@@ -30,8 +36,10 @@ def _cfg(*names: str) -> list[str]:
 def test_training_command_line_then_inference_and_evaluate(sample_2d, tmp_path):
     """The README's command, verbatim, then the inference and evaluate configs on its model."""
     out = tmp_path / "train"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.yaml"),
-           "--dataset_dir", str(sample_2d), "--output_dir", str(out), "--max_iterations", "2"]
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.yaml"),
+        "--dataset_dir", str(sample_2d), "--output_dir", str(out), "--max_iterations", "2",
+    ]
     for key, value in TINY_2D.items():
         cmd += [f"--{key}", json.dumps(value)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -41,18 +49,25 @@ def test_training_command_line_then_inference_and_evaluate(sample_2d, tmp_path):
 
     images, labels = export_split(sample_2d / "datalist.json", "test", tmp_path / "test")
     pred = tmp_path / "pred"
-    run("inference", config_file=_cfg("inference.yaml"), meta_file=str(CONFIGS / "metadata.json"), input_dir=str(images),
-        output_dir=str(pred), ckpt_path=str(out / "model.pt"), widths=TINY_2D["widths"], target_patch=[64, 64])
+    run(
+        "inference", config_file=_cfg("inference.yaml"), meta_file=str(CONFIGS / "metadata.json"),
+        input_dir=str(images), output_dir=str(pred), ckpt_path=str(out / "model.pt"), widths=TINY_2D["widths"],
+        target_patch=[64, 64],
+    )
     stems = [p.name for p in images.iterdir()]
     assert stems and all((pred / f"{Path(s).stem}_instances.tif").is_file() for s in stems)
     mask, _ = read_array(next(pred.glob("*_mask.png")))
     assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
 
     metrics = tmp_path / "metrics.json"
-    run("evaluate", config_file=_cfg("evaluate.yaml"), meta_file=str(CONFIGS / "metadata.json"),
-        pred_dir=str(pred), gt_dir=str(labels), out=str(metrics))
+    run(
+        "evaluate", config_file=_cfg("evaluate.yaml"), meta_file=str(CONFIGS / "metadata.json"), pred_dir=str(pred),
+        gt_dir=str(labels), out=str(metrics),
+    )
     result = json.loads(metrics.read_text())
-    assert set(result["mean"]) == {"aji", "aji_plus", "pq", "sq", "dq", "object_f1", "dice", "precision", "recall", "iou"}
+    assert set(result["mean"]) == {
+        "aji", "aji_plus", "pq", "sq", "dq", "object_f1", "dice", "precision", "recall", "iou",
+    }
     assert all(0.0 <= v <= 1.0 for v in result["mean"].values())
 
 
@@ -62,18 +77,24 @@ def test_paper_table_rows_train(sample_2d, tmp_path, mode):
     datalist = json.loads((sample_2d / "datalist.json").read_text())
     datalist["target"] = datalist["test"] * 2
     (sample_2d / "datalist_labelled_target.json").write_text(json.dumps(datalist))
-    run("training", config_file=_cfg("train.yaml"), meta_file=str(CONFIGS / "metadata.json"),
-        dataset_dir=str(sample_2d / "datalist_labelled_target.json"),
-        output_dir=str(tmp_path), max_iterations=1, mode=mode, target_label_fraction=0.5, **TINY_2D)
+    run(
+        "training", config_file=_cfg("train.yaml"), meta_file=str(CONFIGS / "metadata.json"),
+        dataset_dir=str(sample_2d / "datalist_labelled_target.json"), output_dir=str(tmp_path), max_iterations=1,
+        mode=mode, target_label_fraction=0.5, **TINY_2D,
+    )
     model = torch.load(tmp_path / "model.pt", weights_only=True)
-    expected = {"source_only": {"segmenter"}, "target_only": {"segmenter"}, "no_recons": {"segmenter", "discriminator"},
-                "ssda": {"segmenter", "reconstructor", "discriminator"}}[mode]
+    expected = {
+        "source_only": {"segmenter"}, "target_only": {"segmenter"}, "no_recons": {"segmenter", "discriminator"},
+        "ssda": {"segmenter", "reconstructor", "discriminator"},
+    }[mode]
     assert set(model) == expected
 
 
 def test_resume_override_continues_from_newest_checkpoint(sample_2d, tmp_path):
-    common = dict(config_file=_cfg("train.yaml"), meta_file=str(CONFIGS / "metadata.json"), dataset_dir=str(sample_2d),
-                  output_dir=str(tmp_path), ckpt_interval=1, **TINY_2D)
+    common = dict(
+        config_file=_cfg("train.yaml"), meta_file=str(CONFIGS / "metadata.json"), dataset_dir=str(sample_2d),
+        output_dir=str(tmp_path), ckpt_interval=1, **TINY_2D,
+    )
     run("training", max_iterations=2, **common)
     assert sorted(p.name for p in tmp_path.glob("*checkpoint*.pt"))  # periodic checkpoints written
     run("training", max_iterations=3, resume=True, **common)
@@ -89,12 +110,16 @@ def test_resume_override_continues_from_newest_checkpoint(sample_2d, tmp_path):
 
 
 def test_3d_train_and_inference_keep_spacing(sample_3d, tmp_path):
-    run("training", config_file=_cfg("train.yaml", "train_3d.yaml"), meta_file=str(CONFIGS / "metadata.json"),
-        dataset_dir=str(sample_3d), output_dir=str(tmp_path / "train"), max_iterations=1, **TINY_3D)
+    run(
+        "training", config_file=_cfg("train.yaml", "train_3d.yaml"), meta_file=str(CONFIGS / "metadata.json"),
+        dataset_dir=str(sample_3d), output_dir=str(tmp_path / "train"), max_iterations=1, **TINY_3D,
+    )
     images, _ = export_split(sample_3d / "datalist.json", "test", tmp_path / "test")
-    run("inference", config_file=_cfg("inference.yaml", "train_3d.yaml"), meta_file=str(CONFIGS / "metadata.json"),
+    run(
+        "inference", config_file=_cfg("inference.yaml", "train_3d.yaml"), meta_file=str(CONFIGS / "metadata.json"),
         input_dir=str(images), output_dir=str(tmp_path / "pred"), ckpt_path=str(tmp_path / "train" / "model.pt"),
-        widths=TINY_3D["widths"], target_patch=[32, 32, 32])
+        widths=TINY_3D["widths"], target_patch=[32, 32, 32],
+    )
     outputs = sorted(p.name for p in (tmp_path / "pred").iterdir())
     assert any(n.endswith("_instances.nii.gz") for n in outputs) and any(n.endswith("_mask.nii.gz") for n in outputs)
 
@@ -105,6 +130,13 @@ def test_multi_gpu_config_parses_and_metadata_verifies():
     assert parser["device"].startswith("$") and "run" in parser.config and "training" in parser.config
     if not SCHEMA.is_file():
         pytest.skip("bundle schema not found beside the checkout")
-    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"),
-                           "--filepath", str(SCHEMA)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"),
+            "--filepath", str(SCHEMA),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and "verified with no error" in proc.stdout + proc.stderr

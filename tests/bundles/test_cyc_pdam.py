@@ -14,9 +14,9 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, run, verify_metadata
 
+from monai_uda.benchmark.presets import BENCHMARK_PRESETS
 from monai_uda.data.datalist import export_split, load_datalist
 from monai_uda.data.io import read_array, read_label
-from monai_uda.benchmark.presets import BENCHMARK_PRESETS
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "cyc_pdam" / "configs"
@@ -48,7 +48,10 @@ def _cfg(*names: str) -> list[str]:
 
 
 def _train(dataset_dir: Path, output_dir: Path, **overrides) -> None:
-    run("training", config_file=_cfg("train.yaml"), meta_file=META, dataset_dir=str(dataset_dir), output_dir=str(output_dir), **TINY, **overrides)
+    run(
+        "training", config_file=_cfg("train.yaml"), meta_file=META, dataset_dir=str(dataset_dir),
+        output_dir=str(output_dir), **TINY, **overrides,
+    )
 
 
 def _checkpoints(folder: Path) -> dict[str, int]:
@@ -81,8 +84,10 @@ def test_inference_and_evaluate(trained, sample_2d, tmp_path):
     images, labels = export_split(sample_2d / "datalist.json", "test", tmp_path / "test")
     pred = tmp_path / "pred"
     # the documented CPU-preset merge (same network settings as training); the tiny run's own sizes override it
-    run("inference", config_file=_cfg("inference.yaml", "train_cpu.yaml"), meta_file=META, input_dir=str(images),
-        output_dir=str(pred), ckpt_path=str(trained / "pdam" / "model.pt"), **TINY_INFERENCE)
+    run(
+        "inference", config_file=_cfg("inference.yaml", "train_cpu.yaml"), meta_file=META, input_dir=str(images),
+        output_dir=str(pred), ckpt_path=str(trained / "pdam" / "model.pt"), **TINY_INFERENCE,
+    )
     stems = [p.name.split(".")[0] for p in images.iterdir()]
     assert stems and all((pred / f"{s}_instances.tif").is_file() for s in stems)
     instances, _ = read_array(pred / f"{stems[0]}_instances.tif")
@@ -90,7 +95,10 @@ def test_inference_and_evaluate(trained, sample_2d, tmp_path):
     assert np.array_equal(mask > 0, instances > 0)
 
     metrics = tmp_path / "metrics.json"
-    run("evaluate", config_file=_cfg("evaluate.yaml"), meta_file=META, pred_dir=str(pred), gt_dir=str(labels), out=str(metrics))
+    run(
+        "evaluate", config_file=_cfg("evaluate.yaml"), meta_file=META, pred_dir=str(pred), gt_dir=str(labels),
+        out=str(metrics),
+    )
     result = json.loads(metrics.read_text())["mean"]
     assert {"aji", "aji_plus", "pq", "object_f1", "dice"} <= set(result)
     assert all(0.0 <= result[k] <= 1.0 for k in ("aji", "aji_plus", "pq", "object_f1", "dice"))
@@ -145,9 +153,14 @@ def test_cpu_preset_matches_the_benchmark_preset_and_caps_each_stage():
     preset = BENCHMARK_PRESETS["cyc_pdam"]["cpu"]
     detector = dict(preset["detector"])
     assert parser["patch"] == [preset["size"]] * 2 == [detector.pop("min_size"), detector.pop("max_size")]
-    assert (parser["backbone"], parser["norm"], parser["instance_proposals"]) == (detector.pop("backbone"), detector.pop("norm"), detector.pop("instance_proposals"))
+    assert (parser["backbone"], parser["norm"], parser["instance_proposals"]) == (
+        detector.pop("backbone"),
+        detector.pop("norm"),
+        detector.pop("instance_proposals"),
+    )
     assert parser["detector_kwargs"] == detector
-    assert (parser.get_parsed_content("cyclegan_iterations"), parser.get_parsed_content("pdam_iterations")) == (1000, 500)
+    iterations = (parser.get_parsed_content("cyclegan_iterations"), parser.get_parsed_content("pdam_iterations"))
+    assert iterations == (1000, 500)
     parser.update({"max_iterations": 3})
     parser.parse(reset=True)
     assert (parser.get_parsed_content("cyclegan_iterations"), parser.get_parsed_content("pdam_iterations")) == (3, 3)

@@ -72,7 +72,11 @@ def test_training_runs_both_stages_on_one_network(trained):
     source_keys = [k for k in final if k.startswith(SOURCE_BRANCH)]
     assert source_keys and all(torch.equal(final[k], stage1[k]) for k in source_keys)
     # ... while the target branch and the shared parts trained on
-    for key in ("heads.target.box_predictor.cls_score.weight", "rpn.head.cls_logits.weight", "shared_encoder.fpn.layer_blocks.0.0.weight"):
+    for key in (
+        "heads.target.box_predictor.cls_score.weight",
+        "rpn.head.cls_logits.weight",
+        "shared_encoder.fpn.layer_blocks.0.0.weight",
+    ):
         assert not torch.equal(final[key], stage1[key]), key
     assert not list(trained.glob("stage*/*checkpoint*.pt"))  # ckpt_interval (500) never reached
 
@@ -80,8 +84,10 @@ def test_training_runs_both_stages_on_one_network(trained):
 def test_inference_and_evaluate_2d(trained, sample_2d, tmp_path):
     images, labels = export_split(sample_2d / "datalist.json", "test", tmp_path / "test")
     pred = tmp_path / "pred"
-    run("inference", config_file=_cfg("inference.yaml"), meta_file=str(CONFIGS / "metadata.json"), input_dir=str(images),
-        output_dir=str(pred), ckpt_path=str(trained / "model.pt"), **TINY_INFERENCE)
+    run(
+        "inference", config_file=_cfg("inference.yaml"), meta_file=str(CONFIGS / "metadata.json"),
+        input_dir=str(images), output_dir=str(pred), ckpt_path=str(trained / "model.pt"), **TINY_INFERENCE,
+    )
     stems = [Path(p.name).stem for p in images.iterdir()]
     for stem in stems:
         assert {f"{stem}_mask.png", f"{stem}_instances.tif", f"{stem}_overlay.png"} <= {p.name for p in pred.iterdir()}
@@ -93,10 +99,14 @@ def test_inference_and_evaluate_2d(trained, sample_2d, tmp_path):
         np.testing.assert_array_equal(mask > 0, instances > 0)
 
     metrics = tmp_path / "metrics.json"
-    run("evaluate", config_file=_cfg("evaluate.yaml"), meta_file=str(CONFIGS / "metadata.json"),
-        pred_dir=str(pred), gt_dir=str(labels), out=str(metrics))
+    run(
+        "evaluate", config_file=_cfg("evaluate.yaml"), meta_file=str(CONFIGS / "metadata.json"), pred_dir=str(pred),
+        gt_dir=str(labels), out=str(metrics),
+    )
     result = json.loads(metrics.read_text())
-    assert set(result["mean"]) == {"aji", "aji_plus", "pq", "sq", "dq", "object_f1", "dice", "precision", "recall", "iou"}
+    assert set(result["mean"]) == {
+        "aji", "aji_plus", "pq", "sq", "dq", "object_f1", "dice", "precision", "recall", "iou",
+    }
     assert all(0.0 <= v <= 1.0 for v in result["mean"].values())
 
 
@@ -104,8 +114,11 @@ def test_inference_3d_volume_slice_wise(trained, sample_3d, tmp_path):
     """A 3D volume through the slice-wise detector (grey volume repeated to the model's 3 channels)."""
     images, _ = export_split(sample_3d / "datalist.json", "test", tmp_path / "test")
     pred = tmp_path / "pred"
-    run("inference", config_file=_cfg("inference.yaml"), meta_file=str(CONFIGS / "metadata.json"), input_dir=str(images),
-        output_dir=str(pred), ckpt_path=str(trained / "model.pt"), spatial_dims=3, **TINY_INFERENCE)
+    run(
+        "inference", config_file=_cfg("inference.yaml"), meta_file=str(CONFIGS / "metadata.json"),
+        input_dir=str(images), output_dir=str(pred), ckpt_path=str(trained / "model.pt"), spatial_dims=3,
+        **TINY_INFERENCE,
+    )
     volume = next(images.iterdir())
     stem = volume.name.split(".")[0]
     instances, _ = read_array(pred / f"{stem}_instances.nii.gz")
@@ -147,7 +160,10 @@ def test_resume_picks_the_stage(sample_2d, tmp_path):
     stage1_ckpt = _touch_checkpoint(out / "stage1", 4)
     _touch_checkpoint(out / "stage1", 2)
     parser = _resume_parser(out, sample_2d, resume=False)
-    assert parser.get_parsed_content("stage1_stage").checkpoint is None and parser.get_parsed_content("stage2_stage").checkpoint is None
+    assert (
+        parser.get_parsed_content("stage1_stage").checkpoint is None
+        and parser.get_parsed_content("stage2_stage").checkpoint is None
+    )
 
     parser = _resume_parser(out, sample_2d, resume=True)  # no stage-2 checkpoint yet: continue stage 1
     stage1 = parser.get_parsed_content("stage1_stage")
@@ -178,7 +194,8 @@ def test_resume_skips_a_finished_stage1_and_starts_stage2_from_its_model(sample_
     loaded = parser.get_parsed_content("network_def")
     assert stage1.weights["detector"] is loaded
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in finished.items())
-    assert not _resume_parser(out, sample_2d, resume=False).get_parsed_content("stage1_stage").finished  # a fresh run retrains
+    # a fresh run retrains
+    assert not _resume_parser(out, sample_2d, resume=False).get_parsed_content("stage1_stage").finished
 
 
 def test_multi_gpu_config_parses_and_metadata_verifies():

@@ -43,7 +43,9 @@ def test_plan_accumulates_keeping_the_batch():
     assert (plan.steps, plan.micro_batch, plan.needed, plan.planned) == (2, 4, 17 * GIB, 9 * GIB)
     line = plan.describe()
     assert "\n" not in line
-    assert "needs ~17.0 GiB, 10.0 GiB available" in line and "2 micro-batches of 4" in line and "effective batch 8" in line
+    assert (
+        "needs ~17.0 GiB, 10.0 GiB available" in line and "2 micro-batches of 4" in line and "effective batch 8" in line
+    )
     # uneven: 7 samples, 3 per micro-batch at most -> 3 micro-batches of at most 3
     plan = plan_batches(7, fixed=0, per_sample=3 * GIB, available=10 * GIB)
     assert (plan.steps, plan.micro_batch) == (3, 3)
@@ -141,7 +143,10 @@ def test_float16_amp_scales_per_optimiser_and_checkpoints_the_scalers():
     scaler = method.scalers["discriminator"]
     scale = scaler.get_scale()
     weights = copy.deepcopy(method.discriminator.state_dict())
-    method.backward(torch.tensor(float("inf"), requires_grad=True) * sum(p.sum() for p in method.discriminator.parameters()), "discriminator")
+    method.backward(
+        torch.tensor(float("inf"), requires_grad=True) * sum(p.sum() for p in method.discriminator.parameters()),
+        "discriminator",
+    )
     method.step_optimizer("discriminator")
     assert scaler.get_scale() == scale / 2
     for k, v in method.discriminator.state_dict().items():
@@ -167,7 +172,9 @@ def test_plan_training_measures_the_real_step_and_restores_the_method():
 
 
 # ------------------------------------------------------------------ each bundle's default train.yaml on this machine
-FIRST_TRAINER = {"ad_gan": "trainer", "cellseg_uda": "trainer", "cyc_pdam": "cyclegan_trainer", "darcnn": "stage1_trainer"}
+FIRST_TRAINER = {
+    "ad_gan": "trainer", "cellseg_uda": "trainer", "cyc_pdam": "cyclegan_trainer", "darcnn": "stage1_trainer",
+}
 
 
 @pytest.mark.parametrize("bundle", sorted(FIRST_TRAINER))
@@ -188,7 +195,8 @@ def test_default_train_config_plans_to_fit_this_machine(bundle, tmp_path):
     machine = meminfo_bytes("MemTotal")  # checked against the machine, not the moment's load
     alone = plan_batches(batch_size, fixed, per_sample, machine, hint=trainer.memory_hint)
     assert alone.steps == 1 and alone.needed <= HEADROOM * machine  # the configured batch as it is
-    shared = plan_batches(batch_size, fixed, per_sample, machine // 2, hint=trainer.memory_hint)  # torchrun, 2 processes
+    # torchrun, 2 processes
+    shared = plan_batches(batch_size, fixed, per_sample, machine // 2, hint=trainer.memory_hint)
     assert shared.micro_batch * shared.steps >= batch_size and shared.planned <= HEADROOM * machine // 2
 
 
@@ -233,6 +241,8 @@ def test_trainer_refuses_before_the_first_step_when_one_sample_does_not_fit(monk
     monkeypatch.setattr(memory, "available_memory", lambda device: 1024)
     trainer = _trainer(2, memory_check=True, memory_hint="the CPU preset")
     before = copy.deepcopy(trainer.method.state_dict())
-    with pytest.raises(MemoryPlanError, match=r"one step at batch 1 needs ~.* GiB, 0\.0 GiB available; use the CPU preset"):
+    with pytest.raises(
+        MemoryPlanError, match=r"one step at batch 1 needs ~.* GiB, 0\.0 GiB available; use the CPU preset"
+    ):
         trainer.run()
     assert all(torch.equal(v, before[k]) for k, v in trainer.method.state_dict().items())  # nothing trained

@@ -54,7 +54,11 @@ def _ad_gan(_: dict) -> tuple[ADGAN, list, dict]:
     method = ADGAN(channels=(4, 8, 8), disc_channels=(4, 8), num_res_blocks=1, mlp_channels=8, lr=1e-3,
                    constant_iterations=2, decay_iterations=3)
     masks = torch.where(torch.rand(2, 1, 8, 8) > 0.7, 1.0, -1.0)
-    return method, schedule_handlers("ad_gan", method), {"source_image": masks, "target_image": torch.rand(2, 1, 8, 8) * 2 - 1}
+    return (
+        method,
+        schedule_handlers("ad_gan", method),
+        {"source_image": masks, "target_image": torch.rand(2, 1, 8, 8) * 2 - 1},
+    )
 
 
 def schedule_handlers(kind: str, method: Any) -> list:
@@ -66,11 +70,16 @@ def schedule_handlers(kind: str, method: Any) -> list:
     return [ScheduleHandler(method.lr_at)]
 
 
-BUILD: dict[str, Callable[[dict], tuple[Any, list, dict]]] = {"cyclegan": _cyclegan, "pdam": _pdam, "darcnn": _darcnn, "ad_gan": _ad_gan}
+BUILD: dict[str, Callable[[dict], tuple[Any, list, dict]]] = {
+    "cyclegan": _cyclegan, "pdam": _pdam, "darcnn": _darcnn, "ad_gan": _ad_gan,
+}
 
 #: per iteration 1..6: optimiser name -> lr at its step, and the logged ramp value
 RECORDED: dict[str, list[dict[str, float]]] = {
-    "cyclegan": [{"generators": v, "discriminators": v} for v in (0.001, 0.001, 0.001, 0.0006666666666666666, 0.0003333333333333333, 0.0)],
+    "cyclegan": [
+        {"generators": v, "discriminators": v}
+        for v in (0.001, 0.001, 0.001, 0.0006666666666666666, 0.0003333333333333333, 0.0)
+    ],
     "pdam": [
         {"detector": 0.0011111111111111111, "grl_alpha": 0.0},
         {"detector": 0.0015555555555555557, "grl_alpha": 0.7615941559557646},
@@ -80,14 +89,21 @@ RECORDED: dict[str, list[dict[str, float]]] = {
         {"detector": 0.0002, "grl_alpha": 0.9999092042625952},
     ],
     "darcnn": [{"detector": 0.0001, "alpha": v} for v in (0.4666666666666667, 0.7333333333333334, 1.0, 1.0, 1.0, 1.0)],
-    "ad_gan": [{"generator": v, "discriminator": v} for v in (0.001, 0.001, 0.001, 0.0006666666666666668, 0.0003333333333333334, 0.0)],
+    "ad_gan": [
+        {"generator": v, "discriminator": v}
+        for v in (0.001, 0.001, 0.001, 0.0006666666666666668, 0.0003333333333333334, 0.0)
+    ],
 }
 
 
-def _trainer(kind: str, settings: dict, max_iterations: int = MAX_ITERATIONS) -> tuple[AdaptationTrainer, list[dict[str, float]]]:
+def _trainer(
+    kind: str, settings: dict, max_iterations: int = MAX_ITERATIONS
+) -> tuple[AdaptationTrainer, list[dict[str, float]]]:
     torch.manual_seed(0)
     method, handlers, batch = BUILD[kind](settings)
-    trainer = AdaptationTrainer("cpu", max_iterations, [batch] * max_iterations, method, epoch_length=max_iterations, handlers=handlers)
+    trainer = AdaptationTrainer(
+        "cpu", max_iterations, [batch] * max_iterations, method, epoch_length=max_iterations, handlers=handlers
+    )
     seen: list[dict[str, float]] = []
 
     def record_lr(name: str) -> Callable:

@@ -18,14 +18,20 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {
-    "cellseg_uda": {"widths": [4, 8, 16], "disc_widths": [4, 4, 4, 4], "source_patch": [64, 64], "target_patch": [64, 64], "batch_size": 2},
-    "ad_gan": {"gen_widths": [4, 8, 8], "num_res_blocks": 1, "mlp_channels": 8, "disc_widths": [4, 8], "patch": [32, 32],
-               "batch_size": 2, "masks_per_epoch": 4, "axis_range": [3, 5], "count_range": [2, 5]},
+    "cellseg_uda": {
+        "widths": [4, 8, 16], "disc_widths": [4, 4, 4, 4], "source_patch": [64, 64], "target_patch": [64, 64],
+        "batch_size": 2,
+    },
+    "ad_gan": {
+        "gen_widths": [4, 8, 8], "num_res_blocks": 1, "mlp_channels": 8, "disc_widths": [4, 8], "patch": [32, 32],
+        "batch_size": 2, "masks_per_epoch": 4, "axis_range": [3, 5], "count_range": [2, 5],
+    },
 }
 DUMP_RANK = """run:
   - "$[handler.attach(@trainer) for handler in @train_handlers]"
   - "$@trainer.run()"
-  - "$torch.save({k: v.detach().cpu() for k, v in @trainer.method.state_dict().items()}, os.path.join(@output_dir, 'rank%d.pt' % @rank))"
+  - "$torch.save({k: v.detach().cpu() for k, v in @trainer.method.state_dict().items()}, \
+os.path.join(@output_dir, 'rank%d.pt' % @rank))"
 """
 
 
@@ -35,8 +41,11 @@ def test_two_cpu_ranks_end_with_identical_weights(sample_2d, tmp_path, bundle):
     configs = REPO / "bundles" / bundle / "configs"
     files = [str(configs / "train.yaml"), str(configs / "multi_gpu_train.yaml"), str(tmp_path / "dump_rank.yaml")]
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run", "training",
-           "--config_file", json.dumps(files), "--dataset_dir", str(sample_2d), "--output_dir", str(out), "--max_iterations", "2"]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
+        "run", "training", "--config_file", json.dumps(files), "--dataset_dir", str(sample_2d), "--output_dir",
+        str(out), "--max_iterations", "2",
+    ]
     for key, value in TINY[bundle].items():
         cmd += [f"--{key}", json.dumps(value)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -46,7 +55,9 @@ def test_two_cpu_ranks_end_with_identical_weights(sample_2d, tmp_path, bundle):
     rank1 = torch.load(out / "rank1.pt", weights_only=True)
     assert rank0.keys() == rank1.keys() and len(rank0) > 10
     for name in rank0:
-        torch.testing.assert_close(rank0[name], rank1[name], rtol=0, atol=0, msg=f"{bundle}: {name} differs between ranks")
+        torch.testing.assert_close(
+            rank0[name], rank1[name], rtol=0, atol=0, msg=f"{bundle}: {name} differs between ranks"
+        )
     # only rank 0 wrote the final model (CPU-loadable) and checkpoints
     model = torch.load(out / "model.pt", weights_only=True, map_location="cpu")
     assert model and not list(out.glob("*rank1*checkpoint*"))

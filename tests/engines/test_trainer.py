@@ -63,7 +63,10 @@ def _train(out: Path, max_iterations: int, stop_at: int | None = None, resume: b
     method = _method()
     loader = make_train_loader(ToyUnpaired(), batch_size=2, max_iterations=max_iterations)
     trainer = AdaptationTrainer("cpu", max_iterations, loader, method, epoch_length=2)
-    handlers = [CheckpointSaver(str(out), checkpoint_objects(trainer), save_interval=2, epoch_level=False, n_saved=2), FinalModelSaver(out)]
+    handlers = [
+        CheckpointSaver(str(out), checkpoint_objects(trainer), save_interval=2, epoch_level=False, n_saved=2),
+        FinalModelSaver(out),
+    ]
     if resume:
         handlers.insert(0, CheckpointLoader(latest_checkpoint(out), checkpoint_objects(trainer), map_location="cpu"))
     for h in handlers:
@@ -89,7 +92,9 @@ def test_budget_and_final_model(tmp_path):
     assert set(model) == {"segmenter", "reconstructor", "discriminator"}
     # the newest periodic checkpoint holds every network, optimiser, the trainer and the RNG
     ckpt = torch.load(latest_checkpoint(tmp_path), weights_only=True)
-    assert {"trainer", "rng", "segmenter", "optimizer_segmenter", "optimizer_discriminator", "optimizer_reconstructor"} <= set(ckpt)
+    assert {
+        "trainer", "rng", "segmenter", "optimizer_segmenter", "optimizer_discriminator", "optimizer_reconstructor",
+    } <= set(ckpt)
     assert ckpt["trainer"]["iteration"] == 4
     assert not list(tmp_path.glob(".tmp-*"))
 
@@ -152,4 +157,5 @@ def test_load_network_weights_errors(tmp_path):
         load_network_weights(net, tmp_path / "m.pt", key="generator")
     torch.save({"segmenter": net.state_dict()}, tmp_path / "ok.pt")
     load_network_weights(other, tmp_path / "m.pt", key="segmenter")
-    assert torch.equal(load_network_weights(UNet(2, 3, 1, channels=(4, 8), strides=(2,)), tmp_path / "ok.pt", "segmenter").state_dict()["model.0.conv.weight"], net.state_dict()["model.0.conv.weight"])
+    loaded = load_network_weights(UNet(2, 3, 1, channels=(4, 8), strides=(2,)), tmp_path / "ok.pt", "segmenter")
+    assert torch.equal(loaded.state_dict()["model.0.conv.weight"], net.state_dict()["model.0.conv.weight"])

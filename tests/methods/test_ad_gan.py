@@ -7,12 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-<<<<<<< HEAD
-from monai_uda.methods.ad_gan import ADGAN, DomainTranslator
-=======
 from monai_uda.engines import ScheduleHandler
-from monai_uda.methods.ad_gan import ADGAN, DomainTranslator, build_for_benchmark
->>>>>>> r20-configs
+from monai_uda.methods.ad_gan import ADGAN, DomainTranslator
 
 ENGINE = SimpleNamespace(state=SimpleNamespace(iteration=1, max_iterations=10))
 
@@ -88,7 +84,11 @@ def test_generator_loss_does_not_reach_discriminator():
 def test_each_network_forwarded_once_per_role():
     method = _method()
     calls = {"encoder": 0, "decoder": 0, "discriminator": 0}
-    for name, module in [("encoder", method.generator.encoder), ("decoder", method.generator.decoder), ("discriminator", method.discriminator)]:
+    for name, module in [
+        ("encoder", method.generator.encoder),
+        ("decoder", method.generator.decoder),
+        ("discriminator", method.discriminator),
+    ]:
         module.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
     method.step(ENGINE, _batch())
     # encoder: inputs, translations; decoder: reconstructions, translations, cycles; D: one call

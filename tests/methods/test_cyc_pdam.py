@@ -52,7 +52,9 @@ def _snapshot(module: torch.nn.Module) -> list[torch.Tensor]:
 
 
 def _changed(module: torch.nn.Module, before: list[torch.Tensor]) -> bool:
-    return any(not torch.equal(a, p.detach()) for a, p in zip(before, (p for p in module.parameters() if p.requires_grad)))
+    return any(
+        not torch.equal(a, p.detach()) for a, p in zip(before, (p for p in module.parameters() if p.requires_grad))
+    )
 
 
 def test_alpha_ramp_eq5():
@@ -117,9 +119,13 @@ def test_cycada_variant_without_semantic_branch_or_reweighting(small_pdam):
 def test_cyclegan_step_and_translate():
     torch.manual_seed(0)
     method = CycleGANStage(
-        source_channels=1, target_channels=3, channels=4, num_blocks=1, discriminator_channels=(8, 16), pool_size=2, invert_source=True
+        source_channels=1, target_channels=3, channels=4, num_blocks=1, discriminator_channels=(8, 16), pool_size=2,
+        invert_source=True,
     )
-    before = {name: _snapshot(getattr(method, name)) for name in ("generator_s2t", "generator_t2s", "discriminator_t", "discriminator_s")}
+    before = {
+        name: _snapshot(getattr(method, name))
+        for name in ("generator_s2t", "generator_t2s", "discriminator_t", "discriminator_s")
+    }
     batch = {"source_image": torch.rand(1, 1, 32, 32), "target_image": torch.rand(1, 3, 32, 32)}
     out = method.step(_scheduled(method, _engine(1, 4)), batch)
     assert all(_changed(getattr(method, name), snap) for name, snap in before.items())
@@ -134,16 +140,26 @@ def test_cyclegan_step_and_translate():
 
 
 def _tiny_cyclegan() -> CycleGANStage:
-    return CycleGANStage(source_channels=1, target_channels=1, channels=4, num_blocks=1, discriminator_channels=(8, 16), pool_size=1)
+    return CycleGANStage(
+        source_channels=1, target_channels=1, channels=4, num_blocks=1, discriminator_channels=(8, 16), pool_size=1
+    )
 
 
 def test_cyclegan_checkpoint_resumes_like_an_uninterrupted_run():
-    batches = [{"source_image": torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(k)), "target_image": torch.rand(1, 1, 16, 16)} for k in range(5)]
+    batches = [
+        {
+            "source_image": torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(k)),
+            "target_image": torch.rand(1, 1, 16, 16),
+        }
+        for k in range(5)
+    ]
     torch.manual_seed(0)
     uninterrupted = _tiny_cyclegan()
     for k in range(2):
         uninterrupted.step(_engine(k + 1, 5), batches[k])
-    assert set(uninterrupted.checkpoint_objects()) >= {"pool_source", "pool_target", "generator_s2t", "optimizer_generators"}
+    assert set(uninterrupted.checkpoint_objects()) >= {
+        "pool_source", "pool_target", "generator_s2t", "optimizer_generators",
+    }
     buffer = io.BytesIO()
     torch.save({k: obj.state_dict() for k, obj in uninterrupted.checkpoint_objects().items()}, buffer)
     buffer.seek(0)

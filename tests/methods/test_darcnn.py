@@ -7,16 +7,7 @@ import torch
 
 from monai_uda.engines import ScheduleHandler
 from monai_uda.engines.distributed import average_gradients
-<<<<<<< HEAD
 from monai_uda.methods.darcnn import DARCNNStage1, DARCNNStage2, alpha_ramp
-=======
-from monai_uda.methods.darcnn import (
-    DARCNNStage1,
-    DARCNNStage2,
-    alpha_ramp,
-    build_for_benchmark,
-)
->>>>>>> r20-configs
 from monai_uda.networks.domain_separation import DomainSeparationMaskRCNN
 
 
@@ -63,7 +54,8 @@ def test_stage1_step_updates_all_but_the_target_head(tiny_rcnn):
     before = {name: _snapshot(m) for name, m in parts.items()}
     head_t = _snapshot(net.heads["target"])
     engine = _engine(2)
-    ScheduleHandler(method.sim_weight_at, "sim")(SimpleNamespace(state=engine.state, method=method))  # as the config attaches it
+    # as the config attaches it
+    ScheduleHandler(method.sim_weight_at, "sim")(SimpleNamespace(state=engine.state, method=method))
     losses = method.step(engine, _batch())
     assert losses["alpha"] == pytest.approx(0.5)
     for key in ("source", "sim", "diff", "target", "total"):
@@ -80,7 +72,8 @@ def test_stage1_step_updates_all_but_the_target_head(tiny_rcnn):
 def test_stage1_target_branch_follows_source_branch(tiny_rcnn):
     torch.manual_seed(1)
     net = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **tiny_rcnn)
-    method = DARCNNStage1(net, score_threshold=2.0, target_head_momentum=0.0, target_encoder_momentum=0.0).train()  # no confident proposals
+    # no confident proposals
+    method = DARCNNStage1(net, score_threshold=2.0, target_head_momentum=0.0, target_encoder_momentum=0.0).train()
     losses = method.step(_engine(1), _batch())
     assert losses["target"].item() == 0.0 and losses["confident_proposals"] == 0.0
     assert losses["images_without_background"] == 1.0
@@ -98,7 +91,8 @@ def test_stage1_target_encoder_momentum_is_a_moving_average(tiny_rcnn):
             p.add_(1.0)
     reference = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **tiny_rcnn)
     reference.load_state_dict(net.state_dict())
-    DARCNNStage1(reference, lr=0.0, target_encoder_momentum=1.0).train().step(_engine(9), _batch())  # gradients only (lr 0)
+    # gradients only (lr 0)
+    DARCNNStage1(reference, lr=0.0, target_encoder_momentum=1.0).train().step(_engine(9), _batch())
     DARCNNStage1(net, lr=0.0, target_encoder_momentum=0.75).train().step(_engine(9), _batch())
     followed = dict(net.private_encoders["target"].named_parameters())
     for name, p_t in reference.private_encoders["target"].named_parameters():
@@ -112,7 +106,11 @@ def test_stage2_step_trains_target_branch_only_with_frozen_teacher(tiny_rcnn):
     torch.manual_seed(0)
     net = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **tiny_rcnn)
     method = DARCNNStage2(net, score_threshold=0.0).train()
-    frozen = {"private_source": net.private_encoders["source"], "head_source": net.heads["source"], "projection": net.sim_projection}
+    frozen = {
+        "private_source": net.private_encoders["source"],
+        "head_source": net.heads["source"],
+        "projection": net.sim_projection,
+    }
     trained = {
         "shared": net.shared_encoder,
         "private_target": net.private_encoders["target"],
