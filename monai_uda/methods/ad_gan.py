@@ -30,11 +30,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.losses import PatchAdversarialLoss
 from torch.func import functional_call
 
 from monai_uda import flag
 from monai_uda.engines.method import AdaptationMethod
+from monai_uda.losses.adversarial import discriminator_loss, gan_loss
 from monai_uda.networks.adain import IMAGE_DOMAIN, MASK_DOMAIN, AdaINGenerator, DomainTranslator
 from monai_uda.networks.patchgan import PatchDiscriminator
 
@@ -52,7 +52,8 @@ class ADGAN(AdaptationMethod):
         num_res_blocks: residual blocks in the encoder and the decoder.
         mlp_channels: hidden width of the style MLPs.
         lambda_rec, lambda_ctr, lambda_cyc, lambda_adv: loss weights (paper: 20, 1, 20, 1).
-        gan_mode: ``"least_squares"`` (official code) or ``"bce"``.
+        gan_mode: ``"least_squares"`` (official code: on the raw discriminator output) or ``"bce"``
+            (on logits); both through :mod:`monai_uda.losses.adversarial`.
         lr, weight_decay, betas: Adam settings for both optimisers.
         constant_iterations, decay_iterations: learning rate constant, then linear decay to 0
             (:meth:`lr_at`, which the config attaches as a schedule handler).
@@ -113,7 +114,8 @@ class ADGAN(AdaptationMethod):
         self.use_rec, self.use_ctr, self.use_cyc = use_rec, use_ctr, use_cyc
         self.aligned = aligned
         self.freeze_decoder = aligned and use_rec
-        self.adversarial = PatchAdversarialLoss(criterion=gan_mode)
+        # least squares on the raw discriminator output, as the official code's LSGAN loss
+        self.gan_mode = "lsgan" if gan_mode == "least_squares" else gan_mode
         self.memory_format = None
         if channels_last:
             self.memory_format = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
@@ -182,16 +184,14 @@ class ADGAN(AdaptationMethod):
         losses: dict[str, torch.Tensor] = {}
         if self.use_rec:
             losses["rec"] = F.l1_loss(reconstruction.float(), x)  # eq 1
-        losses["adv"] = self.adversarial(logits_fake, target_is_real=True, for_discriminator=False)  # eq 2, E/G side
+        losses["adv"] = gan_loss(logits_fake, True, self.gan_mode)  # eq 2, E/G side
         if self.use_ctr:
             losses["ctr"] = F.l1_loss(content_cross.float(), content.float())  # eq 3
         if self.use_cyc:
             losses["cyc"] = F.l1_loss(cycle.float(), x)  # eq 4
         loss_g = sum(w[name] * value for name, value in losses.items())
-        loss_d = 0.5 * (  # eq 2, D side: same-domain reconstructions real, translations fake
-            self.adversarial(logits_real, target_is_real=True, for_discriminator=True)
-            + self.adversarial(logits_fake, target_is_real=False, for_discriminator=True)
-        )
+        # eq 2, D side: same-domain reconstructions real, translations fake
+        loss_d = discriminator_loss(logits_real, logits_fake, self.gan_mode)
 
         opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
         opt_g.zero_grad(set_to_none=True)

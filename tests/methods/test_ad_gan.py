@@ -173,3 +173,18 @@ def test_gradients_averaged_over_ranks(tmp_path):
     finally:
         dist.destroy_process_group()
     torch.testing.assert_close(_grads(plain.generator), _grads(synced.generator))
+
+
+@pytest.mark.parametrize(("gan_mode", "expected_adv", "expected_d"), [
+    # least squares on the raw output (official LSGAN): (-1 - 1)^2 = 4; D: 0.5 * ((-1 - 1)^2 + (-1 - 0)^2)
+    ("least_squares", 4.0, 2.5),
+    # bce on logits: -log(sigmoid(-1)) = 1.3133; D: 0.5 * (1.3133 + -log(1 - sigmoid(-1)) = 0.3133)
+    ("bce", 1.3133, 0.8133),
+])
+def test_adversarial_loss_is_taken_on_the_raw_discriminator_output(gan_mode, expected_adv, expected_d):
+    """A discriminator answering -1 everywhere: no activation (e.g. LeakyReLU) before the criterion."""
+    method = _method(gan_mode=gan_mode)
+    method.discriminator.forward = lambda x, domain: torch.full((x.shape[0], 1, 4, 4), -1.0, requires_grad=True)
+    logs = method.step(ENGINE, _batch())
+    assert float(logs["loss_adv"]) == pytest.approx(expected_adv, abs=1e-4)
+    assert float(logs["loss_d"]) == pytest.approx(expected_d, abs=1e-4)
