@@ -1,4 +1,4 @@
-"""The validation handler of the semantic bundles: it runs where the datalist has a validation list, else nothing changes."""
+"""The semantic bundles validate where the datalist has a validation list; without one nothing changes."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from monai_uda.errors import UDAInputError
 from monai_uda.networks.adain import AdaINGenerator
 
 REPO = Path(__file__).resolve().parents[2]
-BUNDLES = {
-    "cellseg_uda": {"widths": [4, 8, 16], "disc_widths": [4, 4, 4, 4], "source_patch": [64, 64], "target_patch": [64, 64],
-                    "batch_size": 2},
-    "ad_gan": {"gen_widths": [4, 8, 8], "num_res_blocks": 1, "mlp_channels": 8, "disc_widths": [4, 8], "patch": [32, 32],
-               "batch_size": 2, "masks_per_epoch": 4, "axis_range": [3, 5], "count_range": [2, 5]},
+BUNDLES = {  # the tiny sizes of test_cellseg_uda.py and test_ad_gan.py
+    "cellseg_uda": {"widths": [4, 8, 16], "disc_widths": [4, 4, 4, 4], "source_patch": [64, 64],
+                    "target_patch": [64, 64], "batch_size": 2},
+    "ad_gan": {"gen_widths": [4, 8, 8], "num_res_blocks": 1, "mlp_channels": 8, "disc_widths": [4, 8],
+               "patch": [32, 32], "batch_size": 2, "masks_per_epoch": 4, "axis_range": [3, 5], "count_range": [2, 5]},
 }
 
 
