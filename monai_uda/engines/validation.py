@@ -5,8 +5,7 @@ A bundle whose datalist holds a ``"validation"`` list of labelled target images 
 ``MeanDice`` of the foreground against ``label > 0``), run every ``val_interval`` iterations by
 MONAI's ``ValidationHandler``. What it needs from here:
 
-* :func:`validation_items`: the labelled items to validate on, or none, which disables the handler
-  (no validation list, or another rank than 0 of a multi-GPU run: rank 0 validates alone);
+* :func:`validation_items`: the labelled items to validate on, or none, which disables the handler;
 * :func:`validation_transforms`: the images prepared as inference prepares them (the same
   channels, inversion and percentile scaling) together with their instance labels;
 * :class:`MaskForeground`: AD-GAN's generator as a network with one foreground score, positive
@@ -31,17 +30,16 @@ from monai_uda.transforms import LoadUDAImaged, inference_transforms
 __all__ = ["MaskForeground", "validation_items", "validation_transforms"]
 
 
-def validation_items(datalist: Mapping[str, list[dict[str, Any]]], main_process: Any = True) -> list[dict[str, Any]]:
+def validation_items(datalist: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """The datalist's ``"validation"`` items, each checked to have a ``"label"``; empty when there are none.
 
     Args:
         datalist: as returned by :func:`monai_uda.data.datalist.load_datalist`.
-        main_process: ``False`` on the other ranks of a multi-GPU run, which do not validate.
 
     Raises:
         UDAInputError: a validation item without a ``"label"``.
     """
-    if not flag(main_process) or not datalist.get("validation"):
+    if not datalist.get("validation"):
         return []
     return get_split(datalist, "validation", require_labels=True)
 

@@ -69,7 +69,6 @@ def test_validation_runs_with_a_validation_list_and_leaves_training_unchanged(sa
 def test_validation_items(sample_2d):
     datalist = load_datalist(sample_2d)
     assert len(validation_items(datalist)) == 1
-    assert validation_items(datalist, main_process=False) == []
     assert validation_items({**datalist, "validation": []}) == []
     with pytest.raises(UDAInputError, match="has no 'label'"):
         validation_items({**datalist, "validation": [{"image": datalist["validation"][0]["image"]}]})
