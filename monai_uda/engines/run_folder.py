@@ -10,7 +10,7 @@ handler lists. Claiming the folder, before any stage trains:
    delete it by hand when that run is over. Under ``torchrun`` rank 0 holds it and tells the other ranks.
    Released when the last attached trainer completes and at interpreter exit (also after an error).
 2. **No silent overwrite.** A new run (``--resume false``) into a folder holding checkpoints
-   (``checkpoint_*.pt`` or ``model.pt``, also in its stage sub-folders) is refused, unless
+   (``checkpoint_*.pt``, ``model.pt`` or ``model_best.pt``, also in its stage sub-folders) is refused, unless
    ``--overwrite true``, which deletes them first (so a later ``--resume true`` cannot pick up the old
    run), except ``<output_dir>/model.pt``: the old final model stays usable until the new run's replaces it.
 3. **Record.** A new run writes ``run_config.json``: the bundle, the command, and the plain values of the
@@ -48,7 +48,7 @@ MAY_CHANGE_ON_RESUME = frozenset(
     {"resume", "overwrite", "max_iterations", "device", "num_workers", "log_interval", "output_dir", "run_dir",
      "dataset_dir", "bundle_root", "iteration_delay", "inject_nan_at", "inject_loss", "inject_value"}
 )
-_CHECKPOINT_PATTERNS = ("checkpoint_*.pt", "model.pt")
+_CHECKPOINT_PATTERNS = ("checkpoint_*.pt", "model.pt", "model_best.pt")
 
 
 def run_checkpoints(output_dir: str | Path) -> list[Path]:

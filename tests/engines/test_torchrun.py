@@ -28,8 +28,7 @@ TINY = {
     },
 }
 DUMP_RANK = """run:
-  - "$[handler.attach(@trainer) for handler in @train_handlers]"
-  - "$@trainer.run()"
+  - "$@train_stage.run()"
   - "$torch.save({k: v.detach().cpu() for k, v in @trainer.method.state_dict().items()}, \
 os.path.join(@output_dir, 'rank%d.pt' % @rank))"
 """
