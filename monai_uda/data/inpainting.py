@@ -24,6 +24,7 @@ import numpy as np
 from skimage.color import rgb2hed
 from skimage.filters import threshold_otsu
 
+from monai_uda import flag
 from monai_uda.data.datalist import check_unique_stems, write_datalist
 from monai_uda.data.io import read_image, read_label, stem_of, write_array
 from monai_uda.errors import UDAInputError
@@ -152,7 +153,7 @@ def write_synthesized_dataset(
         UDAInputError: an item without label, two items with one stem, unreadable files, or
             image/label size mismatch.
     """
-    output_dir = Path(output_dir)
+    output_dir, inpaint = Path(output_dir), flag(inpaint)
     written: list[dict[str, Any]] = []
     for index, item in enumerate(check_unique_stems(list(items), "source")):
         if "label" not in item:

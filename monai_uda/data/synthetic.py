@@ -25,6 +25,7 @@ from skimage.draw import ellipse
 from skimage.filters import threshold_otsu
 from skimage.measure import label, regionprops
 
+from monai_uda import flag
 from monai_uda.errors import UDAInputError
 
 __all__ = [
@@ -326,7 +327,7 @@ class SyntheticMaskDataset(torch.utils.data.Dataset):
         self.eccentricity_range = (
             tuple(eccentricity_range) if eccentricity_range is not None else defaults["eccentricity_range"]
         )
-        self.ternary = ternary
+        self.ternary = flag(ternary)
         self.edge_fraction = edge_fraction
         self.seed = seed
         self.max_retries = max_retries

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from monai.inferers import SlidingWindowInferer
 
+from monai_uda import flag
 from monai_uda.errors import UDAInputError
 from monai_uda.inference.postprocess import binary_to_instances, ternary_to_instances
 from monai_uda.networks.weights import load_network_weights
@@ -126,7 +127,7 @@ class SegmentationNetwork:
         self.threshold = threshold
         self.postprocess = postprocess
         self.min_size = min_size
-        self.amp = amp
+        self.amp = flag(amp)
         self.network_seconds = 0.0  # time in the network's forward passes of the window batches
 
     @property

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from monai_uda import flag
 from monai_uda.errors import UDAInputError
 from monai_uda.inference.folder import ImageFolder
 from monai_uda.inference.readers import SlideReader
@@ -79,9 +80,9 @@ class SlideRun:
         self.scaling = {
             "value_range": tuple(float(v) for v in value_range),
             "channels": int(channels),
-            "invert": bool(invert),
+            "invert": flag(invert),
         }
-        self.tissue = tissue
+        self.tissue = flag(tissue)
         self.thumbnail_size = thumbnail_size
         self.tile = tile
         self.window_name = window_name

@@ -25,6 +25,7 @@ from skimage.measure import label as connected_components
 from skimage.segmentation import relabel_sequential
 from tqdm import tqdm
 
+from monai_uda import flag
 from monai_uda.data.datalist import write_datalist
 from monai_uda.data.io import list_images, read_label_with_meta, stem_of, write_array
 from monai_uda.data.synthetic import SyntheticMaskDataset, mask_to_domain_image
@@ -163,7 +164,7 @@ class FolderSynthesizer:
         self.inferer = SlidingWindowInferer(
             roi_size=roi, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode, padding_mode=padding_mode, cval=-1.0
         )
-        self.amp = amp
+        self.amp = flag(amp)
         self.image_ext = ".png" if spatial_dims == 2 else ".nii.gz"
         self.label_ext = ".tif" if spatial_dims == 2 else ".nii.gz"
 

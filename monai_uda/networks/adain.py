@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from torch import nn
 
+from monai_uda import flag
+
 __all__ = ["AdaIN", "AdaINGenerator", "DomainTranslator", "IMAGE_DOMAIN", "MASK_DOMAIN", "StyledStack", "domain_code"]
 
 
@@ -195,7 +197,7 @@ class AdaINGenerator(nn.Module):
             ],
             num_domains,
             mlp_channels,
-            conditioned=encoder_adain,
+            conditioned=flag(encoder_adain),
         )
         self.decoder = StyledStack(
             [
@@ -267,7 +269,7 @@ class DomainTranslator(nn.Module):
     ) -> None:
         super().__init__()
         self.generator = generator
-        self.ternary = ternary
+        self.ternary = flag(ternary)
         self.to_domain = _domain_id(to_domain)
         if from_domain is None:
             from_domain = "mask" if to_domain == "image" else "image"

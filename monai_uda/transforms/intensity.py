@@ -19,6 +19,7 @@ from monai.transforms import MapTransform, ScaleIntensityRangePercentilesd, Tran
 from monai.utils import convert_to_tensor
 from monai.utils.type_conversion import convert_to_dst_type
 
+from monai_uda import flag
 from monai_uda.errors import UDAInputError
 from monai_uda.transforms.loading import filename_of
 
@@ -57,7 +58,7 @@ class ChannelPolicy(Transform):
         if not isinstance(channels, int) or channels < 1:
             raise UDAInputError(f"channels must be a positive integer, got {channels!r}")
         self.channels = channels
-        self.invert = invert
+        self.invert = flag(invert)
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         tensor = convert_to_tensor(img, track_meta=False)
