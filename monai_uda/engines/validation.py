@@ -22,7 +22,6 @@ import torch
 from monai.transforms import Compose, EnsureTyped
 from torch import nn
 
-from monai_uda import flag
 from monai_uda.data.datalist import get_split
 from monai_uda.networks.adain import AdaINGenerator, DomainTranslator
 from monai_uda.transforms import LoadUDAImaged, inference_transforms
@@ -61,7 +60,7 @@ def validation_transforms(
     return Compose(
         [
             LoadUDAImaged("image", label_keys="label", spatial_dims=spatial_dims),
-            inference_transforms(spatial_dims, channels, flag(invert), value_range),
+            inference_transforms(spatial_dims, channels, invert, value_range),
             EnsureTyped("label", dtype=torch.int32, track_meta=False),
         ]
     )
@@ -81,7 +80,7 @@ class MaskForeground(nn.Module):
 
     def __init__(self, generator: AdaINGenerator, ternary: Any = False) -> None:
         super().__init__()
-        self.translator = DomainTranslator(generator, to_domain="mask", ternary=flag(ternary))
+        self.translator = DomainTranslator(generator, to_domain="mask", ternary=ternary)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scores = self.translator(x)
