@@ -22,8 +22,8 @@ def word_to_bool(value: Any) -> Any:
 def flag(value: Any) -> bool:
     """A boolean config value, whether the config or a command-line override set it.
 
-    Bundle configs read every on/off key through this (``"$monai_uda.flag(@resume)"``), so
-    ``--resume false`` given to ``python -m monai.bundle run`` means false.
+    The component that takes an on/off setting parses it with this, once (configs pass ``"@resume"``
+    as given), so ``--resume false`` given to ``python -m monai.bundle run`` means false.
 
     Raises:
         ValueError: ``value`` is neither a bool, 0/1, nor one of the words above.
