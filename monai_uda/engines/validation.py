@@ -1,15 +1,16 @@
 """The pieces of a bundle's validation that MONAI does not provide: its items, transforms and AD-GAN's adapter.
 
-A bundle whose datalist holds a ``"validation"`` list of labelled target images declares in its
-``train.yaml`` a MONAI ``SupervisedEvaluator`` (whole images through a ``SlidingWindowInferer``,
-``MeanDice`` of the foreground against ``label > 0``), run every ``val_interval`` iterations by
-MONAI's ``ValidationHandler``. What it needs from here:
+A bundle whose datalist holds a ``"validation"`` list of labelled target images validates with
+:class:`DiceValidation`, a handler its ``train.yaml`` lists among the training handlers: a MONAI
+``SupervisedEvaluator`` (whole images through a ``SlidingWindowInferer``, ``MeanDice`` of the
+foreground against ``label > 0``) run every ``interval`` iterations by MONAI's
+``ValidationHandler``, the best networks kept as ``model_best.pt``. Its parts:
 
-* :func:`validation_items`: the labelled items to validate on, or none, which disables the handler;
+* :func:`validation_items`: the labelled items to validate on, or none, which disables validation;
 * :func:`validation_transforms`: the images prepared as inference prepares them (the same
   channels, inversion and percentile scaling) together with their instance labels;
 * :class:`MaskForeground`: AD-GAN's generator as a network with one foreground score, positive
-  where its inference labels foreground, so that both bundles share one post-processing
+  where its inference labels foreground, so that every bundle shares one post-processing
   (``score >= 0``).
 """
 
@@ -19,14 +20,20 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from monai.transforms import Compose, EnsureTyped
+from monai.data import DataLoader, Dataset, DistributedSampler
+from monai.engines import SupervisedEvaluator
+from monai.handlers import MeanDice, StatsHandler, ValidationHandler, from_engine
+from monai.inferers import SlidingWindowInferer
+from monai.transforms import AsDiscreted, Compose, EnsureTyped
 from torch import nn
 
+from monai_uda import flag
 from monai_uda.data.datalist import get_split
+from monai_uda.engines.checkpoint import AtomicCheckpointSaver
 from monai_uda.networks.adain import AdaINGenerator, DomainTranslator
 from monai_uda.transforms import LoadUDAImaged, inference_transforms
 
-__all__ = ["MaskForeground", "validation_items", "validation_transforms"]
+__all__ = ["DiceValidation", "MaskForeground", "validation_items", "validation_transforms"]
 
 
 def validation_items(datalist: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -87,3 +94,78 @@ class MaskForeground(nn.Module):
         if scores.shape[1] == 1:
             return scores
         return torch.maximum(scores[:, 1:2], scores[:, 2:3]) - scores[:, 0:1]
+
+
+class DiceValidation:
+    """Foreground Dice on the datalist's validation list every ``interval`` iterations; the best kept.
+
+    An Ignite handler for a stage's handler list. Without validation items it attaches nothing,
+    so the training runs as it would without it. The evaluator's data loader has its own random
+    generator: validating draws nothing from the training's random numbers, and MONAI's
+    evaluator returns the networks to training mode afterwards.
+
+    Args:
+        datalist: as returned by :func:`monai_uda.data.datalist.load_datalist`.
+        network: the network to validate: one foreground score per pixel, ``>= 0`` on foreground.
+        save_dict: the networks ``model_best.pt`` holds (as ``model.pt`` does).
+        output_dir: where ``model_best.pt`` goes.
+        device: the training's device.
+        spatial_dims: 2 or 3. channels: the network's input channels.
+        roi_size: the sliding window (the training patch).
+        invert: invert the images as the target domain is inverted at inference (a bool or a word).
+        value_range: the intensity range the network was trained on.
+        interval: iterations between validations.
+        sw_batch_size: windows per forward pass. overlap: window overlap.
+        num_workers: data loader workers.
+        main_process: ``False`` on the other ranks of a multi-GPU run: they validate their share but
+            neither log nor write ``model_best.pt``.
+        distributed: each rank validates its share of the items (MONAI's metrics gather them).
+    """
+
+    def __init__(
+        self,
+        datalist: Mapping[str, list[dict[str, Any]]],
+        network: nn.Module,
+        save_dict: Mapping[str, nn.Module],
+        output_dir: str,
+        device: torch.device | str,
+        spatial_dims: int,
+        channels: int,
+        roi_size: Sequence[int],
+        invert: Any = False,
+        value_range: Sequence[float] = (0.0, 1.0),
+        interval: int = 500,
+        sw_batch_size: int = 4,
+        overlap: float = 0.25,
+        num_workers: int = 0,
+        main_process: Any = True,
+        distributed: Any = False,
+    ) -> None:
+        self.items = validation_items(datalist)
+        self.interval = int(interval)
+        dataset = Dataset(self.items, validation_transforms(spatial_dims, channels, invert, value_range))
+        sampler = DistributedSampler(dataset, shuffle=False) if flag(distributed) and self.items else None
+        loader = DataLoader(dataset, batch_size=1, num_workers=num_workers, sampler=sampler,
+                            generator=torch.Generator())
+        handlers: list[Any] = []
+        if flag(main_process):
+            handlers = [
+                StatsHandler(tag_name="val", iteration_log=False),
+                AtomicCheckpointSaver(save_dir=output_dir, save_dict=dict(save_dict), save_key_metric=True,
+                                      key_metric_filename="model_best.pt"),
+            ]
+        self.evaluator = SupervisedEvaluator(
+            device=device,
+            val_data_loader=loader,
+            network=network,
+            inferer=SlidingWindowInferer(roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian"),
+            postprocessing=AsDiscreted(keys=["pred", "label"], threshold=[0.0, 0.5]),  # score >= 0, label > 0
+            key_val_metric={"val_mean_dice": MeanDice(include_background=True,
+                                                      output_transform=from_engine(["pred", "label"]))},
+            val_handlers=handlers,
+        )
+
+    def attach(self, engine: Any) -> None:
+        """Run the evaluator every ``interval`` iterations of ``engine``; nothing without validation items."""
+        if self.items:
+            ValidationHandler(self.interval, validator=self.evaluator, epoch_level=False).attach(engine)

@@ -50,15 +50,15 @@ def _train(bundle: str, datalist: Path, out: Path) -> ConfigParser:
 def test_validation_runs_with_a_validation_list_and_leaves_training_unchanged(sample_2d, tmp_path, bundle):
     with_val, without = _datalists(sample_2d, tmp_path)
     validated = _train(bundle, with_val, tmp_path / "with")
-    dice = validated.get_parsed_content("evaluator").state.metrics["val_mean_dice"]
+    dice = validated.get_parsed_content("val_handler").evaluator.state.metrics["val_mean_dice"]
     assert isinstance(dice, float) and 0.0 <= dice <= 1.0
     assert (tmp_path / "with" / "model_best.pt").is_file()
     best = torch.load(tmp_path / "with" / "model_best.pt", weights_only=True)
     assert set(best) == set(torch.load(tmp_path / "with" / "model.pt", weights_only=True))
 
     plain = _train(bundle, without, tmp_path / "without")
-    assert plain.get_parsed_content("val_handler") is None
-    assert not plain.get_parsed_content("evaluator").state.metrics
+    unused = plain.get_parsed_content("val_handler")
+    assert unused.items == [] and not unused.evaluator.state.metrics
     assert not (tmp_path / "without" / "model_best.pt").exists()
     # validating draws no random numbers of the training and leaves its networks in training mode
     losses = [p.get_parsed_content("trainer").state.output for p in (validated, plain)]

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = {
     "cellseg_uda": {
         "widths": [4, 8, 16], "disc_widths": [4, 4, 4, 4], "source_patch": [64, 64], "target_patch": [64, 64],
-        "batch_size": 2,
+        "batch_size": 2, "val_interval": 2,  # both ranks validate their share of the sample's validation list
     },
     "ad_gan": {
         "gen_widths": [4, 8, 8], "num_res_blocks": 1, "mlp_channels": 8, "disc_widths": [4, 8], "patch": [32, 32],
@@ -60,3 +60,5 @@ def test_two_cpu_ranks_end_with_identical_weights(sample_2d, tmp_path, bundle):
     # only rank 0 wrote the final model (CPU-loadable) and checkpoints
     model = torch.load(out / "model.pt", weights_only=True, map_location="cpu")
     assert model and not list(out.glob("*rank1*checkpoint*"))
+    if "val_interval" in TINY[bundle]:
+        assert (out / "model_best.pt").is_file() and "val_mean_dice" in proc.stdout + proc.stderr
