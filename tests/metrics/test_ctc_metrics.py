@@ -179,3 +179,21 @@ def test_evaluate_ctc_refuses_a_reference_without_objects(tmp_path: Path) -> Non
     assert evaluate_dirs(tmp_path / "pred", tmp_path / "gt")["mean"]["aji"] == 1.0
     with pytest.raises(UDAInputError, match="SEG and DET are undefined"):
         evaluate_dirs(tmp_path / "pred", tmp_path / "gt", ctc="true")
+
+
+def test_bundle_evaluate_configs_pass_ctc(tmp_path: Path) -> None:
+    from monai.bundle import ConfigParser, run
+
+    bundles = Path(__file__).resolve().parents[2] / "bundles"
+    for config in sorted(bundles.glob("*/configs/evaluate.yaml")):
+        parser = ConfigParser()
+        parser.read_config(str(config))
+        assert parser["ctc"] is False and "@ctc)" in parser["run"][0], config
+    pred_dir, gt_dir = _write_folders(tmp_path)
+    configs = bundles / "cellseg_uda" / "configs"
+    out = tmp_path / "m.json"
+    run(
+        "evaluate", config_file=str(configs / "evaluate.yaml"), meta_file=str(configs / "metadata.json"),
+        pred_dir=str(pred_dir), gt_dir=str(gt_dir), out=str(out), ctc="true",
+    )
+    assert json.loads(out.read_text())["mean"]["DET"] == pytest.approx(0.5)
