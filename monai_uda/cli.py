@@ -5,7 +5,7 @@
     monai-uda prepare coco instances.json OUT [--images DIR] [--category_ids 1,2] [--split source]
     monai-uda train [--bundle cellseg_uda] [--spatial_dims 3] [--preset cpu] [--dataset_dir DIR] [--output_dir DIR] [--max_iterations N] [--resume true]
     monai-uda infer [--bundle cellseg_uda] --input_dir DIR --output_dir DIR --ckpt_path FILE
-    monai-uda evaluate --pred DIR --gt DIR --out FILE.json
+    monai-uda evaluate --pred DIR --gt DIR --out FILE.json [--ctc true]
     monai-uda bundles [NAME]
     monai-uda benchmark [--setting NAME] [--rows a,b] [--budget_minutes M] [--out DIR]
 
@@ -64,11 +64,16 @@ class Commands:
 
         print(bundle_listing(name))
 
-    def evaluate(self, pred: str, gt: str, out: str | None = None, label_components: bool = False) -> None:
-        """Score instance maps in ``pred`` against ``gt`` (matched by file stem); write JSON to ``out``."""
+    def evaluate(
+        self, pred: str, gt: str, out: str | None = None, label_components: bool = False, ctc: bool = False
+    ) -> None:
+        """Score instance maps in ``pred`` against ``gt`` (matched by file stem); write JSON to ``out``.
+
+        ``--ctc true`` adds the Cell Tracking Challenge SEG and DET measures.
+        """
         from monai_uda.metrics.evaluate import evaluate_dirs
 
-        evaluate_dirs(pred, gt, out, word_to_bool(label_components))
+        evaluate_dirs(pred, gt, out, word_to_bool(label_components), word_to_bool(ctc))
 
     def benchmark(self, **kwargs: Any) -> None:
         """Same data, splits, seeds and time budget for every method; see ``scripts/benchmark.py``."""

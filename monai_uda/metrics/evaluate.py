@@ -18,35 +18,51 @@ from skimage.measure import label as label_components_of
 from monai_uda.data.io import list_images, read_label, stem_of
 from monai_uda.errors import UDAInputError
 from monai_uda.files import write_json
+from monai_uda.metrics.ctc import CTCCounts, ctc_counts, ctc_measures, pool_ctc
 from monai_uda.metrics.instance import instance_metrics
 from monai_uda.metrics.pixel import pixel_metrics
 
-__all__ = ["METRIC_KEYS", "compute_metrics", "match_files", "evaluate_dirs", "format_table", "check_instance_map"]
+__all__ = [
+    "METRIC_KEYS",
+    "CTC_KEYS",
+    "compute_metrics",
+    "match_files",
+    "evaluate_dirs",
+    "format_table",
+    "check_instance_map",
+]
 
 METRIC_KEYS = ("aji", "aji_plus", "pq", "sq", "dq", "object_f1", "dice", "precision", "recall", "iou")
+#: keys added by ``ctc=True`` (``--ctc``): the Cell Tracking Challenge measures (:mod:`monai_uda.metrics.ctc`)
+CTC_KEYS = ("SEG", "DET")
 INSTANCES_SUFFIX = "_instances"
 COMPANION_SUFFIXES = ("_mask", "_overlay")
 
 
-def compute_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+def compute_metrics(pred: np.ndarray, gt: np.ndarray, ctc: bool = False) -> dict[str, float | None]:
     """Instance and pixel metrics of one predicted label map against its ground truth.
 
     Args:
         pred: predicted instance map (2D, 3D or any ndim; 0 = background; ids need not be
             contiguous; a binary mask is scored as a single instance).
         gt: ground-truth instance map of the same shape.
+        ctc: also return the Cell Tracking Challenge ``SEG`` and ``DET`` (:data:`CTC_KEYS`,
+            :func:`monai_uda.metrics.ctc.ctc_measures`); both are ``None`` when ``gt`` has no
+            object, where the CTC software leaves them undefined.
 
     Returns:
         Floats keyed exactly by :data:`METRIC_KEYS`: ``aji`` (Kumar et al. 2017), ``aji_plus``
         (Graham et al. 2019), ``pq``/``sq``/``dq`` (Kirillov et al. 2019, IoU > 0.5),
         ``object_f1`` (= ``dq``), and the foreground ``dice``, ``precision``, ``recall``, ``iou``.
-        Both maps empty gives 1.0 everywhere, exactly one empty 0.0 everywhere.
+        Both maps empty gives 1.0 everywhere, exactly one empty 0.0 everywhere (the CTC
+        measures aside). With ``ctc`` the keys of :data:`CTC_KEYS` follow.
 
     Raises:
         UDAInputError: shapes differ or a map is not a valid label map.
     """
     scores = {**instance_metrics(pred, gt), **pixel_metrics(pred, gt)}
-    return {key: float(scores[key]) for key in METRIC_KEYS}
+    out: dict[str, float | None] = {key: float(scores[key]) for key in METRIC_KEYS}
+    return {**out, **ctc_measures(pred, gt)} if ctc else out
 
 
 def _listing(items: Iterable[str], limit: int = 10) -> str:
@@ -116,18 +132,20 @@ def format_table(results: dict[str, Any]) -> str:
     """Aligned text table of an :func:`evaluate_dirs` result: one row per image, then the mean.
 
     Args:
-        results: ``{"per_image": {stem: {metric: value}}, "mean": {metric: value}}``.
+        results: ``{"per_image": {stem: {metric: value}}, "mean": {metric: value}}``; the columns
+            are the keys of ``mean`` in order, and an undefined value (``None``) prints ``n/a``.
     """
+    keys = list(results["mean"])
     rows = [(stem, scores) for stem, scores in results["per_image"].items()] + [("mean", results["mean"])]
     name_width = max(len("image"), *(len(stem) for stem, _ in rows))
-    widths = [max(len(key), 6) for key in METRIC_KEYS]
-    header = "  ".join(["image".ljust(name_width)] + [key.rjust(w) for key, w in zip(METRIC_KEYS, widths)])
+    widths = [max(len(key), 6) for key in keys]
+    header = "  ".join(["image".ljust(name_width)] + [key.rjust(w) for key, w in zip(keys, widths)])
     lines = [header, "-" * len(header)]
     for index, (stem, scores) in enumerate(rows):
         if index == len(rows) - 1:
             lines.append("-" * len(header))
-        cells = [f"{scores[key]:.4f}".rjust(w) for key, w in zip(METRIC_KEYS, widths)]
-        lines.append("  ".join([stem.ljust(name_width)] + cells))
+        cells = ["n/a" if scores[k] is None else f"{scores[k]:.4f}" for k in keys]
+        lines.append("  ".join([stem.ljust(name_width)] + [c.rjust(w) for c, w in zip(cells, widths)]))
     return "\n".join(lines)
 
 
@@ -163,8 +181,25 @@ def check_instance_map(pred: np.ndarray, path: str | Path, label_components: boo
     return pred
 
 
+def _pooled_ctc(counts: list[CTCCounts], gt: str | Path) -> dict[str, float | None]:
+    """SEG and DET over every reference object of the folder, as the CTC software pools a sequence.
+
+    Raises:
+        UDAInputError: no ground-truth image has an object: the CTC software refuses such a
+            reference ("No reference (GT) label was found at all!"), both measures being undefined.
+    """
+    pooled = pool_ctc(counts)
+    if pooled.references == 0:
+        raise UDAInputError("--ctc: no ground-truth image has an object, so SEG and DET are undefined", gt)
+    return pooled.measures()
+
+
 def evaluate_dirs(
-    pred: str | Path, gt: str | Path, out: str | Path | None = None, label_components: bool | str = False
+    pred: str | Path,
+    gt: str | Path,
+    out: str | Path | None = None,
+    label_components: bool | str = False,
+    ctc: bool | str = False,
 ) -> dict[str, Any]:
     """Score every prediction in ``pred`` against the ground truth of the same stem in ``gt``.
 
@@ -178,28 +213,44 @@ def evaluate_dirs(
             ``metrics.json``; ``None`` writes nothing.
         label_components: label the connected regions of every prediction first (for binary masks);
             otherwise a prediction that looks like a binary mask is refused (:func:`check_instance_map`).
+        ctc: add the Cell Tracking Challenge ``SEG`` and ``DET`` (``--ctc true``). Per image they are
+            ``null`` when its ground truth has no object; in ``mean`` they are pooled over every
+            reference object of the folder, as the CTC software pools the frames of a sequence (SEG
+            is the mean Jaccard index over all reference objects, DET normalises the summed AOGM-D),
+            not averaged over images.
 
     Returns:
         ``{"per_image": {stem: {metric: float}}, "mean": {metric: float}}`` with the metrics
-        of :data:`METRIC_KEYS`; the mean is taken over images.
+        of :data:`METRIC_KEYS` (then :data:`CTC_KEYS` with ``ctc``); the mean is taken over images
+        (SEG and DET: pooled, see ``ctc``).
 
     Raises:
         UDAInputError: see :func:`match_files`; unreadable files; a prediction whose shape
-            differs from its ground truth (naming both files); a prediction that looks like a binary mask.
+            differs from its ground truth (naming both files); a prediction that looks like a binary mask;
+            with ``ctc``, a ground-truth folder without any object.
     """
     from monai_uda import flag
 
-    label_components = flag(label_components)
-    per_image: dict[str, dict[str, float]] = {}
+    label_components, ctc = flag(label_components), flag(ctc)
+    per_image: dict[str, dict[str, float | None]] = {}
+    counts: list[CTCCounts] = []
     for stem, (pred_path, gt_path) in match_files(pred, gt).items():
         try:
             prediction = check_instance_map(read_label(pred_path), pred_path, label_components)
-            per_image[stem] = compute_metrics(prediction, read_label(gt_path))
+            reference = read_label(gt_path)
+            per_image[stem] = compute_metrics(prediction, reference)
+            if ctc:
+                counts.append(ctc_counts(prediction, reference))
+                per_image[stem].update(counts[-1].measures())
         except UDAInputError as exc:
             if exc.path is not None:
                 raise
             raise UDAInputError(f"{exc.reason} (ground truth {gt_path})", pred_path) from exc
-    mean = {key: float(np.mean([scores[key] for scores in per_image.values()])) for key in METRIC_KEYS}
+    mean: dict[str, float | None] = {
+        key: float(np.mean([scores[key] for scores in per_image.values()])) for key in METRIC_KEYS
+    }
+    if ctc:
+        mean.update(_pooled_ctc(counts, gt))
     results = {"per_image": per_image, "mean": mean}
     if out is not None:
         out_path = Path(out)
