@@ -226,3 +226,24 @@ def test_cellseg_uda_preset_and_unknown_bundle():
     assert set(BENCHMARK_PRESETS) == {"ad_gan", "cyc_pdam", "darcnn"}
     with pytest.raises(ValueError, match="unknown bundle"):
         build_for_benchmark("no_such_bundle", "cpu")
+
+
+def test_budget_preset_and_ad_gan_preset_options(tmp_path):
+    """--preset collided with AD-GAN's mask preset: it is an error naming both new options."""
+    with pytest.raises(UDAInputError, match=r"--budget_preset cpu\|paper.*--ad_gan_preset NAME"):
+        benchmark.main(preset="cpu", out=str(tmp_path))
+    with pytest.raises(UDAInputError, match="--budget_preset must be cpu or paper"):
+        benchmark.main(budget_preset="gpu", out=str(tmp_path))
+    with pytest.raises(UDAInputError, match="valid: auto, dsb2018_fluo, hela"):
+        benchmark.main(ad_gan_preset="HeLa", out=str(tmp_path))
+    assert not any(tmp_path.iterdir())  # refused before anything ran
+    # the mask preset reaches the AD-GAN rows only, after the setting's own (synthetic->dsb2018_fluo: dsb2018_fluo)
+    from monai_uda.benchmark.runner import _row_spec
+
+    setting = recipes.SETTINGS["synthetic->dsb2018_fluo"]
+    prepared = recipes.Prepared(tmp_path / "d.json", tmp_path, tmp_path, "x", [])
+    choice = {"ad_gan": {"preset": "auto"}}
+    ad_gan = _row_spec(ROWS["ad_gan"], setting, prepared, "cpu", 1.0, None, None, choice)[0]["overrides"]
+    target = _row_spec(ROWS["target_only"], setting, prepared, "cpu", 1.0, None, None, choice)[0]["overrides"]
+    default = _row_spec(ROWS["ad_gan"], setting, prepared, "cpu", 1.0, None, None)[0]["overrides"]
+    assert ad_gan["preset"] == "auto" and default["preset"] == "dsb2018_fluo" and "preset" not in target

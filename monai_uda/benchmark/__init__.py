@@ -32,6 +32,8 @@ from typing import Any
 from monai_uda.benchmark.recipes import describe
 from monai_uda.benchmark.report import COLUMNS, read_results, write_results
 from monai_uda.benchmark.runner import run_benchmark, run_row
+from monai_uda.data.mask_statistics import check_preset_name
+from monai_uda.errors import UDAInputError
 
 __all__ = ["COLUMNS", "main", "read_results", "run_benchmark", "run_row", "write_results"]
 
@@ -51,9 +53,10 @@ def main(
     datalist: str | None = None,
     data_root: str | None = None,
     spatial_dims: int = 2,
-    preset: str | None = "cpu",
+    budget_preset: str | None = "cpu",
     max_iterations: int | None = None,
     row_timeout_minutes: float | None = None,
+    ad_gan_preset: str | None = None,
     **overrides: Any,
 ) -> str:
     """Compare methods on one setting with the same data, splits, seed and per-row time budget.
@@ -70,9 +73,12 @@ def main(
         datalist: your own datalist.json (labelled source and test lists, target list).
         data_root: folder with dsb2018_fluo/ and monuseg/ (default: ../shared/data or $MONAI_UDA_SHARED_DATA).
         spatial_dims: 2 or 3, for --datalist recipes.
-        preset: "cpu" (default) scales 2D rows for a CPU; "paper" keeps the paper's configurations.
+        budget_preset: "cpu" (default) scales 2D rows for a CPU; "paper" keeps the paper's configurations
+            (formerly --preset, which now is an error: it collided with AD-GAN's mask preset).
         max_iterations: cap on training iterations per row, on top of the budget.
         row_timeout_minutes: kill a row after this long (default: budget + 60).
+        ad_gan_preset: synthetic-mask preset of the AD-GAN rows: auto or a preset name
+            (default: the setting's own, else the bundle's auto).
         **overrides: bundle config overrides for every row.
 
     Returns:
@@ -84,14 +90,23 @@ def main(
             f"\n\n{main.__doc__}"
         )
         return ""
+    if "preset" in overrides:
+        raise UDAInputError(
+            "--preset is ambiguous here: the benchmark's CPU/paper choice is --budget_preset cpu|paper, "
+            "AD-GAN's synthetic-mask preset is --ad_gan_preset NAME"
+        )
+    if budget_preset not in (None, "cpu", "paper"):
+        raise UDAInputError(f"--budget_preset must be cpu or paper, got {budget_preset!r}")
+    check_preset_name(ad_gan_preset)
     options = {
         "setting": setting,
         "rows": rows,
         "budget_minutes": budget_minutes,
         "out": out,
         "datalist": datalist,
-        "preset": None if preset == "cpu" else preset,
+        "budget_preset": None if budget_preset == "cpu" else budget_preset,
         "max_iterations": max_iterations,
+        "ad_gan_preset": ad_gan_preset,
         **overrides,
     }
     command = "monai-uda benchmark " + " ".join(
@@ -107,11 +122,12 @@ def main(
         datalist,
         data_root,
         int(spatial_dims),
-        None if preset in (None, "paper") else preset,
+        None if budget_preset in (None, "paper") else budget_preset,
         max_iterations,
         row_timeout_minutes,
         command,
         overrides,
+        {"ad_gan": {"preset": ad_gan_preset}} if ad_gan_preset else None,
     )
     results = Path(out).resolve() / "results.md"
     print(results.read_text(encoding="utf-8"))

@@ -168,7 +168,7 @@ CPU_OVERRIDES: dict[str, dict[str, Any]] = {
     },
     "darcnn": {"preset_file": "cpu"},
 }
-"""Per bundle, what ``--preset cpu`` (the default) applies in 2D settings: the bundle's
+"""Per bundle, what ``--budget_preset cpu`` (the default) applies in 2D settings: the bundle's
 ``train_<preset_file>.yaml`` and/or overrides (AD-GAN: the ``cpu`` configuration of
 ``scripts/bench_train_step.py``; CyC-PDAM: its ``cpu`` detector of :mod:`~monai_uda.benchmark.presets` and a
 32-wide, 6-block CycleGAN; DARCNN: its ``train_cpu.yaml``). 3D settings use the bundles' ``train_3d.yaml`` with

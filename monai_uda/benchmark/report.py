@@ -172,7 +172,7 @@ def header(
         *[f"- {note}" for note in prepared.notes],
         f"- budget: {float(budget_minutes):g} min of training per row in the latest run, "
         "each row's own in `budget min` (wall clock; stopped by `monai_uda.engines.budget.TimeBudget`), "
-        f"preset {preset or 'paper'}, seed {seed}, same data and splits for every row",
+        f"budget preset {preset or 'paper'}, seed {seed}, same data and splits for every row",
         f"- machine: {os.cpu_count()} CPU cores, {sys.platform}; "
         "inference MP/s = evaluation megapixels / wall time of the "
         "inference run (model loading, sliding window, post-processing, writing)",

@@ -256,11 +256,13 @@ def _row_spec(
     budget_minutes: float,
     max_iterations: int | None,
     overrides: Mapping[str, Any] | None,
+    bundle_overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], str]:
     """The row's process spec (without its folders) and the signature that tells whether a finished row is the same."""
     cpu = CPU_OVERRIDES.get(row.bundle, {}) if preset == "cpu" and setting.spatial_dims == 2 else {}
     row_overrides = {"seed": 0, **cpu.get("overrides", {}), **setting.bundle_overrides.get(row.bundle, {}),
-                     **row.overrides, **{k: word_to_bool(v) for k, v in dict(overrides or {}).items()}}
+                     **row.overrides, **{k: word_to_bool(v) for k, v in dict(overrides or {}).items()},
+                     **dict((bundle_overrides or {}).get(row.bundle, {}))}
     if max_iterations is not None:
         row_overrides["max_iterations"] = int(max_iterations)
     spec = {
@@ -341,6 +343,7 @@ def run_benchmark(
     row_timeout_minutes: float | None = None,
     command: str | None = None,
     overrides: Mapping[str, Any] | None = None,
+    bundle_overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run ``rows`` of ``setting`` and write the results to ``out`` after every row.
 
@@ -352,11 +355,14 @@ def run_benchmark(
         datalist: a user datalist (``source`` labelled, ``target``, ``test`` labelled).
         data_root: folder holding ``dsb2018_fluo/`` and ``monuseg/`` (default: :func:`shared_data_dir`).
         spatial_dims: dimensionality of a user datalist.
-        preset: ``"cpu"`` applies :data:`CPU_OVERRIDES` in 2D; ``None`` keeps the paper's configurations.
+        preset: the budget preset (``--budget_preset``): ``"cpu"`` applies :data:`CPU_OVERRIDES` in 2D;
+            ``None`` keeps the paper's configurations.
         max_iterations: cap on training iterations (on top of the budget).
         row_timeout_minutes: kill a row's process after this long (default: budget + 60 minutes).
         command: the command line, written into ``results.md``.
         overrides: further bundle config overrides for every row (e.g. ``{"device": "cuda"}``).
+        bundle_overrides: config overrides for the rows of one bundle, last
+            (e.g. ``{"ad_gan": {"preset": "auto"}}``).
 
     Returns:
         ``{"results": [record, ...], "ran": [...], "skipped": [...], "failed": [...]}``.
@@ -370,7 +376,8 @@ def run_benchmark(
     lines = header(chosen, prepared, budget_minutes, preset, dict(overrides or {}).get("seed", 0), out, command)
     summary: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": []}
     for name in names:
-        spec, sig = _row_spec(ROWS[name], chosen, prepared, preset, budget_minutes, max_iterations, overrides)
+        spec, sig = _row_spec(ROWS[name], chosen, prepared, preset, budget_minutes, max_iterations, overrides,
+                              bundle_overrides)
         if records.get(name, {}).get("status") == "ok" and records[name].get("signature") == sig:
             print(f"[benchmark] {name}: finished before with the same configuration, skipped", flush=True)
             summary["skipped"].append(name)

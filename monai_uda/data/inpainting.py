@@ -7,7 +7,8 @@ the synthesized target-style image S_raw. They are found and painted over:
   hematoxylin channel of a colour deconvolution for H&E-like images, on the intensity
   otherwise) that is not a labelled nucleus of the source mask M;
 * eq 2  ``S = inpaint(S_raw, M_aux)``: fast-marching inpainting (Telea 2004, OpenCV's
-  ``cv2.inpaint`` with radius 3) of those pixels.
+  ``cv2.inpaint``) of those pixels. The paper names the method but no radius; the default 3 px
+  is ours (see :func:`inpaint_nuclei`).
 
 :func:`write_synthesized_dataset` runs (translation and) inpainting over a labelled source
 split and writes the result as a datalist, the training source of the PDAM stage.
@@ -98,7 +99,10 @@ def inpaint_nuclei(
             values in [0, 1] or [0, 255].
         label: ``(H, W)`` / ``(Z, H, W)`` instance map of the labelled nuclei.
         stain, bright_nuclei: see :func:`nuclei_foreground`.
-        radius: inpainting radius (paper 3).
+        radius: inpainting neighbourhood radius in pixels. Ours, not the paper's (it gives none):
+            3 px, the value of OpenCV's inpainting example, draws the fill from a ring that is thin
+            against nuclei several pixels across, so it copies the background right beside each
+            painted-over nucleus rather than blurring in neighbouring nuclei.
 
     Returns:
         ``(inpainted, M_aux)``: the image in the input's dtype and range, and the bool mask.

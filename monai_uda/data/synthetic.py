@@ -12,23 +12,28 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from monai.transforms import MapTransform, Randomizable
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 from skimage.draw import ellipse
-from skimage.filters import threshold_otsu
-from skimage.measure import label, regionprops
 
 from monai_uda import flag
+from monai_uda.data.mask_statistics import (
+    AUTO,
+    auto_mask_statistics,
+    available_presets,
+    check_preset_name,
+    estimate_mask_statistics,
+    load_preset,
+)
 from monai_uda.errors import UDAInputError
 
 __all__ = [
+    "AUTO",
     "random_ellipses",
     "edge_class_map",
     "mask_to_domain_image",
@@ -39,8 +44,6 @@ __all__ = [
     "SyntheticMaskDataset",
     "RandSyntheticMaskd",
 ]
-
-PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 
 def _check_range(name: str, value: Sequence[float], low: float, high: float | None = None) -> tuple[float, float]:
@@ -195,84 +198,6 @@ def domain_image_to_classes(image: np.ndarray | torch.Tensor, ternary: bool = Fa
     return (image > 0).astype(np.uint8)
 
 
-def available_presets() -> list[str]:
-    """Names of the synthetic-mask presets shipped in ``monai_uda/data/presets``."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
-def load_preset(name: str) -> dict[str, Any]:
-    """Synthetic-mask parameters of a preset: ``axis_range``, ``count_range``, ``eccentricity_range``, ``shape``.
-
-    ``shape`` is the patch size the counts were set for; other keys document the source.
-
-    Raises:
-        UDAInputError: unknown preset name.
-    """
-    path = PRESET_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise UDAInputError(f"unknown synthetic-mask preset {name!r}; available: {', '.join(available_presets())}")
-    with open(path) as fh:
-        preset = yaml.safe_load(fh)
-    for key in ("axis_range", "count_range", "eccentricity_range", "shape"):
-        preset[key] = tuple(preset[key])
-    return preset
-
-
-def estimate_mask_statistics(
-    images: Sequence[np.ndarray],
-    spatial_dims: int = 2,
-    patch_shape: Sequence[int] | None = None,
-    min_size: int = 10,
-) -> dict[str, tuple]:
-    """Estimate ``axis_range`` and ``count_range`` for :func:`random_ellipses` from unlabelled images.
-
-    Each image is thresholded with Otsu's method (objects are taken to be the minority class, so
-    dark nuclei on bright-field/H&E backgrounds work too), split into connected components
-    (components smaller than ``min_size`` pixels are noise) and measured with ``regionprops``.
-    Touching nuclei merge into one component, so the axis range uses the 10th-90th percentile
-    of the major semi-axes instead of the extremes.
-
-    Args:
-        images: channel-first ``(C, *spatial)`` or channel-less ``(*spatial)`` arrays.
-        spatial_dims: 2 or 3.
-        patch_shape: training patch size; counts are rescaled from each image's size to it.
-        min_size: smallest component (pixels/voxels) counted as an object.
-
-    Returns:
-        ``{"axis_range": (a_min, a_max), "count_range": (n_min, n_max)}``.
-
-    Raises:
-        UDAInputError: no image, wrong dimensionality or no object found.
-    """
-    if not images:
-        raise UDAInputError("estimate_mask_statistics needs at least one image")
-    semi_axes: list[float] = []
-    counts: list[float] = []
-    for index, image in enumerate(images):
-        image = np.asarray(image, dtype=np.float32)
-        if image.ndim == spatial_dims + 1:
-            image = image.mean(axis=0)
-        if image.ndim != spatial_dims:
-            raise UDAInputError(f"image {index}: expected {spatial_dims} spatial axes, got shape {image.shape}")
-        if image.max() == image.min():
-            counts.append(0.0)
-            continue
-        foreground = image > threshold_otsu(image)
-        if foreground.mean() > 0.5:
-            foreground = ~foreground
-        regions = [r for r in regionprops(label(foreground)) if r.area >= min_size]
-        semi_axes.extend(r.axis_major_length / 2 for r in regions)
-        scale = 1.0 if patch_shape is None else float(np.prod(patch_shape)) / image.size
-        counts.append(len(regions) * scale)
-    if not semi_axes:
-        raise UDAInputError("no object found in the images (Otsu threshold gave empty foreground)")
-    a_min, a_max = np.percentile(semi_axes, [10, 90])
-    return {
-        "axis_range": (round(float(a_min), 1), round(float(max(a_max, a_min)), 1)),
-        "count_range": (int(np.floor(min(counts))), int(np.ceil(max(counts)))),
-    }
-
-
 def _scale_counts(
     counts: Sequence[int], preset_shape: Sequence[int], shape: Sequence[int], name: str
 ) -> tuple[int, int]:
@@ -363,7 +288,16 @@ class RandSyntheticMaskd(Randomizable, MapTransform):
         shape: spatial shape of the masks.
         axis_range, count_range, eccentricity_range, ternary, edge_fraction, max_retries: as in
             :class:`SyntheticMaskDataset`; ``preset`` fills the ranges not given.
-        preset: preset name (:func:`load_preset`); its counts are rescaled to ``shape``.
+        preset: ``"auto"`` (:data:`AUTO`): estimate the ranges not given from ``target_items``
+            here, when the training builds its data (:func:`auto_mask_statistics`, one INFO
+            line), with the paper's eccentricity range (0.25, 0.75) unless given; or a named
+            preset (:func:`load_preset`), its counts rescaled to ``shape``; or ``None``.
+        target_items: the unlabelled target images (datalist items or paths) for ``auto``.
+        auto_images: at most this many of them are read for ``auto``.
+
+    Raises:
+        UDAInputError: unknown preset name (the message lists the valid ones), or ``auto``
+            without target images.
     """
 
     def __init__(
@@ -377,9 +311,20 @@ class RandSyntheticMaskd(Randomizable, MapTransform):
         ternary: bool = False,
         edge_fraction: float = 0.3,
         max_retries: int = 200,
+        target_items: Sequence[Any] | None = None,
+        auto_images: int = 32,
     ) -> None:
         MapTransform.__init__(self, keys)
         self.image_key, self.label_key = self.keys
+        check_preset_name(preset)
+        if preset == AUTO:
+            preset = None
+            if axis_range is None or count_range is None:
+                if target_items is None:
+                    raise UDAInputError("synthetic-mask preset 'auto' needs target images (target_items)")
+                stats = auto_mask_statistics(target_items, len(shape), shape, auto_images)
+                axis_range = stats["axis_range"] if axis_range is None else axis_range
+                count_range = stats["count_range"] if count_range is None else count_range
         ranges = (axis_range, count_range, eccentricity_range)
         self.masks = SyntheticMaskDataset(shape, 1, preset, *ranges, ternary, edge_fraction, max_retries=max_retries)
         self._seed = 0
