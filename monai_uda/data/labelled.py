@@ -24,7 +24,7 @@ from typing import Any
 
 from monai_uda.errors import UDAInputError
 
-__all__ = ["choose_labelled", "labelled_count", "mark_labelled_subset"]
+__all__ = ["check_count", "choose_labelled", "labelled_count", "mark_labelled_subset"]
 
 
 def labelled_count(n: int, fraction: Any, option: str = "target_label_fraction") -> int:
@@ -40,6 +40,17 @@ def labelled_count(n: int, fraction: Any, option: str = "target_label_fraction")
     if isinstance(fraction, bool) or not 0.0 <= value <= 1.0:
         raise UDAInputError(f"{option} must be within [0, 1], got {fraction!r}")
     return 0 if value == 0 or n == 0 else max(1, int(round(value * n)))
+
+
+def check_count(count: Any, option: str = "--labelled") -> int:
+    """``count`` as a number of items to label.
+
+    Raises:
+        UDAInputError: ``count`` is not a whole number >= 0 (the message names ``option``).
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise UDAInputError(f"{option} must be a whole number >= 0, got {count!r}")
+    return count
 
 
 def choose_labelled(
@@ -71,10 +82,8 @@ def choose_labelled(
         raise UDAInputError(f"give either a fraction or a count of labelled items, not both ({option})")
     if count is None:
         wanted = labelled_count(len(items), fraction, option)
-    elif isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= len(items):
-        raise UDAInputError(f"{option} must be a whole number within [0, {len(items)}] (the items), got {count!r}")
     else:
-        wanted = count
+        wanted = check_count(count, option)
     candidates = [index for index, labelled in enumerate(has_label) if labelled]
     if wanted > len(candidates):
         given = fraction if count is None else count
@@ -113,6 +122,7 @@ def mark_labelled_subset(
             asks for more items than carry labels.
     """
     from monai_uda.data.datalist import read_json
+    from monai_uda.data.prepare_utils import say
     from monai_uda.files import write_json
 
     file = Path(datalist_file)
@@ -127,4 +137,5 @@ def mark_labelled_subset(
         raise UDAInputError(exc.reason, file) from exc
     data[split] = [item if kept else {k: v for k, v in item.items() if k != "label"} for item, kept in zip(items, keep)]
     write_json(file, data, what="datalist")
+    say(f"labelled: {sum(keep)} of {len(items)} {split!r} items keep their label (seed {seed})")
     return file
