@@ -72,21 +72,20 @@ def test_training_command_line_then_inference_and_evaluate(sample_2d, tmp_path):
     assert all(0.0 <= v <= 1.0 for v in result["mean"].values())
 
 
-@pytest.mark.parametrize("mode", ["source_only", "no_recons", "ssda", "target_only"])
+@pytest.mark.parametrize("mode", ["source_only", "no_recons", "target_only"])  # ssda: test_ssda_on_a_partly_...
 def test_paper_table_rows_train(sample_2d, tmp_path, mode):
-    # SSDA and the upper bound need labelled target images: use the labelled target-like test items
+    # the upper bound needs labelled target images: use the labelled target-like test items
     datalist = json.loads((sample_2d / "datalist.json").read_text())
     datalist["target"] = datalist["test"] * 2
     (sample_2d / "datalist_labelled_target.json").write_text(json.dumps(datalist))
     run(
         "training", config_file=_cfg("train.yaml"), meta_file=str(CONFIGS / "metadata.json"),
         dataset_dir=str(sample_2d / "datalist_labelled_target.json"), output_dir=str(tmp_path), max_iterations=1,
-        mode=mode, target_label_fraction=0.5, **TINY_2D,
+        mode=mode, **TINY_2D,
     )
     model = torch.load(tmp_path / "model.pt", weights_only=True)
     expected = {
         "source_only": {"segmenter"}, "target_only": {"segmenter"}, "no_recons": {"segmenter", "discriminator"},
-        "ssda": {"segmenter", "reconstructor", "discriminator"},
     }[mode]
     assert set(model) == expected
 
@@ -99,24 +98,29 @@ def _parser(**overrides) -> ConfigParser:
     return parser
 
 
-@pytest.mark.parametrize("batch_size", [2, 4])
-def test_ssda_on_a_partly_labelled_target_split(sample_2d, tmp_path, batch_size):
-    """3 of 8 target items carry a label: SSDA trains on the datalist as it is (eq 6 on those 3)."""
+@pytest.mark.parametrize("batch_size, fraction", [(2, None), (4, 0.25)])
+def test_ssda_on_a_partly_labelled_target_split(sample_2d, tmp_path, batch_size, fraction):
+    """3 of 8 target items carry a label: SSDA trains on them (fraction null) or on round(0.25 * 8) = 2 of them."""
     data = {key: list(items) for key, items in load_datalist(sample_2d).items()}
     crops = data["target"][1:]  # the three H&E crops, not the whole tile (quicker to load)
     data["target"] = data["test"] * 3 + crops + crops[:2]  # 3 labelled, 5 unlabelled
     data["validation"] = []
     datalist = tmp_path / "partly_labelled.json"
     datalist.write_text(json.dumps(data))
+    tiny = {**TINY_2D, "source_patch": [32, 32], "target_patch": [32, 32], "batch_size": batch_size}
+    overrides = {} if fraction is None else {"target_label_fraction": fraction}
     parser = _parser(
         dataset_dir=str(datalist), output_dir=str(tmp_path / "out"), max_iterations=2, mode="ssda",
-        memory_check=False, **{**TINY_2D, "source_patch": [32, 32], "target_patch": [32, 32], "batch_size": batch_size},
+        memory_check=False, **tiny, **overrides,
     )
     parser.get_parsed_content("initialize")
     parser.get_parsed_content("run")
-    assert parser.get_parsed_content("train_dataset").target_labelled == [True] * 3 + [False] * 5
+    flags = parser.get_parsed_content("train_dataset").target_labelled
+    assert flags[3:] == [False] * 5 and sum(flags) == (3 if fraction is None else 2)
     trainer = parser.get_parsed_content("trainer")
     assert trainer.state.iteration == 2 and 0.0 <= trainer.state.output["seg_target"] <= 1.0
+    model = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
+    assert set(model) == {"segmenter", "reconstructor", "discriminator"}
 
 
 def test_ssda_without_any_labelled_target_item_is_refused(sample_2d, tmp_path):
