@@ -3,6 +3,7 @@
     monai-uda demo [--output_dir DIR]
     monai-uda prepare dsb SRC OUT | prepare monuseg SRC OUT | prepare folder --images DIR [--labels DIR] OUT
     monai-uda prepare coco instances.json OUT [--images DIR] [--category_ids 1,2] [--split source]
+    monai-uda prepare folder --images DIR --labels DIR --split target [--labelled_fraction F | --labelled N] [--seed S] OUT
     monai-uda train [--bundle cellseg_uda] [--spatial_dims 3] [--preset cpu] [--dataset_dir DIR] [--output_dir DIR] [--max_iterations N] [--resume true]
     monai-uda infer [--bundle cellseg_uda] --input_dir DIR --output_dir DIR --ckpt_path FILE
     monai-uda evaluate --pred DIR --gt DIR --out FILE.json [--ctc true]

@@ -134,12 +134,12 @@ def _header_comment(path: str) -> list[str]:
 
 
 def _prepare_help() -> list[str]:
-    from monai_uda.data.prepare import PREPARE_FORMATS
+    from monai_uda.data.prepare import LABELLED_SUBSET_HELP, PREPARE_FORMATS
 
     lines = []
     for fmt, converter in PREPARE_FORMATS.items():
         lines += [f"{fmt}: {_first_line(converter)}", *_option_lines(converter, skip=("out",)), ""]
-    return lines
+    return lines + LABELLED_SUBSET_HELP
 
 
 def command_help(commands: type, command: str, argv: Sequence[str], usage: str) -> str:

@@ -165,18 +165,20 @@ def load_datalist(path: str | Path, base_dir: str | Path | None = None) -> Datal
 
 
 def get_split(
-    datalist: Mapping[str, list[dict[str, Any]]], key: str, require_labels: bool = False
+    datalist: Mapping[str, list[dict[str, Any]]], key: str, require_labels: bool | str = False
 ) -> list[dict[str, Any]]:
     """One list of a datalist, checked to be non-empty (and labelled when asked).
 
     Args:
         datalist: as returned by :func:`load_datalist`.
         key: one of :data:`DATALIST_KEYS`.
-        require_labels: check that every item has a ``"label"``.
+        require_labels: ``True``: check that every item has a ``"label"``; ``"any"``: that at least
+            one has (a partly labelled target domain, as semi-supervised training uses);
+            ``False``: no check.
 
     Raises:
-        UDAInputError: unknown key, ``"domain '<key>' has zero images"`` or an unlabelled item,
-            naming the datalist file when known.
+        UDAInputError: unknown key, ``"domain '<key>' has zero images"``, an unlabelled item, or
+            (``"any"``) no labelled item, naming the datalist file when known.
     """
     file = getattr(datalist, "path", None)
     if key not in DATALIST_KEYS:
@@ -184,7 +186,14 @@ def get_split(
     items = datalist.get(key) or []
     if not items:
         raise UDAInputError(f"domain {key!r} has zero images", file)
-    if require_labels:
+    if require_labels == "any":
+        if not any("label" in item for item in items):
+            raise UDAInputError(
+                f"domain {key!r}: none of its {len(items)} items has a 'label'; semi-supervised training "
+                "(mode ssda) needs at least one labelled item",
+                file,
+            )
+    elif require_labels:
         for index, item in enumerate(items):
             if "label" not in item:
                 raise UDAInputError(f"domain {key!r} item {index} ({item.get('image')}) has no 'label'", file)

@@ -10,7 +10,6 @@ uninterrupted run.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ import torch
 from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose, MapTransform
 
+from monai_uda.data.labelled import choose_labelled
 from monai_uda.errors import UDAInputError, unwrap_input_errors
 
 __all__ = ["UnpairedDataset", "StoppingCacheDataset", "select_labelled_targets", "item_seed"]
@@ -31,41 +31,30 @@ def item_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint32)[0])
 
 
-def select_labelled_targets(target: Sequence[Mapping[str, Any]], fraction: float, seed: int = 0) -> list[bool]:
-    """Pick the target items whose labels a semi-supervised (SSDA) run may use.
-
-    ``max(1, round(fraction * n))`` items are chosen when ``fraction > 0``. The choice ranks items
-    by a SHA-256 hash of ``(seed, image)``, so it is the same in every run and process, does not
-    depend on the order of the list, and a larger fraction keeps the items of a smaller one.
+def select_labelled_targets(target: Sequence[Mapping[str, Any]], fraction: Any, seed: int = 0) -> list[bool]:
+    """Pick the target items whose labels a semi-supervised (SSDA) run uses (eq 6 of CellSegSSDA).
 
     Args:
-        target: target items (``{"image": ..., "label": ...}``).
-        fraction: share of items to label, in ``[0, 1]``.
+        target: target items (``{"image": ...}``, with ``"label"`` when labelled).
+        fraction: ``None``: every item that has a ``"label"`` (a partly labelled target split);
+            a share in ``[0, 1]``: ``round(fraction * n)`` of the ``n`` items (at least one when
+            positive), a reproducible subset of the labelled ones
+            (:func:`~monai_uda.data.labelled.choose_labelled`).
         seed: selection seed.
 
     Returns:
         One flag per item, ``True`` when the item is labelled.
 
     Raises:
-        UDAInputError: fraction outside ``[0, 1]``, or a chosen item without ``"label"``.
+        UDAInputError: a bad fraction, more items asked for than are labelled, or ``None`` and no
+            item has a ``"label"``.
     """
-    if not 0.0 <= float(fraction) <= 1.0:
-        raise UDAInputError(f"target_label_fraction must be within [0, 1], got {fraction}")
-    if fraction == 0 or not target:
-        return [False] * len(target)
-    count = max(1, int(round(fraction * len(target))))
-
-    def rank(index: int) -> tuple[str, int]:
-        digest = hashlib.sha256(f"{seed}:{target[index].get('image')}".encode()).hexdigest()
-        return digest, index
-
-    chosen = set(sorted(range(len(target)), key=rank)[:count])
-    for index in sorted(chosen):
-        if "label" not in target[index]:
-            raise UDAInputError(
-                f"target item {index} is chosen as labelled but has no 'label'", target[index].get("image")
-            )
-    return [index in chosen for index in range(len(target))]
+    flags = choose_labelled(target, fraction, seed=seed)
+    if fraction is None and target and not any(flags):
+        raise UDAInputError(
+            f"semi-supervised training needs labelled target items, but none of the {len(target)} has a 'label'"
+        )
+    return flags
 
 
 class StoppingCacheDataset(CacheDataset):
@@ -119,8 +108,8 @@ class UnpairedDataset(torch.utils.data.Dataset):
             ``allow_missing_label=True`` since unlabelled items have none).
         length: items per epoch, default ``max(len(source), len(target))``.
         seed: seed of the pairings and of all random transforms.
-        target_label_fraction: share of target items whose labels are used (SSDA), see
-            :func:`select_labelled_targets`.
+        target_label_fraction: target items whose labels are used (SSDA): ``0`` none, ``None``
+            all labelled items of ``target``, a share: see :func:`select_labelled_targets`.
         cache: decode each file once and keep the deterministic part of each chain (loading,
             channel policy, scaling) in memory (MONAI ``CacheDataset``); only the random part
             runs per item.
@@ -139,7 +128,7 @@ class UnpairedDataset(torch.utils.data.Dataset):
         target_transform: Compose,
         length: int | None = None,
         seed: int = 0,
-        target_label_fraction: float = 0.0,
+        target_label_fraction: float | None = 0.0,
         cache: bool = True,
         cache_workers: int = 1,
     ) -> None:
@@ -154,8 +143,8 @@ class UnpairedDataset(torch.utils.data.Dataset):
         if self.length < 1:
             raise UDAInputError(f"length must be at least 1, got {length}")
         self.seed = int(seed)
-        self.semi_supervised = target_label_fraction > 0
         self.target_labelled = select_labelled_targets(target, target_label_fraction, seed)
+        self.semi_supervised = target_label_fraction is None or any(self.target_labelled)
         target_items = [dict(item) for item in target]
         for item, labelled in zip(target_items, self.target_labelled):
             if not labelled:

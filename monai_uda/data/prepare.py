@@ -10,7 +10,10 @@ progress bar, prints warnings and a summary on stderr, and returns the datalist 
 * :func:`prepare_folder`: any ``images/`` folder with an optional ``labels/`` folder;
 * :func:`~monai_uda.data.coco.prepare_coco` (in :mod:`monai_uda.data.coco`): a COCO instances
   JSON (polygons, uncompressed and compressed RLE) with its images;
-* :func:`prepare`: the dispatcher behind ``monai-uda prepare <format> ...``.
+* :func:`prepare`: the dispatcher behind ``monai-uda prepare <format> ...``; with
+  ``--labelled_fraction F`` or ``--labelled N`` (and ``--seed``) it keeps ``"label"`` on a seeded
+  subset of the written ``target`` items only (semi-supervised training, CellSegSSDA eq 6), see
+  :func:`~monai_uda.data.labelled.mark_labelled_subset`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from tqdm import tqdm
 from monai_uda.data.coco import prepare_coco
 from monai_uda.data.datalist import DATALIST_KEYS, write_datalist
 from monai_uda.data.io import list_images, read_array, read_image, read_label, stem_of, write_array
+from monai_uda.data.labelled import check_count, labelled_count, mark_labelled_subset
 from monai_uda.data.monuseg import prepare_monuseg
 from monai_uda.data.prepare_utils import (
     UINT16_MAX,
@@ -40,7 +44,7 @@ from monai_uda.data.prepare_utils import (
 )
 from monai_uda.errors import UDAInputError
 
-__all__ = ["PREPARE_FORMATS", "prepare", "prepare_dsb", "prepare_folder"]
+__all__ = ["PREPARE_FORMATS", "LABELLED_SUBSET_HELP", "prepare", "prepare_dsb", "prepare_folder"]
 
 # --------------------------------------------------------------------------- DSB 2018
 
@@ -254,6 +258,42 @@ PREPARE_FORMATS: dict[str, Callable[..., Path]] = {
 }
 """Converters by format name, as used by ``monai-uda prepare <format>``."""
 
+#: formats whose ``target`` list comes without a ``--split`` option
+_TARGET_FORMATS = frozenset({"monuseg"})
+
+LABELLED_SUBSET_HELP = [
+    "any format that writes labelled 'target' items (folder / coco with --split target): semi-supervised targets",
+    "  --labelled_fraction        none (F: keep 'label' on round(F * n) of the n target items, drop it on the rest)",
+    "  --labelled                 none (N: keep 'label' on N target items; files are kept, the datalist changes)",
+    "  --seed                     0 (which items)",
+]
+"""``monai-uda prepare --help`` lines of the options :func:`prepare` handles for every format."""
+
+
+def _labelled_subset(fmt: str, converter: Callable[..., Path], options: dict[str, Any]) -> dict[str, Any] | None:
+    """Take ``labelled_fraction``/``labelled``/``seed`` out of ``options``, checked, when a subset is asked for."""
+    if "labelled_fraction" not in options and "labelled" not in options:
+        return None
+    params = inspect.signature(converter).parameters
+    fraction, count = options.pop("labelled_fraction", None), options.pop("labelled", None)
+    seed = options.get("seed", 0) if "seed" in params else options.pop("seed", 0)
+    option = "--labelled_fraction" if count is None else "--labelled"
+    if fraction is not None and count is not None:
+        raise UDAInputError("give --labelled_fraction or --labelled, not both")
+    if "split" in params:
+        split = options.get("split", params["split"].default)
+        if split != "target":
+            raise UDAInputError(f"{option} marks labelled 'target' items; add --split target (this writes {split!r})")
+    elif fmt not in _TARGET_FORMATS:
+        raise UDAInputError(f"{option}: format {fmt!r} writes no 'target' list")
+    if fraction is not None:
+        labelled_count(1, fraction, option)  # a bad value fails before any file is written
+    if count is not None:
+        check_count(count, option)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UDAInputError(f"--seed must be a whole number, got {seed!r}")
+    return {"fraction": fraction, "count": count, "seed": seed}
+
 
 def prepare(fmt: str, src: str | Path | None = None, out: str | Path | None = None, **kwargs: Any) -> Path:
     """Run the converter for ``fmt`` (the ``monai-uda prepare`` command).
@@ -262,18 +302,22 @@ def prepare(fmt: str, src: str | Path | None = None, out: str | Path | None = No
     ``prepare("folder", OUT, images=DIR, labels=DIR)`` (the CLI's
     ``prepare folder --images DIR --labels DIR OUT``), ``prepare("folder", IMAGES, OUT)`` or
     ``prepare("coco", "instances.json", OUT, images=DIR)``.
-    Option names may use ``-`` for ``_``.
+    Option names may use ``-`` for ``_``. Every format that writes labelled ``target`` items also
+    takes ``labelled_fraction=F`` or ``labelled=N`` (with ``seed``): the datalist then keeps
+    ``"label"`` on a seeded subset of those items only (:func:`~monai_uda.data.labelled.mark_labelled_subset`).
 
     Returns:
         Path of the written datalist.
 
     Raises:
-        UDAInputError: unknown format (listing the choices), unknown options, missing folders.
+        UDAInputError: unknown format (listing the choices), unknown options, missing folders, a
+            labelled subset of a format or split without target items, or of more items than are labelled.
     """
     if fmt not in PREPARE_FORMATS:
         raise UDAInputError(f"unknown dataset format {fmt!r} (choices: {', '.join(PREPARE_FORMATS)})")
     converter = PREPARE_FORMATS[fmt]
     options = {str(k).replace("-", "_"): v for k, v in kwargs.items()}
+    subset = _labelled_subset(fmt, converter, options)
     if fmt == "folder":
         if "images" not in options:
             options["images"] = src
@@ -294,4 +338,5 @@ def prepare(fmt: str, src: str | Path | None = None, out: str | Path | None = No
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise UDAInputError(f"unknown option {unknown[0]!r} for {fmt!r} (accepted: {', '.join(accepted)})")
-    return converter(out=out, **options)
+    datalist = converter(out=out, **options)
+    return datalist if subset is None else mark_labelled_subset(datalist, **subset)

@@ -10,6 +10,10 @@ the target image) and discriminator D on the output space. Losses, in the paper'
 * eq 4  L_S     = L_seg + lambda_adv L_adv + lambda_recons L_recons (S and R are updated),
 * eq 5  L_D     = BCE(D(S(x_s)), source) + BCE(D(S(x_t)), target) (D is updated, S's outputs detached),
 * eq 6  SSDA: + soft Dice(S(x_t), y_t) on the labelled target images of the batch.
+
+For SSDA the target domain may be partly labelled: a batch carries ``target_labelled`` (one bool per
+item), eq 6 is the Dice of the labelled items alone (0 when the batch has none), and every target item,
+labelled or not, feeds eqs 2, 3 and 5.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from monai.losses import DiceLoss
 from torch import nn
 
 from monai_uda.engines.method import AdaptationMethod
+from monai_uda.errors import UDAInputError
 
 __all__ = ["CellSegUDA", "MODES"]
 
@@ -108,6 +113,11 @@ class CellSegUDA(AdaptationMethod):
             return {"seg": loss.detach()}
 
         x_s, x_t = batch["source_image"], batch["target_image"]
+        if self.mode == "ssda" and "target_labelled" not in batch:
+            raise UDAInputError(
+                "mode 'ssda' needs labelled target items in each batch (target_label_fraction null: the "
+                "datalist's labelled target items, or a share above 0)"
+            )
         with self.autocast():
             logits_s = self.segmenter(x_s)
             total = losses["seg"] = self._dice(logits_s, batch["source_label"])  # eq 1

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from monai.transforms import Compose, EnsureTyped, RandFlipd, RandRotate90d, RandSpatialCropd, SpatialPadd
 
+from monai_uda import flag
 from monai_uda.errors import UDAInputError
 from monai_uda.transforms.croppad import BackgroundPadd
 from monai_uda.transforms.intensity import ChannelPolicyd, scale_intensity_percentiles
@@ -66,7 +67,7 @@ def train_transforms(
     value_range: Sequence[float] = (0.0, 1.0),
     image_key: str = "image",
     label_key: str | None = "label",
-    augment: bool = True,
+    augment: Any = True,
     allow_missing_label: bool = False,
     rotation_axes: tuple[int, int] | None = None,
 ) -> Compose:
@@ -84,7 +85,8 @@ def train_transforms(
         value_range: output intensity range, ``(0, 1)`` or ``(-1, 1)`` for tanh generators.
         image_key: item key of the image.
         label_key: item key of the instance map, ``None`` for unlabelled domains.
-        augment: add random flips and 90 degree rotations.
+        augment: add random flips and 90 degree rotations (a bool or a true/false word, as a
+            command line gives it).
         allow_missing_label: items without ``label_key`` pass (semi-supervised target domains,
             where only some items are labelled).
         rotation_axes: in-plane axes of the rotations (default :func:`default_rotation_axes`).
@@ -111,7 +113,7 @@ def train_transforms(
     if label_key is not None:
         chain.append(SpatialPadd(label_key, spatial_size=patch, mode="constant", allow_missing_keys=missing))
     chain.append(RandSpatialCropd(keys, roi_size=patch, random_size=False, allow_missing_keys=missing))
-    if augment:
+    if flag(augment):
         chain += _augmentations(keys, patch, axes, missing)
     chain.append(EnsureTyped(image_key, dtype=torch.float32, track_meta=False))
     if label_key is not None:

@@ -12,8 +12,9 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, run
 
-from monai_uda.data.datalist import export_split
+from monai_uda.data.datalist import export_split, load_datalist
 from monai_uda.data.io import read_array
+from monai_uda.errors import UDAInputError, user_error
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "cellseg_uda" / "configs"
@@ -71,23 +72,82 @@ def test_training_command_line_then_inference_and_evaluate(sample_2d, tmp_path):
     assert all(0.0 <= v <= 1.0 for v in result["mean"].values())
 
 
-@pytest.mark.parametrize("mode", ["source_only", "no_recons", "ssda", "target_only"])
+@pytest.mark.parametrize("mode", ["source_only", "no_recons", "target_only"])  # ssda: test_ssda_on_a_partly_...
 def test_paper_table_rows_train(sample_2d, tmp_path, mode):
-    # SSDA and the upper bound need labelled target images: use the labelled target-like test items
+    # the upper bound needs labelled target images: use the labelled target-like test items
     datalist = json.loads((sample_2d / "datalist.json").read_text())
     datalist["target"] = datalist["test"] * 2
     (sample_2d / "datalist_labelled_target.json").write_text(json.dumps(datalist))
     run(
         "training", config_file=_cfg("train.yaml"), meta_file=str(CONFIGS / "metadata.json"),
         dataset_dir=str(sample_2d / "datalist_labelled_target.json"), output_dir=str(tmp_path), max_iterations=1,
-        mode=mode, target_label_fraction=0.5, **TINY_2D,
+        mode=mode, **TINY_2D,
     )
     model = torch.load(tmp_path / "model.pt", weights_only=True)
     expected = {
         "source_only": {"segmenter"}, "target_only": {"segmenter"}, "no_recons": {"segmenter", "discriminator"},
-        "ssda": {"segmenter", "reconstructor", "discriminator"},
     }[mode]
     assert set(model) == expected
+
+
+def _parser(**overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_meta(str(CONFIGS / "metadata.json"))
+    parser.read_config(str(CONFIGS / "train.yaml"))
+    parser.update(overrides)
+    return parser
+
+
+@pytest.mark.parametrize("batch_size, fraction", [(2, None), (4, 0.25)])
+def test_ssda_on_a_partly_labelled_target_split(sample_2d, tmp_path, batch_size, fraction):
+    """3 of 8 target items carry a label: SSDA trains on them (fraction null) or on round(0.25 * 8) = 2 of them."""
+    data = {key: list(items) for key, items in load_datalist(sample_2d).items()}
+    crops = data["target"][1:]  # the three H&E crops, not the whole tile (quicker to load)
+    data["target"] = data["test"] * 3 + crops + crops[:2]  # 3 labelled, 5 unlabelled
+    data["validation"] = []
+    datalist = tmp_path / "partly_labelled.json"
+    datalist.write_text(json.dumps(data))
+    tiny = {**TINY_2D, "source_patch": [32, 32], "target_patch": [32, 32], "batch_size": batch_size}
+    overrides = {} if fraction is None else {"target_label_fraction": fraction}
+    parser = _parser(
+        dataset_dir=str(datalist), output_dir=str(tmp_path / "out"), max_iterations=2, mode="ssda",
+        memory_check=False, **tiny, **overrides,
+    )
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("run")
+    flags = parser.get_parsed_content("train_dataset").target_labelled
+    assert flags[3:] == [False] * 5 and sum(flags) == (3 if fraction is None else 2)
+    trainer = parser.get_parsed_content("trainer")
+    assert trainer.state.iteration == 2 and 0.0 <= trainer.state.output["seg_target"] <= 1.0
+    model = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
+    assert set(model) == {"segmenter", "reconstructor", "discriminator"}
+
+
+def test_ssda_without_any_labelled_target_item_is_refused(sample_2d, tmp_path):
+    parser = _parser(dataset_dir=str(sample_2d), output_dir=str(tmp_path), mode="ssda")
+    with pytest.raises(RuntimeError) as raised:  # MONAI wraps it; the CLI prints the UDAInputError's line
+        parser.get_parsed_content("train_dataset")
+    error = user_error(raised.value)
+    assert isinstance(error, UDAInputError)
+    assert error.reason == (
+        "domain 'target': none of its 4 items has a 'label'; semi-supervised training (mode ssda) needs at least "
+        "one labelled item"
+    )
+    assert error.path == str(sample_2d / "datalist.json")
+
+
+def test_augmentation_is_off_by_default_and_on_with_the_override():
+    """The paper trains without augmentation; --augment true adds flips and 90-degree rotations."""
+    def steps(**overrides) -> set[str]:
+        parser = _parser(**overrides)
+        return {
+            type(t).__name__
+            for key in ("source_transform", "target_transform")
+            for t in parser.get_parsed_content(f"train_dataset#{key}").transforms
+        }
+
+    assert not steps() & {"RandFlipd", "RandRotate90d"}
+    assert {"RandFlipd", "RandRotate90d"} <= steps(augment="true")  # the word, as a command line gives it
 
 
 def test_resume_override_continues_from_newest_checkpoint(sample_2d, tmp_path):

@@ -111,8 +111,23 @@ def test_select_labelled_targets_is_stable_and_nested():
     assert select_labelled_targets(target, 0.3, seed=2) != flags
     with pytest.raises(UDAInputError, match="within"):
         select_labelled_targets(target, 1.5)
-    with pytest.raises(UDAInputError, match="img0.png: target item 0 is chosen as labelled but has no 'label'"):
+    with pytest.raises(UDAInputError, match="0.5 asks for 1 labelled items, but only 0 of the 1 target items"):
         select_labelled_targets([{"image": "img0.png"}], 0.5)
+
+
+def test_select_labelled_targets_on_a_partly_labelled_list():
+    target = [{"image": f"img{k}.png", **({"label": f"lab{k}.png"} if k in (1, 4, 6) else {})} for k in range(8)]
+    has_label = [k in (1, 4, 6) for k in range(8)]
+    assert select_labelled_targets(target, None) == has_label  # null: the datalist's labels as they are
+    for fraction, count in ((0.1, 1), (0.25, 2), (0.375, 3)):  # round(fraction * 8) of the 8, all labelled ones
+        flags = select_labelled_targets(target, fraction, seed=3)
+        assert sum(flags) == count and all(has for flag, has in zip(flags, has_label) if flag)
+    with pytest.raises(UDAInputError, match="0.5 asks for 4 labelled items, but only 3 of the 8 target items"):
+        select_labelled_targets(target, 0.5)
+    with pytest.raises(UDAInputError, match="needs labelled target items, but none of the 2 has a 'label'"):
+        select_labelled_targets([{"image": "a.png"}, {"image": "b.png"}], None)
+    with pytest.raises(UDAInputError, match="target_label_fraction must be within \\[0, 1\\], got 'half'"):
+        select_labelled_targets(target, "half")
 
 
 def test_semi_supervised_items(tmp_path):
@@ -131,6 +146,25 @@ def test_semi_supervised_items(tmp_path):
     assert seen == {True, False}
 
 
+def test_partly_labelled_target_split(tmp_path):
+    """3 of 8 target items labelled, fraction null: exactly those items are labelled in the batches."""
+    target = _items(tmp_path, "t", 8, True)
+    for k in (0, 2, 3, 5, 7):
+        del target[k]["label"]
+    src_t = train_transforms(2, PATCH, channels=1)
+    tgt_t = train_transforms(2, PATCH, channels=1, allow_missing_label=True)
+    ds = UnpairedDataset(_items(tmp_path, "s", 2, True), target, src_t, tgt_t, target_label_fraction=None)
+    assert ds.target_labelled == [k in (1, 4, 6) for k in range(8)]
+    flags = []
+    for batch in DataLoader(ds, batch_size=4):
+        assert batch["target_labelled"].shape == (4,) and batch["target_label"].shape == (4, 1, *PATCH)
+        flags += batch["target_labelled"].tolist()
+        for labelled, label in zip(batch["target_labelled"], batch["target_label"]):
+            assert labelled or not label.any()  # unlabelled items carry an all-zero label
+    assert flags == [ds.target_labelled[int(t)] for t in ds.target_index]  # one pass: 3 labelled of 8
+    assert sum(flags) == 3
+
+
 def test_bad_input(tmp_path):
     target = _items(tmp_path, "t", 1, False)
     t = train_transforms(2, PATCH, 1)
@@ -138,7 +172,7 @@ def test_bad_input(tmp_path):
         UnpairedDataset([], target, t, t)
     with pytest.raises(UDAInputError, match="source item 0 has no 'label'"):
         UnpairedDataset(target, target, t, t)
-    with pytest.raises(UDAInputError, match="target item 0 is chosen as labelled"):
+    with pytest.raises(UDAInputError, match="only 0 of the 1 target items have a 'label'"):
         UnpairedDataset(_items(tmp_path, "s", 1, True), target, t, t, target_label_fraction=0.5)
     labelled_target = _items(tmp_path, "u", 2, True)
     with pytest.raises(UDAInputError, match="allow_missing_label=True"):

@@ -265,3 +265,52 @@ def test_prepare_folder_real_fluo(tmp_path):
         original = read_label(data / "labels" / Path(item["label"]).name)
         np.testing.assert_array_equal(read_label(item["label"]), original)
         assert original.max() > 0
+
+
+def _labelled_folder(root: Path, count: int = 8) -> tuple[Path, Path]:
+    """``count`` 4x4 images with one-nucleus labels, stems s0..s{count-1}."""
+    for k in range(count):
+        _png(root / "images" / f"s{k}.png", np.full((4, 4), k, np.uint8))
+        _png(root / "labels" / f"s{k}.png", np.eye(4, dtype=np.uint8))
+    return root / "images", root / "labels"
+
+
+def test_prepare_marks_a_seeded_subset_of_target_labelled(tmp_path, capsys):
+    from monai_uda.cli import main
+
+    images, labels = _labelled_folder(tmp_path / "src")
+
+    def labelled(out: str, *options: str) -> list[str]:
+        argv = ["prepare", "folder", "--images", str(images), "--labels", str(labels), "--split", "target"]
+        assert main([*argv, *options, str(tmp_path / out)]) == 0
+        items = load_datalist(tmp_path / out)["target"]
+        assert len(items) == 8 and len(list((tmp_path / out / "labels").iterdir())) == 8  # files all kept
+        return [Path(item["image"]).stem for item in items if "label" in item]
+
+    quarter = labelled("quarter", "--labelled_fraction", "0.25", "--seed", "1")
+    assert len(quarter) == 2 and "labelled: 2 of 8 'target' items keep their label (seed 1)" in capsys.readouterr().err
+    assert labelled("quarter_again", "--labelled_fraction", "0.25", "--seed", "1") == quarter  # seeded
+    three = labelled("three", "--labelled", "3", "--seed", "1")
+    assert len(three) == 3 and set(quarter) <= set(three)  # nested: a larger share keeps the smaller one's items
+    assert len(labelled("tenth", "--labelled_fraction", "0.1")) == 1  # round(0.8), at least one
+    assert len(labelled("all")) == 8  # without the options every label stays
+
+
+def test_prepare_labelled_subset_errors(tmp_path):
+    images, labels = _labelled_folder(tmp_path / "src", count=2)
+    folder = {"images": str(images), "labels": str(labels)}
+    cases = [
+        (dict(folder, labelled=1), r"--labelled marks labelled 'target' items; add --split target \(this writes 'so"),
+        (dict(folder, split="target", labelled=1, labelled_fraction=0.5), "not both"),
+        (dict(folder, split="target", labelled_fraction=1.5), r"--labelled_fraction must be within \[0, 1\], got 1.5"),
+        (dict(folder, split="target", labelled=-1), "--labelled must be a whole number >= 0, got -1"),
+        (dict(folder, split="target", labelled=3), "--labelled 3 asks for 3 labelled items, but only 2 of the 2"),
+    ]
+    for options, message in cases:
+        with pytest.raises(UDAInputError, match=message):
+            prepare("folder", out=str(tmp_path / "out"), **options)
+    with pytest.raises(UDAInputError, match="--labelled_fraction: format 'dsb' writes no 'target' list"):
+        prepare("dsb", str(tmp_path), str(tmp_path / "dsb"), labelled_fraction=0.5)
+    monuseg = prepare_monuseg(_synthetic_monuseg(tmp_path / "monuseg"), tmp_path / "m")  # target unlabelled
+    with pytest.raises(UDAInputError, match="--labelled_fraction: no 'target' item has a 'label' to keep"):
+        prepare("monuseg", str(tmp_path / "monuseg"), str(monuseg.parent), labelled_fraction=0.5)
