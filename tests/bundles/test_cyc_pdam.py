@@ -17,6 +17,7 @@ from monai.bundle import ConfigParser, run, verify_metadata
 from monai_uda.benchmark.presets import BENCHMARK_PRESETS
 from monai_uda.data.datalist import export_split, load_datalist
 from monai_uda.data.io import read_array, read_label
+from monai_uda.engines import AtomicCheckpointSaver
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "cyc_pdam" / "configs"
@@ -164,6 +165,19 @@ def test_cpu_preset_matches_the_benchmark_preset_and_caps_each_stage():
     parser.update({"max_iterations": 3})
     parser.parse(reset=True)
     assert (parser.get_parsed_content("cyclegan_iterations"), parser.get_parsed_content("pdam_iterations")) == (3, 3)
+
+
+def test_both_stages_write_checkpoints_atomically(sample_2d, tmp_path):
+    parser = ConfigParser()
+    parser.read_config(_cfg("train.yaml"))
+    # no run folder claimed; PDAM's loader reads the sample instead of a synthesized dataset
+    parser.update({"dataset_dir": str(sample_2d), "output_dir": str(tmp_path), "run_folder": None,
+                   "pdam_dataset": "@cyclegan_dataset", **TINY})
+    for stage in ("cyclegan", "pdam"):
+        assert "atomic" not in parser[f"{stage}_outputs"]
+        saver = parser.get_parsed_content(f"{stage}_outputs")[0]
+        assert type(saver) is AtomicCheckpointSaver, stage
+        assert saver._interval_checkpoint.save_handler._atomic
 
 
 @pytest.mark.parametrize("variant", ["wo_sem", "cycada"])
