@@ -10,14 +10,18 @@ and :mod:`monai_uda.data.inpainting` removes the unlabelled nuclei (eqs 1-2).
 Stage 2, :class:`PDAMStage` -- the panoptic domain-adaptive Mask R-CNN
 (:class:`~monai_uda.networks.pdam.PDAMDetector`), one source and one target image per step:
 
-* image-, semantic- and instance-level discriminators behind gradient reversal, BCE with
-  source = 1 and target = 0; the reversal strength follows eq 5, :func:`grl_alpha`;
+* image-, semantic- and instance-level discriminators behind gradient reversal (a plain sign
+  flip), BCE with source = 1 and target = 0;
 * eq 3 task re-weighting: the RPN, semantic and box/mask losses are scaled by
   ``min((1 - p_s) / p_s, beta)`` (:func:`task_weight`) of the image-, semantic- and
   instance-level discriminators' source probabilities p_s (averaged), beta = 2;
-* eq 4 total loss: the re-weighted detection and semantic losses plus the three
-  discriminator losses; SGD (lr 0.002, momentum 0.9, weight decay 0.001), 500-iteration
-  linear warm-up, lr x0.1 at 3/4 of training.
+* eq 4 total loss: the re-weighted detection and semantic losses plus ``alpha_da`` times the
+  three discriminator losses, ``alpha_da`` ramping with eq 5 (:func:`alpha_da`) from 0 at the
+  first iteration to ~1 at the last, so the discriminators and the adversarial gradient start
+  together from nothing. ``alpha_da_on="reversal"`` is the authors' released code instead: the
+  domain losses at full weight and the ramp scaling only the reversed gradient;
+* SGD (lr 0.002, momentum 0.9, weight decay 0.001), 500-iteration linear warm-up, lr x0.1 at
+  3/4 of training.
 
 The ablations of the paper's Table 4 are switches: "w/o NI" (no inpainting, data stage),
 "w/o TR" (``reweight=False``), "w/o SEM" (detector without semantic branch) and the
@@ -50,7 +54,8 @@ from monai_uda.networks.patchgan import PatchDiscriminator
 from monai_uda.networks.pdam import PDAMDetector
 
 __all__ = [
-    "grl_alpha",
+    "ALPHA_DA_ON",
+    "alpha_da",
     "task_weight",
     "cyclegan_lr",
     "pdam_lr",
@@ -82,7 +87,11 @@ def pdam_variant(name: str) -> dict[str, dict[str, bool]]:
     return PDAM_VARIANTS[name]
 
 
-def grl_alpha(progress: float) -> float:
+#: where eq 5's ``alpha_da`` acts: on the domain losses (eq 4, paper) or on the gradient reversal (release)
+ALPHA_DA_ON = ("loss", "reversal")
+
+
+def alpha_da(progress: float) -> float:
     """Eq 5: ``alpha_da = 2 / (1 + exp(-10 t)) - 1`` for training progress ``t`` in [0, 1]."""
     t = min(max(float(progress), 0.0), 1.0)
     return 2.0 / (1.0 + math.exp(-10.0 * t)) - 1.0
@@ -265,10 +274,17 @@ class PDAMStage(AdaptationMethod):
         lr: SGD base learning rate (0.002); momentum (0.9); weight_decay (0.001).
         warmup_iterations: linear warm-up length (500); decay_at: fraction of training after
             which the lr is multiplied by 0.1 (0.75). See :func:`pdam_lr`; the config attaches
-            :meth:`lr_at` and :meth:`grl_alpha_at` (eq 5) as schedule handlers.
+            :meth:`lr_at` and :meth:`alpha_da_at` (eq 5) as schedule handlers.
         beta: eq 3 cap of the task weights (2).
         reweight: apply eq 3 ("w/o TR" = False).
-        adversarial_weight: weight of the discriminator losses in eq 4 (1).
+        adversarial_weight: constant weight of the discriminator losses in eq 4 (1), on top of
+            ``alpha_da``.
+        alpha_da_on: where the scheduled ``alpha_da`` acts. ``"loss"`` (paper, eq 4): it
+            multiplies the domain losses, so the discriminators and the features they adapt both
+            receive ``alpha_da`` times their gradient, and the reversal is a plain sign flip.
+            ``"reversal"`` (the authors' released code): the domain losses keep full weight, so the
+            discriminators train at full strength from the first iteration, and ``alpha_da``
+            scales only the reversed gradient reaching the features.
         grad_clip: optional gradient-norm clip (``None`` = off, as in the paper).
         amp: autocast the forward passes.
     """
@@ -286,11 +302,17 @@ class PDAMStage(AdaptationMethod):
         beta: float = 2.0,
         reweight: bool = True,
         adversarial_weight: float = 1.0,
+        alpha_da_on: str = "loss",
         grad_clip: float | None = None,
         amp: bool = False,
     ) -> None:
         super().__init__(amp=amp)
+        if alpha_da_on not in ALPHA_DA_ON:
+            raise UDAInputError(f"alpha_da_on must be one of {list(ALPHA_DA_ON)}, got {alpha_da_on!r}")
         self.detector = detector
+        self.alpha_da_on = alpha_da_on
+        self.alpha_da = 1.0  # set every iteration by the alpha_da_at schedule handler
+        detector.set_grl_alpha(1.0)
         self.lr, self.warmup_iterations, self.decay_at = lr, warmup_iterations, decay_at
         self.beta, self.reweight, self.grad_clip = beta, reweight, grad_clip
         self.loss_weights = {"adversarial": adversarial_weight}
@@ -302,16 +324,18 @@ class PDAMStage(AdaptationMethod):
         return pdam_lr(iteration, max_iterations, self.lr, self.warmup_iterations, decay_at=self.decay_at)
 
     @staticmethod
-    def grl_alpha_at(iteration: int, max_iterations: int) -> float:
-        """Eq 5's reversal strength at ``iteration`` (progress ``(iteration - 1) / (max_iterations - 1)``)."""
-        return grl_alpha((iteration - 1) / max(max_iterations - 1, 1))
+    def alpha_da_at(iteration: int, max_iterations: int) -> float:
+        """Eq 5's ``alpha_da`` at ``iteration`` (progress ``(iteration - 1) / (max_iterations - 1)``)."""
+        return alpha_da((iteration - 1) / max(max_iterations - 1, 1))
 
     def set_scheduled(self, name: str, value: float, optimizers: Sequence[str] | None = None) -> None:
-        """``"grl_alpha"`` sets the detector's gradient-reversal strength; other names as the base class."""
-        if name == "grl_alpha":
-            self.detector.set_grl_alpha(value)
-        else:
+        """``"alpha_da"`` weights the domain losses or the reversal (``alpha_da_on``); others as the base class."""
+        if name != "alpha_da":
             super().set_scheduled(name, value, optimizers)
+        elif self.alpha_da_on == "loss":
+            self.alpha_da = float(value)
+        else:
+            self.detector.set_grl_alpha(value)
 
     def _adversarial(
         self, source_logits: torch.Tensor, target_logits: torch.Tensor
@@ -330,7 +354,7 @@ class PDAMStage(AdaptationMethod):
         """One PDAM iteration (eqs 3-5, see the module docstring)."""
         net = self.detector
         optimizer = self.optimizers["detector"]
-        # lr and reversal strength: set by the schedule handlers (lr_at, grl_alpha_at)
+        # lr and alpha_da (loss weight or reversal strength): set by the schedule handlers (lr_at, alpha_da_at)
         lr = optimizer.param_groups[0]["lr"]
         optimizer.zero_grad(set_to_none=True)
         targets = [instance_targets(label) for label in batch["source_label"]]
@@ -359,7 +383,7 @@ class PDAMStage(AdaptationMethod):
             heads = sum(v for k, v in source.losses.items() if k not in ("loss_objectness", "loss_rpn_box_reg"))
             detection = w_img * rpn + w_ins * heads + w_sem * loss_semseg  # eq 3
             adversarial = loss_img + loss_sem_adv + loss_ins
-            total = detection + self.loss_weights["adversarial"] * adversarial  # eq 4
+            total = detection + self.alpha_da * self.loss_weights["adversarial"] * adversarial  # eq 4
         self.backward(total, "detector")
         self.step_optimizer("detector", self.grad_clip)
         out: dict[str, torch.Tensor | float] = {k.removeprefix("loss_"): v.detach() for k, v in source.losses.items()}
@@ -372,6 +396,7 @@ class PDAMStage(AdaptationMethod):
             weight_semantic=w_sem,
             weight_instance=w_ins,
             total=total.detach(),
+            alpha_da=self.alpha_da if self.alpha_da_on == "loss" else net.grl.alpha,
             grl_alpha=net.grl.alpha,
             lr=lr,
         )

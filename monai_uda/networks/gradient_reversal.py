@@ -2,8 +2,9 @@
 
 Forward it is the identity; backward it multiplies the incoming gradient by ``-alpha``, so a
 domain discriminator placed after it is trained to *separate* the domains while the features
-before it are trained to *confuse* it, within one optimiser step. CyC-PDAM ramps ``alpha``
-with eq 5 (:func:`monai_uda.methods.cyc_pdam.grl_alpha`).
+before it are trained to *confuse* it, within one optimiser step. CyC-PDAM's paper keeps
+``alpha`` at 1 and weights the domain losses with eq 5's ramp; its released code ramps ``alpha``
+instead (:class:`monai_uda.methods.cyc_pdam.PDAMStage`, ``alpha_da_on``).
 """
 
 from __future__ import annotations

@@ -317,7 +317,7 @@ class PDAMDetector(nn.Module):
             self.instance_discriminator = InstanceLevelDiscriminator(box_dim)
 
     def set_grl_alpha(self, alpha: float) -> None:
-        """Strength of the gradient reversal in front of all discriminators (eq 5 ramp)."""
+        """Strength of the gradient reversal in front of all discriminators (1 in the paper; see ``PDAMStage``)."""
         self.grl.set_alpha(alpha)
 
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None) -> Any:

@@ -64,7 +64,7 @@ def _ad_gan(_: dict) -> tuple[ADGAN, list, dict]:
 def schedule_handlers(kind: str, method: Any) -> list:
     """The schedule handlers the bundle configs attach for ``kind``."""
     if kind == "pdam":
-        return [ScheduleHandler(method.lr_at), ScheduleHandler(method.grl_alpha_at, "grl_alpha")]
+        return [ScheduleHandler(method.lr_at), ScheduleHandler(method.alpha_da_at, "alpha_da")]
     if kind == "darcnn":
         return [ScheduleHandler(method.sim_weight_at, "sim")]
     return [ScheduleHandler(method.lr_at)]
@@ -80,13 +80,18 @@ RECORDED: dict[str, list[dict[str, float]]] = {
         {"generators": v, "discriminators": v}
         for v in (0.001, 0.001, 0.001, 0.0006666666666666666, 0.0003333333333333333, 0.0)
     ],
+    # CyC-PDAM eq 4 (issue 21): the eq-5 ramp is alpha_da, the weight of the domain losses; the
+    # gradient reversal is a plain sign flip (grl_alpha 1). Before, the same ramp was grl_alpha.
     "pdam": [
-        {"detector": 0.0011111111111111111, "grl_alpha": 0.0},
-        {"detector": 0.0015555555555555557, "grl_alpha": 0.7615941559557646},
-        {"detector": 0.002, "grl_alpha": 0.9640275800758169},
-        {"detector": 0.002, "grl_alpha": 0.9950547536867307},
-        {"detector": 0.0002, "grl_alpha": 0.9993292997390673},
-        {"detector": 0.0002, "grl_alpha": 0.9999092042625952},
+        {"detector": lr, "alpha_da": alpha, "grl_alpha": 1.0}
+        for lr, alpha in (
+            (0.0011111111111111111, 0.0),
+            (0.0015555555555555557, 0.7615941559557646),
+            (0.002, 0.9640275800758169),
+            (0.002, 0.9950547536867307),
+            (0.0002, 0.9993292997390673),
+            (0.0002, 0.9999092042625952),
+        )
     ],
     "darcnn": [{"detector": 0.0001, "alpha": v} for v in (0.4666666666666667, 0.7333333333333334, 1.0, 1.0, 1.0, 1.0)],
     "ad_gan": [
@@ -117,7 +122,7 @@ def _trainer(
     trainer.add_event_handler(Events.ITERATION_STARTED, lambda engine: seen.append({}))
 
     def record_ramp(engine: Any) -> None:
-        for key in ("alpha", "grl_alpha"):
+        for key in ("alpha", "alpha_da", "grl_alpha"):
             if key in engine.state.output:
                 seen[-1][key] = float(engine.state.output[key])
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import io
 import math
 from types import SimpleNamespace
@@ -9,12 +10,13 @@ import pytest
 import torch
 
 from monai_uda.engines import ScheduleHandler
+from monai_uda.errors import UDAInputError
 from monai_uda.methods.cyc_pdam import (
     PDAM_VARIANTS,
     CycleGANStage,
     PDAMStage,
+    alpha_da,
     cyclegan_lr,
-    grl_alpha,
     pdam_lr,
     task_weight,
 )
@@ -29,7 +31,7 @@ def _scheduled(method: CycleGANStage | PDAMStage, engine: SimpleNamespace) -> Si
     """``engine`` after the schedule handlers the config attaches to ``method`` set this iteration's values."""
     handlers = [ScheduleHandler(method.lr_at)]
     if isinstance(method, PDAMStage):
-        handlers.append(ScheduleHandler(method.grl_alpha_at, "grl_alpha"))
+        handlers.append(ScheduleHandler(method.alpha_da_at, "alpha_da"))
     for handler in handlers:
         handler(SimpleNamespace(state=engine.state, method=method))
     return engine
@@ -58,10 +60,11 @@ def _changed(module: torch.nn.Module, before: list[torch.Tensor]) -> bool:
 
 
 def test_alpha_ramp_eq5():
-    assert grl_alpha(0.0) == 0.0
-    assert grl_alpha(0.5) == pytest.approx(2 / (1 + math.exp(-5)) - 1)  # 0.98661
-    assert grl_alpha(1.0) == pytest.approx(0.9999092)
-    assert grl_alpha(2.0) == grl_alpha(1.0)
+    assert alpha_da(0.0) == 0.0
+    assert alpha_da(0.5) == pytest.approx(2 / (1 + math.exp(-5)) - 1)  # 0.98661
+    assert alpha_da(1.0) == pytest.approx(0.9999092)
+    assert alpha_da(2.0) == alpha_da(1.0)
+    assert PDAMStage.alpha_da_at(1, 10) == 0.0 and PDAMStage.alpha_da_at(10, 10) == alpha_da(1.0)
 
 
 def test_task_reweighting_eq3_on_known_probabilities():
@@ -99,7 +102,9 @@ def test_one_pdam_step_updates_detector_and_all_three_discriminators(small_pdam)
     before = {name: _snapshot(module) for name, module in parts.items()}
     out = method.step(_scheduled(method, _engine(5, 10)), _batch())
     assert [name for name, module in parts.items() if not _changed(module, before[name])] == []
-    assert out["grl_alpha"] == pytest.approx(grl_alpha(4 / 9)) and out["lr"] == pytest.approx(0.002)
+    # eq 4 (default): alpha_da weights the domain losses, the reversal is a plain sign flip
+    assert out["alpha_da"] == pytest.approx(alpha_da(4 / 9)) and out["grl_alpha"] == 1.0
+    assert out["lr"] == pytest.approx(0.002)
     for key in ("mask", "objectness", "semseg", "da_image", "da_semantic", "da_instance", "total"):
         assert math.isfinite(float(out[key])), key
     assert 0.0 < float(out["weight_image"]) <= 2.0 and 0.0 < float(out["weight_instance"]) <= 2.0
@@ -113,7 +118,43 @@ def test_cycada_variant_without_semantic_branch_or_reweighting(small_pdam):
     assert method.detector.semantic_head is None
     out = method.step(_scheduled(method, _engine(1, 10)), _batch())
     assert out["weight_image"] == 1.0 and out["weight_instance"] == 1.0 and float(out["semseg"]) == 0.0
-    assert out["grl_alpha"] == 0.0 and math.isfinite(float(out["total"]))
+    assert out["alpha_da"] == 0.0 and math.isfinite(float(out["total"]))
+
+
+def _gradients(method: PDAMStage, iteration: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The detector's gradients at the optimiser step of ``iteration`` (of 10), and the step's output."""
+    grads: dict[str, torch.Tensor] = {}
+
+    def record(*_: object) -> None:
+        grads.update({n: p.grad.clone() for n, p in method.detector.named_parameters() if p.grad is not None})
+
+    method.optimizers["detector"].register_step_pre_hook(record)
+    torch.manual_seed(0)  # the same RoI sampling in both runs
+    return grads, method.step(_scheduled(method, _engine(iteration, 10)), _batch())
+
+
+def test_alpha_da_weights_the_domain_losses_eq4_or_only_the_reversal(small_pdam):
+    torch.manual_seed(0)
+    paper = PDAMStage(PDAMDetector(**small_pdam), warmup_iterations=0)
+    release = PDAMStage(copy.deepcopy(paper.detector), warmup_iterations=0, alpha_da_on="reversal")
+    alpha = alpha_da(1 / 9)  # iteration 2 of 10: 0.5218
+    (g_paper, out_paper), (g_release, out_release) = _gradients(paper, 2), _gradients(release, 2)
+    assert (out_paper["alpha_da"], out_paper["grl_alpha"]) == (pytest.approx(alpha), 1.0)
+    assert (out_release["alpha_da"], out_release["grl_alpha"]) == (pytest.approx(alpha), pytest.approx(alpha))
+    adversarial = sum(float(out_paper[k]) for k in ("da_image", "da_semantic", "da_instance"))
+    detection = float(out_release["total"]) - adversarial  # release: full-weight domain losses
+    assert float(out_paper["total"]) == pytest.approx(detection + alpha * adversarial, rel=1e-5)
+    discriminators = ("image_discriminator.", "entropy_discriminator.", "instance_discriminator.")
+    for name, grad in g_release.items():  # equal up to float summation order
+        scale = alpha if name.startswith(discriminators) else 1.0
+        # paper: alpha_da times the release's discriminator gradient; the features get
+        # -alpha_da times the domain gradient either way
+        tolerance = 1e-3 * float(grad.abs().max()) + 1e-9
+        torch.testing.assert_close(g_paper[name], scale * grad, rtol=1e-3, atol=tolerance, msg=name)
+    assert any(n.startswith(discriminators) and g.abs().sum() > 0 for n, g in g_release.items())
+    # so at the first iteration (alpha_da_at(1, N) = 0) the paper's discriminators get no gradient
+    with pytest.raises(UDAInputError, match="alpha_da_on"):
+        PDAMStage(paper.detector, alpha_da_on="both")
 
 
 def test_cyclegan_step_and_translate():
