@@ -5,10 +5,14 @@ Stage 1, :class:`DARCNNStage1` -- feature adaptation with the domain separation 
 (:class:`~monai_uda.networks.domain_separation.DomainSeparationMaskRCNN`):
 
 * L_source  = Mask R-CNN losses (RPN, box, mask) of the source branch E_c + E_p^s + M^s,
-* eq 2  L_sim    = MMD(P(E_c(x_s)), P(E_c(x_t))) with the learned projection P,
+* eq 2  L_sim    = MMD(P(E_c(x_s)), P(E_c(x_t))) with P a 1x1 convolution with one filter,
 * eq 3  L_diff   = orthogonality(E_c, E_p^s on x_s) + orthogonality(E_c, E_p^t on x_t),
-* eqs 4-6 L_target = background consistency inside confident proposals of M^t,
-* eq 1  L = L_source + alpha L_sim + beta L_diff + gamma L_target (alpha ramps up).
+* eqs 4-6 L_target = background consistency of h_p^t inside confident proposals of M^t,
+* eq 1  L = L_source + alpha L_sim + beta L_diff + gamma L_target (alpha ramps up over 0.1 epoch).
+
+The defaults are the paper's form; the variants the bundle keeps as options (fused features in
+L_target, an adversarial wide P, a target branch that follows the source branch) are named
+where they are set.
 
 Stage 2, :class:`DARCNNStage2` -- augmented pseudo-labelling: a frozen copy of the stage-1
 target branch labels augmented target images, the instances scoring above z become targets
@@ -17,6 +21,7 @@ and only the target branch (E_c, E_p^t, RPN, M^t) trains on them; the source bra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,22 +32,40 @@ from torch.nn.utils import parametrize
 from monai_uda import flag
 from monai_uda.data.pseudo_labels import PseudoLabelAugment, filter_detections, instance_targets
 from monai_uda.engines.method import AdaptationMethod
+from monai_uda.errors import UDAInputError
 from monai_uda.losses.domain import DEFAULT_BANDWIDTHS, background_consistency_loss, mmd_loss, orthogonality_loss
-from monai_uda.networks.domain_separation import DomainSeparationMaskRCNN
+from monai_uda.networks.domain_separation import L_TARGET_FEATURES, DomainSeparationMaskRCNN
 
-__all__ = ["alpha_ramp", "DARCNNStage1", "DARCNNStage2"]
+__all__ = ["alpha_ramp", "warmup_iterations", "DARCNNStage1", "DARCNNStage2"]
 
 
 def alpha_ramp(iteration: int, warmup_iterations: int, start: float, end: float) -> float:
-    """Linear warm-up of the L_sim weight from ``start`` to ``end`` over ``warmup_iterations``.
+    """Linear warm-up of the L_sim weight (eq 1's alpha) from ``start`` to ``end`` over ``warmup_iterations``.
 
-    ``iteration`` is 1-based; the weight is ``end`` from iteration ``warmup_iterations`` on
-    (paper: from 0 to 1 over the first 0.1 epoch).
+    ``iteration`` is 1-based: iteration 1 uses ``start`` and the weight is ``end`` from iteration
+    ``warmup_iterations + 1`` on, so a ramp of one iteration still begins at ``start`` (paper: from
+    0 to 1 over the first 0.1 epoch, see :func:`warmup_iterations`). ``warmup_iterations`` 0: no ramp.
     """
     if warmup_iterations <= 0:
         return float(end)
-    progress = min(max(iteration, 0) / warmup_iterations, 1.0)
+    progress = min(max(iteration - 1, 0) / warmup_iterations, 1.0)
     return float(start + (end - start) * progress)
+
+
+def warmup_iterations(epochs: float, source_size: int, batch_size: int) -> int:
+    """Iterations of ``epochs`` passes over the source set: ``ceil(epochs * source_size / batch_size)``.
+
+    The paper ramps alpha over 0.1 epoch; counted in iterations (one source batch each) and at
+    least 1, so that a small source set still gets a ramp. ``epochs`` 0 gives 0 (no ramp).
+
+    Raises:
+        UDAInputError: negative ``epochs`` or a batch size below 1.
+    """
+    if epochs < 0 or batch_size < 1:
+        raise UDAInputError(f"alpha_warmup_epochs must be >= 0 and batch_size >= 1, got {epochs} and {batch_size}")
+    if epochs == 0:
+        return 0
+    return max(1, math.ceil(epochs * source_size / batch_size))
 
 
 @torch.no_grad()
@@ -71,39 +94,44 @@ def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Adam:
 class DARCNNStage1(AdaptationMethod):
     """DARCNN stage 1: domain separation with L_sim, L_diff and L_target (eq 1).
 
-    The target head M^t receives no supervised signal in stage 1 (L_target trains the encoders
-    through its RoI features). The paper starts both branches from one COCO-pretrained
-    Mask R-CNN, so the target branch E_c + E_p^t + M^t is a working detector from the start;
-    here, where the source may be trained from scratch, M^t follows M^s as an exponential moving
-    average (``target_head_momentum``) and E_p^t follows E_p^s likewise on top of its own
-    L_diff/L_target updates (``target_encoder_momentum``). A momentum of 1 keeps that part at its
-    initialisation as in the paper, 0 copies the source part every iteration. The encoder's pull
-    must outweigh its own Adam steps (about ``lr`` per weight whatever the gradient's size, so its
-    weights settle about ``lr / (1 - momentum)`` from E_p^s), hence 0.9 rather than the head's 0.99.
-    Without the encoder average, or with a momentum as slow as the head's, the target branch
-    lags the source branch so far that it finds no confident nuclei on target images, which
-    would leave stage 2 without pseudo-labels.
+    The target head M^t receives no supervised signal in stage 1 and L_target (eqs 4-6) reads the
+    target-private features h_p^t in M^t's confident proposals, so it trains E_p^t alone
+    (``l_target_features="private"``, the paper). ``"fused"`` (a variant) reads the heads' input
+    ``(h_c + h_p^t) / 2`` instead, so that E_c receives L_target's gradient too.
 
-    The projection P of L_sim is learned adversarially: it *maximises* the MMD (its gradient
-    is negated before the optimiser step, a learned test kernel as in MMD-GAN) while the
-    shared encoder minimises it; with orthonormal rows it can neither collapse nor explode.
+    P, the projection of L_sim, trains as the detector says (``detector.projection_training``):
+    ``"joint"`` (paper) minimises eq 1 with every other weight; ``"adversarial"`` (a variant)
+    *maximises* L_sim (its gradient is negated before the optimiser step) while E_c minimises it.
+
+    The paper starts both branches from one COCO-pretrained Mask R-CNN, so the target branch
+    E_c + E_p^t + M^t is a working detector from the start and M^t, E_p^t keep that start
+    (momenta 1, the paper). Trained from scratch, that branch finds no confident nuclei on target
+    images, which leaves L_target and stage 2 without proposals; the variant lets M^t follow M^s as
+    an exponential moving average (``target_head_momentum``, e.g. 0.99) and E_p^t follow E_p^s
+    likewise on top of its own L_diff/L_target updates (``target_encoder_momentum``, e.g. 0.9: the
+    pull must outweigh its own Adam steps of about ``lr`` per weight, so its weights settle about
+    ``lr / (1 - momentum)`` from E_p^s). 0 copies the source part every iteration.
 
     Args:
         detector: the domain separation Mask R-CNN (both domains).
         lr: Adam learning rate (paper 1e-4).
-        alpha, alpha_start, alpha_warmup_iterations: L_sim weight ramp (paper 0 -> 1 over 0.1 epoch),
-            ``loss_weights["sim"]``, set before each iteration by the schedule handler the config
-            attaches (:meth:`sim_weight_at`); its first iteration's value until then.
+        alpha, alpha_start, alpha_warmup_iterations: L_sim weight ramp (paper 0 -> 1 over 0.1 epoch,
+            :func:`warmup_iterations`), ``loss_weights["sim"]``, set before each iteration by the schedule
+            handler the config attaches (:meth:`sim_weight_at`); its first iteration's value until then.
         beta: L_diff weight (paper 1). gamma: L_target weight (paper 0.1).
         score_threshold: k, proposal score above which L_target uses a proposal (paper 0.5).
         mask_threshold: i, mask probability below which a position is background (paper 0.5).
+        l_target_features: ``"private"`` (paper) or ``"fused"`` (see above).
         diff_channel_fraction: channels L_diff constrains (paper: half).
         bandwidths: Gaussian kernel bandwidths of L_sim.
-        target_head_momentum: EMA momentum of M^t following M^s (see above).
-        target_encoder_momentum: EMA momentum of E_p^t following E_p^s (see above; its own
+        target_head_momentum: EMA momentum of M^t following M^s (paper 1: none; see above).
+        target_encoder_momentum: EMA momentum of E_p^t following E_p^s (paper 1: none; its own
             normalisation statistics are kept).
         feature_levels: FPN levels entering L_sim and L_diff (``None``: all).
         amp: autocast the forward passes.
+
+    Raises:
+        UDAInputError: an unknown ``l_target_features`` or a momentum outside [0, 1].
     """
 
     inference_network_name = "detector"
@@ -119,20 +147,23 @@ class DARCNNStage1(AdaptationMethod):
         gamma: float = 0.1,
         score_threshold: float = 0.5,
         mask_threshold: float = 0.5,
+        l_target_features: str = "private",
         diff_channel_fraction: float = 0.5,
         bandwidths: tuple[float, ...] = DEFAULT_BANDWIDTHS,
-        target_head_momentum: float = 0.99,
-        target_encoder_momentum: float = 0.9,
+        target_head_momentum: float = 1.0,
+        target_encoder_momentum: float = 1.0,
         feature_levels: tuple[str, ...] | None = None,
         amp: bool = False,
     ) -> None:
         super().__init__(amp=amp)
         if set(detector.domains) != {"source", "target"}:
             raise ValueError(f"stage 1 needs a source and a target branch, got {detector.domains}")
+        if l_target_features not in L_TARGET_FEATURES:
+            raise UDAInputError(f"l_target_features must be one of {L_TARGET_FEATURES}, got {l_target_features!r}")
         momenta = (("target_head_momentum", target_head_momentum), ("target_encoder_momentum", target_encoder_momentum))
         for name, value in momenta:
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
+                raise UDAInputError(f"{name} must be in [0, 1], got {value}")
         self.detector = detector
         self.alpha, self.alpha_start, self.alpha_warmup_iterations = alpha, alpha_start, alpha_warmup_iterations
         self.loss_weights = {
@@ -141,6 +172,8 @@ class DARCNNStage1(AdaptationMethod):
             "target": gamma,
         }
         self.score_threshold, self.mask_threshold = score_threshold, mask_threshold
+        self.l_target_features = l_target_features
+        self.adversarial_projection = detector.projection_training == "adversarial"
         self.diff_channel_fraction = diff_channel_fraction
         self.bandwidths = tuple(bandwidths)
         self.target_head_momentum, self.target_encoder_momentum = target_head_momentum, target_encoder_momentum
@@ -205,7 +238,9 @@ class DARCNNStage1(AdaptationMethod):
             loss_source = sum(rpn_losses.values()) + sum(head_losses.values())
             loss_sim, loss_diff = self._feature_losses(shared_s, private_s, shared_t, private_t)
 
-            detections, roi_features = net.detect_with_features(images_t, shared_t, private_t, "target")
+            detections, roi_features = net.detect_with_features(
+                images_t, shared_t, private_t, "target", self.l_target_features
+            )
             background = background_consistency_loss(  # eqs 4-6
                 [f.float() for f in roi_features],
                 [d["masks"] for d in detections],
@@ -216,9 +251,10 @@ class DARCNNStage1(AdaptationMethod):
             total = loss_source + alpha * loss_sim + self.loss_weights["diff"] * loss_diff
             total = total + self.loss_weights["target"] * background.loss  # eq 1
         self.backward(total, "detector")
-        for p in net.sim_projection.parameters():  # the projection maximises L_sim
-            if p.grad is not None:
-                p.grad.neg_()
+        if self.adversarial_projection:  # the variant's P maximises L_sim
+            for p in net.sim_projection.parameters():
+                if p.grad is not None:
+                    p.grad.neg_()
         self.step_optimizer("detector")
         warmup = 1.0 - 1.0 / (engine.state.iteration + 1)  # plain average over the first iterations
         if self.target_head_momentum < 1.0 and self.last_micro_batch:

@@ -22,11 +22,16 @@ from torch.nn.utils.parametrizations import orthogonal
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.image_list import ImageList
 
+from monai_uda.errors import UDAInputError
 from monai_uda.networks.mask_rcnn import build_mask_rcnn
 
-__all__ = ["DOMAINS", "DomainSeparationMaskRCNN"]
+__all__ = ["DOMAINS", "L_TARGET_FEATURES", "PROJECTION_TRAINING", "DomainSeparationMaskRCNN"]
 
 DOMAINS = ("source", "target")
+#: how the L_sim projection P is trained: with eq 1 like every other weight (paper) or against it
+PROJECTION_TRAINING = ("joint", "adversarial")
+#: features L_target (eq 4) reads in the target head's proposals: h_p^t (paper) or the heads' input
+L_TARGET_FEATURES = ("private", "fused")
 
 
 @contextmanager
@@ -51,9 +56,16 @@ class DomainSeparationMaskRCNN(nn.Module):
 
     Sub-modules: ``transform`` (torchvision resize/normalise), ``shared_encoder`` (E_c),
     ``private_encoders[domain]`` (E_p^s, E_p^t), ``rpn`` (shared), ``heads[domain]`` (M^s, M^t,
-    torchvision ``RoIHeads`` with box and mask branches) and ``sim_projection``: the learned
-    1x1 projection (a linear map with orthonormal rows) applied to shared features before
-    L_sim. ``domains`` may be only ``("target",)`` for an inference or teacher copy.
+    torchvision ``RoIHeads`` with box and mask branches) and ``sim_projection`` (P): the 1x1
+    convolution applied to shared features before L_sim (eq 2). ``domains`` may be only
+    ``("target",)`` for an inference or teacher copy.
+
+    P follows ``projection_training``. ``"joint"`` (the paper): a plain 1x1 convolution with
+    ``projection_dim`` filters (paper: one), trained with eq 1 like every other weight; it has no
+    bias, which would cancel in the MMD's differences anyway. ``"adversarial"`` (a variant): a
+    linear map with orthonormal rows, which :class:`~monai_uda.methods.darcnn.DARCNNStage1` trains
+    to *maximise* L_sim (a learned test kernel as in MMD-GAN); the constraint keeps it from
+    exploding, as a minimised plain projection may instead shrink towards zero.
 
     Calling the module follows torchvision: ``model(images, targets, domain)`` returns the
     Mask R-CNN losses of that domain's branch in training mode, detections in eval mode
@@ -62,7 +74,8 @@ class DomainSeparationMaskRCNN(nn.Module):
     Args:
         detector: a torchvision Mask R-CNN whose pieces become the shared branch and the copies;
             built with ``mask_rcnn_kwargs`` by :func:`~monai_uda.networks.mask_rcnn.build_mask_rcnn` if None.
-        projection_dim: output size of ``sim_projection``.
+        projection_dim: filters of ``sim_projection`` (paper 1; at most the feature channels).
+        projection_training: ``"joint"`` or ``"adversarial"`` (see above).
         mmd_grid: shared features are average-pooled to ``mmd_grid x mmd_grid`` positions per
             image and level before projection, the samples of L_sim.
         domains: branches to create.
@@ -73,7 +86,8 @@ class DomainSeparationMaskRCNN(nn.Module):
     def __init__(
         self,
         detector: MaskRCNN | None = None,
-        projection_dim: int = 64,
+        projection_dim: int = 1,
+        projection_training: str = "joint",
         mmd_grid: int = 8,
         domains: Sequence[str] = DOMAINS,
         **mask_rcnn_kwargs: Any,
@@ -81,6 +95,10 @@ class DomainSeparationMaskRCNN(nn.Module):
         super().__init__()
         if not domains or any(d not in DOMAINS for d in domains):
             raise ValueError(f"domains must be a non-empty subset of {DOMAINS}, got {tuple(domains)}")
+        if projection_training not in PROJECTION_TRAINING:
+            raise UDAInputError(
+                f"projection_training must be one of {PROJECTION_TRAINING}, got {projection_training!r}"
+            )
         detector = detector if detector is not None else build_mask_rcnn(**mask_rcnn_kwargs)
         self.domains = tuple(domains)
         self.mmd_grid = mmd_grid
@@ -90,7 +108,13 @@ class DomainSeparationMaskRCNN(nn.Module):
         self.private_encoders = nn.ModuleDict({d: copy.deepcopy(detector.backbone) for d in self.domains})
         self.heads = nn.ModuleDict({d: copy.deepcopy(detector.roi_heads) for d in self.domains})
         channels = detector.backbone.out_channels
-        self.sim_projection = orthogonal(nn.Linear(channels, min(projection_dim, channels), bias=False))
+        self.projection_training = projection_training
+        dim = min(projection_dim, channels)
+        self.sim_projection: nn.Module = (
+            nn.Conv2d(channels, dim, kernel_size=1, bias=False)  # eq 2's 1x1 convolution
+            if projection_training == "joint"
+            else orthogonal(nn.Linear(channels, dim, bias=False))
+        )
 
     # ------------------------------------------------------------------ building blocks
     def preprocess(
@@ -118,11 +142,16 @@ class DomainSeparationMaskRCNN(nn.Module):
         return self.rpn(images, shared, targets)
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
-        """L_sim samples of one ``(B, C, H, W)`` level: pooled to the grid, then projected, ``(N, D)``."""
-        pooled = (
-            F.adaptive_avg_pool2d(features, self.mmd_grid).flatten(2).transpose(1, 2).reshape(-1, features.shape[1])
-        )
-        return self.sim_projection(pooled)
+        """L_sim samples of one ``(B, C, H, W)`` level: pooled to the grid, then projected, ``(N, D)``.
+
+        Average pooling and the 1x1 projection are both linear, so pooling first gives the same
+        samples as projecting the full map first, for less work.
+        """
+        pooled = F.adaptive_avg_pool2d(features, self.mmd_grid)
+        if isinstance(self.sim_projection, nn.Conv2d):
+            pooled = self.sim_projection(pooled)
+            return pooled.flatten(2).transpose(1, 2).reshape(-1, pooled.shape[1])
+        return self.sim_projection(pooled.flatten(2).transpose(1, 2).reshape(-1, features.shape[1]))
 
     def detect_with_features(
         self,
@@ -130,19 +159,25 @@ class DomainSeparationMaskRCNN(nn.Module):
         shared: Mapping[str, torch.Tensor],
         private: Mapping[str, torch.Tensor],
         domain: str = "target",
+        features: str = "private",
     ) -> tuple[list[dict[str, torch.Tensor]], list[torch.Tensor]]:
-        """Detections of ``domain``'s head and the RoI features of their masks (for L_target).
+        """Detections of ``domain``'s head and the RoI features of their masks (for L_target, eq 4).
 
         Boxes, scores and mask probabilities are computed without gradient (inference path,
-        in the RoI frame, ``(N, 1, 28, 28)``); the returned mask RoI features ``(N, C, 14, 14)``
-        of the fused features keep their gradient to the encoders.
+        in the RoI frame, ``(N, 1, 28, 28)``). The returned mask RoI features ``(N, C, 14, 14)``
+        keep their gradient: of the private features h_p (``features="private"``, eq 4, so
+        L_target trains E_p alone) or of the fused ``(h_c + h_p) / 2`` the heads read
+        (``"fused"``, so E_c receives L_target's gradient too).
         """
+        if features not in L_TARGET_FEATURES:
+            raise ValueError(f"features must be one of {L_TARGET_FEATURES}, got {features!r}")
         head = self.heads[domain]
         fused = self.fuse(shared, private)
         with torch.no_grad(), _inference_flag(self.rpn, head):
             proposals, _ = self.rpn(images, shared)
             detections, _ = head(fused, proposals, images.image_sizes)
-        roi_features = head.mask_roi_pool(fused, [d["boxes"] for d in detections], images.image_sizes)
+        pooled_from = private if features == "private" else fused
+        roi_features = head.mask_roi_pool(pooled_from, [d["boxes"] for d in detections], images.image_sizes)
         return detections, list(roi_features.split([len(d["boxes"]) for d in detections]))
 
     # ------------------------------------------------------------------ torchvision-style call

@@ -93,7 +93,8 @@ RECORDED: dict[str, list[dict[str, float]]] = {
             (0.0002, 0.9999092042625952),
         )
     ],
-    "darcnn": [{"detector": 0.0001, "alpha": v} for v in (0.4666666666666667, 0.7333333333333334, 1.0, 1.0, 1.0, 1.0)],
+    # alpha starts at alpha_start on iteration 1 and reaches alpha after the 3 warm-up iterations
+    "darcnn": [{"detector": 0.0001, "alpha": v} for v in (0.2, 0.4666666666666667, 0.7333333333333334, 1.0, 1.0, 1.0)],
     "ad_gan": [
         {"generator": v, "discriminator": v}
         for v in (0.001, 0.001, 0.001, 0.0006666666666666668, 0.0003333333333333334, 0.0)

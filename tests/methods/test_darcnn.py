@@ -7,7 +7,8 @@ import torch
 
 from monai_uda.engines import ScheduleHandler
 from monai_uda.engines.distributed import average_gradients
-from monai_uda.methods.darcnn import DARCNNStage1, DARCNNStage2, alpha_ramp
+from monai_uda.errors import UDAInputError
+from monai_uda.methods.darcnn import DARCNNStage1, DARCNNStage2, alpha_ramp, warmup_iterations
 from monai_uda.networks.domain_separation import DomainSeparationMaskRCNN
 
 
@@ -32,17 +33,33 @@ def _changed(module: torch.nn.Module, before: dict[str, torch.Tensor]) -> bool:
 
 
 def test_alpha_ramp():
-    assert alpha_ramp(0, 10, 0.0, 1.0) == 0.0
-    assert alpha_ramp(5, 10, 0.0, 1.0) == pytest.approx(0.5)
-    assert alpha_ramp(10, 10, 0.0, 1.0) == 1.0 and alpha_ramp(50, 10, 0.0, 1.0) == 1.0
+    # iteration 1 uses the start value, the end value from iteration warmup + 1 on
+    assert alpha_ramp(1, 10, 0.0, 1.0) == 0.0 and alpha_ramp(0, 10, 0.0, 1.0) == 0.0
+    assert alpha_ramp(6, 10, 0.0, 1.0) == pytest.approx(0.5)
+    assert alpha_ramp(10, 10, 0.0, 1.0) == pytest.approx(0.9)
+    assert alpha_ramp(11, 10, 0.0, 1.0) == 1.0 and alpha_ramp(50, 10, 0.0, 1.0) == 1.0
     assert alpha_ramp(3, 0, 0.2, 0.7) == 0.7
-    assert alpha_ramp(2, 4, 0.2, 1.0) == pytest.approx(0.6)
+    assert alpha_ramp(3, 4, 0.2, 1.0) == pytest.approx(0.6)
+    # a one-iteration ramp still starts at 0
+    assert [alpha_ramp(i, 1, 0.0, 1.0) for i in (1, 2, 3)] == [0.0, 1.0, 1.0]
+
+
+def test_warmup_is_a_tenth_of_a_source_pass_in_iterations():
+    # ceil(0.1 * source images / batch size), at least 1
+    assert warmup_iterations(0.1, 4, 1) == 1  # 0.4 -> 1, not round(0.4) = 0
+    assert warmup_iterations(0.1, 25, 2) == 2  # 1.25 -> 2
+    assert warmup_iterations(0.1, 100, 1) == 10
+    assert warmup_iterations(0.1, 670, 4) == 17  # 16.75 -> 17
+    assert warmup_iterations(0.1, 1, 8) == 1  # 0.0125 -> 1
+    assert warmup_iterations(0.0, 100, 1) == 0  # no ramp asked for
+    with pytest.raises(UDAInputError, match="alpha_warmup_epochs"):
+        warmup_iterations(-0.1, 10, 1)
 
 
 def test_stage1_step_updates_all_but_the_target_head(tiny_rcnn):
     torch.manual_seed(0)
-    net = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **tiny_rcnn)
-    method = DARCNNStage1(net, score_threshold=0.0, target_head_momentum=1.0, alpha_warmup_iterations=4).train()
+    net = DomainSeparationMaskRCNN(mmd_grid=4, **tiny_rcnn)  # the paper's one-filter projection
+    method = DARCNNStage1(net, score_threshold=0.0, alpha_warmup_iterations=4).train()  # paper: no moving average
     parts = {
         "shared": net.shared_encoder,
         "private_source": net.private_encoders["source"],
@@ -57,12 +74,12 @@ def test_stage1_step_updates_all_but_the_target_head(tiny_rcnn):
     # as the config attaches it
     ScheduleHandler(method.sim_weight_at, "sim")(SimpleNamespace(state=engine.state, method=method))
     losses = method.step(engine, _batch())
-    assert losses["alpha"] == pytest.approx(0.5)
+    assert losses["alpha"] == pytest.approx(0.25)  # iteration 2 of a 4-iteration ramp
     for key in ("source", "sim", "diff", "target", "total"):
         assert torch.isfinite(losses[key]), key
     assert losses["sim"] > 0 and losses["diff"] > 0 and losses["target"] > 0
     assert losses["confident_proposals"] > 0
-    expected = losses["source"] + 0.5 * losses["sim"] + losses["diff"] + 0.1 * losses["target"]  # eq 1
+    expected = losses["source"] + 0.25 * losses["sim"] + losses["diff"] + 0.1 * losses["target"]  # eq 1
     assert losses["total"].item() == pytest.approx(expected.item(), rel=1e-5)
     for name, module in parts.items():
         assert _changed(module, before[name]), f"{name} was not updated"
