@@ -10,8 +10,8 @@ foreground against ``label > 0``) run every ``interval`` iterations by MONAI's
 * :func:`validation_transforms`: the images prepared as inference prepares them (the same
   channels, inversion and percentile scaling) together with their instance labels;
 * :class:`MaskForeground`: AD-GAN's generator as a network with one foreground score, positive
-  where its inference labels foreground, so that every bundle shares one post-processing
-  (``score >= 0``).
+  where its inference labels foreground, and :class:`DetectionForeground`, a Mask R-CNN's merged
+  instances as the same score, so that every bundle shares one post-processing (``score >= 0``).
 """
 
 from __future__ import annotations
@@ -23,17 +23,19 @@ import torch
 from monai.data import DataLoader, Dataset, DistributedSampler
 from monai.engines import SupervisedEvaluator
 from monai.handlers import MeanDice, StatsHandler, ValidationHandler, from_engine
-from monai.inferers import SlidingWindowInferer
+from monai.inferers import Inferer, SlidingWindowInferer
 from monai.transforms import AsDiscreted, Compose, EnsureTyped
 from torch import nn
+from torchvision.models.detection.roi_heads import RoIHeads
 
 from monai_uda import flag
 from monai_uda.data.datalist import get_split
 from monai_uda.engines.checkpoint import AtomicCheckpointSaver
+from monai_uda.inference.detection import detect_tiled, detect_volume, mask_rcnn_detector
 from monai_uda.networks.adain import AdaINGenerator, DomainTranslator
 from monai_uda.transforms import LoadUDAImaged, inference_transforms
 
-__all__ = ["DiceValidation", "MaskForeground", "validation_items", "validation_transforms"]
+__all__ = ["DetectionForeground", "DiceValidation", "MaskForeground", "validation_items", "validation_transforms"]
 
 
 def validation_items(datalist: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -96,6 +98,52 @@ class MaskForeground(nn.Module):
         return torch.maximum(scores[:, 1:2], scores[:, 2:3]) - scores[:, 0:1]
 
 
+class DetectionForeground(nn.Module):
+    """A Mask R-CNN's instances, tiled and merged as its inference does, as a foreground score ``+-0.5``.
+
+    While it validates, the detector's box heads keep only detections above ``score_threshold``, at
+    most ``detections_per_tile``, as the inference configs build them: a detector in training keeps
+    torchvision's low training-time threshold, whose many weak boxes would each run the mask head.
+
+    Args:
+        detector: a torchvision-style detector (``eval()`` forward returns ``masks``/``scores``).
+        tile_size: the inference tile (the training patch). tile_overlap, score_threshold,
+            mask_threshold, min_size: as the bundle's ``inference.yaml`` passes them to
+            :func:`~monai_uda.inference.detection.detect_tiled`.
+        detections_per_tile: the most detections a tile keeps.
+    """
+
+    def __init__(
+        self,
+        detector: nn.Module,
+        tile_size: int | Sequence[int],
+        tile_overlap: int = 64,
+        score_threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        min_size: int = 10,
+        detections_per_tile: int = 100,
+    ) -> None:
+        super().__init__()
+        self.detector = detector
+        self.box_limits = {"score_thresh": score_threshold, "detections_per_img": detections_per_tile}
+        self.tiled = {"tile_size": tile_size, "overlap": tile_overlap, "score_threshold": score_threshold,
+                      "mask_threshold": mask_threshold, "min_size": min_size}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        heads = [m for m in self.detector.modules() if isinstance(m, RoIHeads)]
+        kept = [{name: getattr(h, name) for name in self.box_limits} for h in heads]
+        for head in heads:
+            vars(head).update(self.box_limits)
+        try:
+            detect = mask_rcnn_detector(self.detector, x.device)
+            merge = detect_volume if x.ndim == 5 else detect_tiled  # 3D: slice-wise, linked across z
+            foreground = [torch.as_tensor(merge(image, detect, **self.tiled) > 0) for image in x]
+        finally:
+            for head, values in zip(heads, kept):
+                vars(head).update(values)
+        return torch.stack(foreground)[:, None].to(x.device, torch.float32) - 0.5
+
+
 class DiceValidation:
     """Foreground Dice on the datalist's validation list every ``interval`` iterations; the best kept.
 
@@ -111,7 +159,7 @@ class DiceValidation:
         output_dir: where ``model_best.pt`` goes.
         device: the training's device.
         spatial_dims: 2 or 3. channels: the network's input channels.
-        roi_size: the sliding window (the training patch).
+        roi_size: the sliding window (the training patch), for the default inferer.
         invert: invert the images as the target domain is inverted at inference (a bool or a word).
         value_range: the intensity range the network was trained on.
         interval: iterations between validations.
@@ -120,6 +168,8 @@ class DiceValidation:
         main_process: ``False`` on the other ranks of a multi-GPU run: they validate their share but
             neither log nor write ``model_best.pt``.
         distributed: each rank validates its share of the items (MONAI's metrics gather them).
+        inferer: how the network sees a whole image; default: a Gaussian-blended sliding window over
+            ``roi_size`` (detectors tile and merge themselves: ``SimpleInferer``).
     """
 
     def __init__(
@@ -131,7 +181,7 @@ class DiceValidation:
         device: torch.device | str,
         spatial_dims: int,
         channels: int,
-        roi_size: Sequence[int],
+        roi_size: Sequence[int] | None = None,
         invert: Any = False,
         value_range: Sequence[float] = (0.0, 1.0),
         interval: int = 500,
@@ -140,6 +190,7 @@ class DiceValidation:
         num_workers: int = 0,
         main_process: Any = True,
         distributed: Any = False,
+        inferer: Inferer | None = None,
     ) -> None:
         self.items = validation_items(datalist)
         self.interval = int(interval)
@@ -158,7 +209,8 @@ class DiceValidation:
             device=device,
             val_data_loader=loader,
             network=network,
-            inferer=SlidingWindowInferer(roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian"),
+            inferer=inferer or SlidingWindowInferer(roi_size, sw_batch_size=sw_batch_size, overlap=overlap,
+                                                    mode="gaussian"),
             postprocessing=AsDiscreted(keys=["pred", "label"], threshold=[0.0, 0.5]),  # score >= 0, label > 0
             key_val_metric={"val_mean_dice": MeanDice(include_background=True,
                                                       output_transform=from_engine(["pred", "label"]))},

@@ -79,6 +79,9 @@ def test_pipeline_writes_both_stages_and_the_synthesized_dataset(trained, sample
     pdam = torch.load(trained / "pdam" / "model.pt", weights_only=True)
     assert set(pdam) == {"detector"} and any(k.startswith("entropy_discriminator.") for k in pdam["detector"])
     assert len(_checkpoints(trained / "cyclegan")) == 1 and len(_checkpoints(trained / "pdam")) == 1
+    # the PDAM stage validated on the sample's validation strip (val_interval = ckpt_interval = 1)
+    best = torch.load(trained / "pdam" / "model_best.pt", weights_only=True)
+    assert set(best) == {"detector"} and set(best["detector"]) == set(pdam["detector"])
 
 
 def test_inference_and_evaluate(trained, sample_2d, tmp_path):

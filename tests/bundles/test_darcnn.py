@@ -54,7 +54,8 @@ def trained(sample_2d, tmp_path_factory) -> Path:
     """The README's training command, verbatim plus tiny overrides: both stages, 2 iterations each."""
     out = tmp_path_factory.mktemp("darcnn") / "train"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.yaml"),
-           "--dataset_dir", str(sample_2d), "--output_dir", str(out), "--max_iterations", "2"]
+           "--dataset_dir", str(sample_2d), "--output_dir", str(out), "--max_iterations", "2",
+           "--val_interval", "2"]  # stage 2 validates once, on the sample's validation strip
     for key, value in TINY_TRAIN.items():
         cmd += [f"--{key}", json.dumps(value)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
@@ -79,6 +80,8 @@ def test_training_runs_both_stages_on_one_network(trained):
     ):
         assert not torch.equal(final[key], stage1[key]), key
     assert not list(trained.glob("stage*/*checkpoint*.pt"))  # ckpt_interval (500) never reached
+    best = torch.load(trained / "model_best.pt", weights_only=True)  # validated: the best detector kept
+    assert set(best) == {"detector"} and set(best["detector"]) == set(final)
 
 
 def test_inference_and_evaluate_2d(trained, sample_2d, tmp_path):
