@@ -16,10 +16,13 @@ foreground against ``label > 0``) run every ``interval`` iterations by MONAI's
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+from ignite.engine import Engine, Events
 from monai.data import DataLoader, Dataset, DistributedSampler
 from monai.engines import SupervisedEvaluator
 from monai.handlers import MeanDice, StatsHandler, ValidationHandler, from_engine
@@ -30,12 +33,15 @@ from torchvision.models.detection.roi_heads import RoIHeads
 
 from monai_uda import flag
 from monai_uda.data.datalist import get_split
-from monai_uda.engines.checkpoint import AtomicCheckpointSaver
+from monai_uda.engines.checkpoint import save_atomic
 from monai_uda.inference.detection import detect_tiled, detect_volume, mask_rcnn_detector
 from monai_uda.networks.adain import AdaINGenerator, DomainTranslator
 from monai_uda.transforms import LoadUDAImaged, inference_transforms
 
-__all__ = ["DetectionForeground", "DiceValidation", "MaskForeground", "validation_items", "validation_transforms"]
+__all__ = [
+    "BestModelSaver", "DetectionForeground", "DiceValidation", "MaskForeground", "validation_items",
+    "validation_transforms",
+]
 
 
 def validation_items(datalist: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -144,6 +150,35 @@ class DetectionForeground(nn.Module):
         return torch.stack(foreground)[:, None].to(x.device, torch.float32) - 0.5
 
 
+class BestModelSaver:
+    """After each validation, ``<output_dir>/model_best.pt`` when the key metric is the best so far.
+
+    The file has ``model.pt``'s layout (network name -> ``state_dict``, one network or several:
+    MONAI's ``CheckpointSaver`` would store a single network's ``state_dict`` without its name), so
+    ``inference.yaml`` loads either with the same ``ckpt_key``. Written atomically.
+
+    Args:
+        networks: name -> network, as the method's ``networks()``.
+        output_dir: the folder of ``model.pt``.
+    """
+
+    def __init__(self, networks: Mapping[str, nn.Module], output_dir: str) -> None:
+        self.networks = dict(networks)
+        self.path = Path(output_dir) / "model_best.pt"
+        self.best = -math.inf
+
+    def attach(self, evaluator: Engine) -> None:
+        evaluator.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, evaluator: Engine) -> None:
+        score = float(evaluator.state.metrics[evaluator.state.key_metric_name])
+        if score > self.best:
+            self.best = score
+            save_atomic({name: net.state_dict() for name, net in self.networks.items()}, self.path)
+            name = evaluator.state.key_metric_name
+            evaluator.logger.info(f"{name} {score:.4f}: the best so far, saved to {self.path}")
+
+
 class DiceValidation:
     """Foreground Dice on the datalist's validation list every ``interval`` iterations; the best kept.
 
@@ -202,8 +237,7 @@ class DiceValidation:
         if flag(main_process):
             handlers = [
                 StatsHandler(tag_name="val", iteration_log=False),
-                AtomicCheckpointSaver(save_dir=output_dir, save_dict=dict(save_dict), save_key_metric=True,
-                                      key_metric_filename="model_best.pt"),
+                BestModelSaver(save_dict, output_dir),
             ]
         self.evaluator = SupervisedEvaluator(
             device=device,
