@@ -16,13 +16,15 @@ data-dependent number of boxes after torchvision's NMS. The tiling and instance 
     python -m monai_uda.export bundles/ad_gan runs/ad_gan/model.pt2 --ckpt_path runs/ad_gan/model.pt --method export
     python -m monai_uda.export bundles/cyc_pdam runs/cyc_pdam/model.ts --ckpt_path runs/cyc_pdam/pdam/model.pt
 
-MONAI's ``python -m monai.bundle ckpt_export`` gives the same files; the per-bundle commands
-are in each bundle's ``docs/README.md`` (section "Export").
+MONAI's ``python -m monai.bundle ckpt_export`` gives the same TorchScript files except for
+AD-GAN (its checkpoint holds the generator, not the translator); the per-bundle commands are in
+each bundle's ``docs/README.md`` (section "Export").
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,7 +34,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data.torchscript_utils import save_net_with_metadata
 
-from monai_uda.errors import UDAInputError
+from monai_uda.errors import UDAInputError, report_user_error, user_error
 from monai_uda.files import atomic_write
 from monai_uda.networks.mask_rcnn import inference_detector
 from monai_uda.networks.weights import load_network_weights
@@ -220,7 +222,19 @@ def export_bundle(
     return {"filepath": str(path), "method": method, "input_shape": list(shape), "max_abs_diff": diff}
 
 
-if __name__ == "__main__":
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m monai_uda.export BUNDLE FILEPATH [--ckpt_path ...]``: a bad input is one ``error:`` line, exit 2."""
     import fire
 
-    fire.Fire(export_bundle)
+    try:
+        fire.Fire(export_bundle, command=list(sys.argv[1:] if argv is None else argv), name="monai_uda.export")
+    except Exception as exc:  # MONAI's config parser wraps errors: look down the chain
+        cause = user_error(exc)
+        if cause is None:
+            raise
+        return report_user_error(cause)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,7 +14,7 @@ from monai.networks.nets import UNet
 
 from monai_uda.data.io import read_image
 from monai_uda.errors import UDAInputError
-from monai_uda.export import detections_difference, export_bundle, load_exported
+from monai_uda.export import detections_difference, export_bundle, load_exported, main
 from monai_uda.methods.ad_gan import DomainTranslator
 from monai_uda.networks.adain import AdaINGenerator
 from monai_uda.networks.mask_rcnn import inference_detector
@@ -208,3 +208,8 @@ def test_detections_difference_counts_mismatches():
     fewer = [{"scores": torch.tensor([0.9]), "masks": torch.zeros(1, 1, 4, 4)}]
     assert detections_difference(one, close) == pytest.approx(0.25)
     assert detections_difference(one, fewer) == float("inf") and detections_difference(one, []) == float("inf")
+
+
+def test_export_command_reports_bad_input_in_one_line(tmp_path, capsys):
+    assert main([str(BUNDLES / "cellseg_uda"), str(tmp_path / "m.onnx"), "--method", "onnx"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: method must be one of")
