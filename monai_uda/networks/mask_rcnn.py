@@ -4,6 +4,11 @@ Shared by CyC-PDAM (Liu et al., CVPR 2020) and DARCNN (Hsu et al., CVPR 2021). T
 torchvision's :class:`~torchvision.models.detection.MaskRCNN` on a ResNet-FPN backbone; this
 module only chooses the nuclei-friendly defaults (small anchors, 256-pixel training patches,
 GroupNorm for batch size 1, any number of input channels) and loads optional user weights.
+
+:func:`inference_detector` turns a bundle's trained detector (a Mask R-CNN, CyC-PDAM's
+:class:`~monai_uda.networks.pdam.PDAMDetector` or one branch of DARCNN's
+:class:`~monai_uda.networks.domain_separation.DomainSeparationMaskRCNN`) into an eval-only module
+that ``torch.jit.script`` compiles: ``images -> detections`` as torchvision returns them.
 """
 
 from __future__ import annotations
@@ -24,7 +29,15 @@ from torchvision.ops import misc as misc_nn_ops
 
 from monai_uda.errors import UDAInputError
 
-__all__ = ["BACKBONES", "NORMS", "build_mask_rcnn", "load_mask_rcnn_weights"]
+__all__ = [
+    "BACKBONES",
+    "NORMS",
+    "build_mask_rcnn",
+    "load_mask_rcnn_weights",
+    "DetectorInference",
+    "FusedDetectorInference",
+    "inference_detector",
+]
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 NORMS = ("group", "batch", "frozen_batch")
@@ -196,3 +209,97 @@ def load_mask_rcnn_weights(model: MaskRCNN, weights_path: str | Path) -> list[st
         )
     model.load_state_dict(loadable, strict=False)
     return sorted(set(own) - set(loadable))
+
+
+def _keep_own_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """``load_state_dict`` pre-hook: drop the checkpoint's training-only entries (discriminators,
+    the other domain's branch, L_sim projection) so that a strict load checks only missing keys."""
+    own = {prefix + key for key in module.state_dict()}
+    for key in [k for k in state_dict if k.startswith(prefix) and k not in own]:
+        del state_dict[key]
+
+
+class DetectorInference(nn.Module):
+    """Eval-only Mask R-CNN: ``forward(images) -> detections``, scriptable (``torch.jit.script``).
+
+    The detector sits under ``detector``, so the module loads a PDAM checkpoint's ``detector``
+    entry as it is (the discriminators and semantic branch are skipped); it runs torchvision's
+    inference path (resize/normalise, backbone, RPN, RoI heads, masks pasted at the input size).
+
+    Args:
+        detector: a torchvision :class:`~torchvision.models.detection.MaskRCNN`.
+    """
+
+    def __init__(self, detector: MaskRCNN) -> None:
+        super().__init__()
+        self.detector = detector
+        self._register_load_state_dict_pre_hook(_keep_own_keys, with_module=True)
+        self.eval()
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """``(C, H, W)`` images in [0, 1] -> per image ``boxes``, ``labels``, ``scores``, ``masks (N, 1, H, W)``."""
+        sizes: list[tuple[int, int]] = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+        batched, _ = self.detector.transform(images)
+        features = self.detector.backbone(batched.tensors)
+        proposals, _ = self.detector.rpn(batched, features)
+        detections, _ = self.detector.roi_heads(features, proposals, batched.image_sizes)
+        return self.detector.transform.postprocess(detections, batched.image_sizes, sizes)
+
+
+class FusedDetectorInference(nn.Module):
+    """Eval-only DARCNN branch (shared + private encoder, shared RPN, the branch's head), scriptable.
+
+    Same sub-module names as :class:`~monai_uda.networks.domain_separation.DomainSeparationMaskRCNN`
+    (``shared_encoder``, ``private_encoders.<domain>``, ``rpn``, ``heads.<domain>``), so it loads
+    that network's checkpoint directly (the other branch and ``sim_projection`` are skipped).
+    Proposals come from the shared features; the head sees their mean with the private ones.
+
+    Args:
+        network: a ``DomainSeparationMaskRCNN`` (or any module with those sub-modules).
+        domain: the branch to keep (DARCNN infers with ``"target"``).
+    """
+
+    def __init__(self, network: nn.Module, domain: str = "target") -> None:
+        super().__init__()
+        self.transform = network.transform
+        self.shared_encoder = network.shared_encoder
+        self.private_encoders = nn.ModuleDict({domain: network.private_encoders[domain]})
+        self.rpn = network.rpn
+        self.heads = nn.ModuleDict({domain: network.heads[domain]})
+        self._register_load_state_dict_pre_hook(_keep_own_keys, with_module=True)
+        self.eval()
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """``(C, H, W)`` images in [0, 1] -> per image ``boxes``, ``labels``, ``scores``, ``masks (N, 1, H, W)``."""
+        sizes: list[tuple[int, int]] = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+        batched, _ = self.transform(images)
+        shared = self.shared_encoder(batched.tensors)
+        proposals, _ = self.rpn(batched, shared)
+        detections: list[dict[str, torch.Tensor]] = []
+        for private_encoder, head in zip(self.private_encoders.values(), self.heads.values()):
+            private = private_encoder(batched.tensors)
+            fused: dict[str, torch.Tensor] = {}
+            for level, feature in shared.items():
+                fused[level] = 0.5 * (feature + private[level])
+            detections, _ = head(fused, proposals, batched.image_sizes)
+        return self.transform.postprocess(detections, batched.image_sizes, sizes)
+
+
+def inference_detector(network: nn.Module, domain: str = "target") -> nn.Module:
+    """The scriptable eval-only detector of a bundle's ``network_def`` (see the module docstring).
+
+    Args:
+        network: a torchvision ``MaskRCNN``, a module holding one as ``detector`` (PDAM), or a
+            domain-separation network with ``shared_encoder``/``private_encoders``/``heads`` (DARCNN).
+        domain: DARCNN only: the branch to keep.
+
+    Raises:
+        UDAInputError: ``network`` is none of those.
+    """
+    if isinstance(network, MaskRCNN):
+        return DetectorInference(network)
+    if isinstance(getattr(network, "detector", None), MaskRCNN):
+        return DetectorInference(network.detector)
+    if all(hasattr(network, name) for name in ("shared_encoder", "private_encoders", "heads")):
+        return FusedDetectorInference(network, domain)
+    raise UDAInputError(f"{type(network).__name__} is not a Mask R-CNN detector")
