@@ -148,6 +148,7 @@ def test_darcnn_rows_stage1_alone_and_both_stages(tmp_path, sample_2d, capsys):
         datalist=str(sample_2d / "datalist.json"),
         max_iterations=2,
         overrides=DARCNN_TINY,
+        from_scratch=True,  # random start: no source-only detector first (tests/test_benchmark_rows.py)
     )
     assert summary["ran"] == ["darcnn_stage1", "darcnn"] and not summary["failed"]
     with (out / "results.csv").open() as fh:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_uda import flag
 from monai_uda.benchmark.recipes import describe
 from monai_uda.benchmark.report import COLUMNS, read_results, write_results
 from monai_uda.benchmark.runner import run_benchmark, run_row
@@ -57,6 +58,7 @@ def main(
     max_iterations: int | None = None,
     row_timeout_minutes: float | None = None,
     ad_gan_preset: str | None = None,
+    from_scratch: bool | str = False,
     **overrides: Any,
 ) -> str:
     """Compare methods on one setting with the same data, splits, seed and per-row time budget.
@@ -79,6 +81,8 @@ def main(
         row_timeout_minutes: kill a row after this long (default: budget + 60).
         ad_gan_preset: synthetic-mask preset of the AD-GAN rows: auto or a preset name
             (default: the setting's own, else the bundle's auto).
+        from_scratch: the CyC-PDAM and DARCNN rows start from random weights (default: from the detector of
+            row mask_rcnn_source_only, trained once on the labelled source and run first when needed).
         **overrides: bundle config overrides for every row.
 
     Returns:
@@ -98,6 +102,10 @@ def main(
     if budget_preset not in (None, "cpu", "paper"):
         raise UDAInputError(f"--budget_preset must be cpu or paper, got {budget_preset!r}")
     check_preset_name(ad_gan_preset)
+    try:
+        from_scratch = flag(from_scratch)
+    except ValueError as exc:
+        raise UDAInputError(f"--from_scratch: {exc}") from None
     options = {
         "setting": setting,
         "rows": rows,
@@ -107,6 +115,7 @@ def main(
         "budget_preset": None if budget_preset == "cpu" else budget_preset,
         "max_iterations": max_iterations,
         "ad_gan_preset": ad_gan_preset,
+        "from_scratch": from_scratch or None,
         **overrides,
     }
     command = "monai-uda benchmark " + " ".join(
@@ -128,6 +137,7 @@ def main(
         command,
         overrides,
         {"ad_gan": {"preset": ad_gan_preset}} if ad_gan_preset else None,
+        from_scratch,
     )
     results = Path(out).resolve() / "results.md"
     print(results.read_text(encoding="utf-8"))

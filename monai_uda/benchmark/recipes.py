@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,13 +26,17 @@ __all__ = [
     "ROWS",
     "SETTINGS",
     "CPU_OVERRIDES",
+    "MASK_RCNN_BACKBONE",
     "Prepared",
     "Row",
     "Setting",
     "SharedStage",
+    "StartWeights",
     "datalist_setting",
     "prepare_setting",
     "shared_data_dir",
+    "start_overrides",
+    "with_start_rows",
 ]
 
 
@@ -62,6 +66,28 @@ class SharedStage:
 
 
 @dataclass(frozen=True)
+class StartWeights:
+    """Trained weights a row starts from instead of random ones: the model of another row of the run.
+
+    The papers' Mask R-CNN methods start from pretrained detectors; here the start is a detector
+    trained on the labelled source alone (row ``mask_rcnn_source_only``). The donor row runs once
+    per benchmark output folder, before the first row that starts from it
+    (:func:`with_start_rows`), and every such row gets its model file as the config key ``key``
+    (:func:`start_overrides`); ``--from_scratch`` keeps the random start. The row's
+    ``train_seconds`` and ``iterations`` include the donor's, as for a :class:`SharedStage`.
+
+    Attributes:
+        row: the donor row.
+        path: its model file, relative to its training output folder.
+        key: the config key of the bundles taking the file (``weights_path``).
+    """
+
+    row: str
+    path: str
+    key: str = "weights_path"
+
+
+@dataclass(frozen=True)
 class Row:
     """One method configuration of the benchmark table.
 
@@ -76,6 +102,7 @@ class Row:
         budget_config: file of the benchmark's ``configs/`` that adds the time budget to the bundle's
             trainer(s) (``time_budget.yaml`` appends to ``train_handlers``).
         shared: the first stage this row takes from another row, if that row has finished.
+        start: the trained weights this row starts from unless ``--from_scratch``.
     """
 
     name: str
@@ -86,15 +113,20 @@ class Row:
     model_file: str = "model.pt"
     budget_config: str = "time_budget.yaml"
     shared: SharedStage | None = None
+    start: StartWeights | None = None
 
 
 _CYCLEGAN = SharedStage("cyc_pdam", ("cyclegan", "synthesized"), ("cyclegan_trainer",))
 _DARCNN_STAGE1 = SharedStage("darcnn_stage1", ("stage1",), ("stage1_trainer",))
+#: the row both Mask R-CNN methods start from (its PDAM checkpoint holds a plain Mask R-CNN as ``detector``)
+MASK_RCNN_SOURCE_ONLY = "mask_rcnn_source_only"
+_SOURCE_DETECTOR = StartWeights(MASK_RCNN_SOURCE_ONLY, "pdam/model.pt")
 _CELLSEG = "CellSegUDA (Haq & Huang, MIDL 2020)"
 #: the DARCNN bundle's variant beside its paper form (bundles/darcnn/docs/README.md, "Departures from the paper")
 _DARCNN_OURS = {"l_target_features": "fused", "projection_dim": 64, "projection_training": "adversarial",
                 "target_head_momentum": 0.99, "target_encoder_momentum": 0.9}
 _ADGAN = "AD-GAN (Yao et al.): masks only, no labels"
+_DARCNN_BUDGET = "time_budget_darcnn.yaml"
 ROWS: dict[str, Row] = {
     row.name: row
     for row in (
@@ -118,9 +150,12 @@ ROWS: dict[str, Row] = {
         Row("ad_gan_wo_cyc", "ad_gan", "AD-GAN ablation: without the cycle loss", {"ternary": False, "use_cyc": False}),
         Row("ad_gan_no_encoder_adain", "ad_gan", "AD-GAN ablation: AdaIN in the decoder only",
             {"ternary": False, "encoder_adain": False}),
+        Row(MASK_RCNN_SOURCE_ONLY, "cyc_pdam", "Mask R-CNN trained on labelled source images only (no CycleGAN, "
+            "no discriminators): the start of the CyC-PDAM and DARCNN rows", {"variant": "source_only"},
+            model_file="pdam/model.pt", budget_config="time_budget_mask_rcnn_source_only.yaml"),
         *(
             Row(name, "cyc_pdam", description, overrides, model_file="pdam/model.pt",
-                budget_config="time_budget_cyc_pdam.yaml", shared=shared)
+                budget_config="time_budget_cyc_pdam.yaml", shared=shared, start=_SOURCE_DETECTOR)
             for name, description, overrides, shared in (
                 ("cyc_pdam", "CyC-PDAM (Liu et al., CVPR 2020): CycleGAN + nuclei inpainting + PDAM Mask R-CNN",
                  {"variant": "pdam"}, None),
@@ -135,14 +170,15 @@ ROWS: dict[str, Row] = {
             )
         ),
         Row("darcnn_stage1", "darcnn", "DARCNN stage 1 alone: domain separation Mask R-CNN (L_sim, L_diff, L_target)",
-            {"training": "@run_stage1"}, model_file="stage1/model.pt", budget_config="time_budget_darcnn.yaml"),
+            {"training": "@run_stage1"}, model_file="stage1/model.pt", budget_config=_DARCNN_BUDGET,
+            start=_SOURCE_DETECTOR),
         Row("darcnn_wo_aug", "darcnn", "DARCNN, stage 2 pseudo-labels without augmentation", {"pseudo_augment": False},
-            budget_config="time_budget_darcnn.yaml", shared=_DARCNN_STAGE1),
+            budget_config=_DARCNN_BUDGET, shared=_DARCNN_STAGE1, start=_SOURCE_DETECTOR),
         Row("darcnn", "darcnn", "DARCNN (Hsu et al., CVPR 2021): stage 1 + augmented pseudo-labels (stage 2)", {},
-            budget_config="time_budget_darcnn.yaml", shared=_DARCNN_STAGE1),
+            budget_config=_DARCNN_BUDGET, shared=_DARCNN_STAGE1, start=_SOURCE_DETECTOR),
         Row("darcnn_ours", "darcnn", "DARCNN, our variant: fused-feature L_target, adversarial 64-wide projection, "
             "target branch following the source branch (both stages)", _DARCNN_OURS,
-            budget_config="time_budget_darcnn.yaml"),
+            budget_config=_DARCNN_BUDGET, start=_SOURCE_DETECTOR),
     )
 }
 """Every known row; a row is offered only when its bundle exists in ``bundles/``."""
@@ -165,8 +201,7 @@ CPU_OVERRIDES: dict[str, dict[str, Any]] = {
     },
     "cyc_pdam": {
         "overrides": {
-            "patch": [128, 128], "cyclegan_width": 32, "cyclegan_blocks": 6, "backbone": "resnet50",
-            "instance_proposals": 16,
+            "patch": [128, 128], "cyclegan_width": 32, "cyclegan_blocks": 6, "instance_proposals": 16,
             "detector_kwargs": {"rpn_pre_nms_top_n_train": 500, "rpn_post_nms_top_n_train": 200,
                                 "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 50,
                                 "box_batch_size_per_image": 64},
@@ -178,7 +213,41 @@ CPU_OVERRIDES: dict[str, dict[str, Any]] = {
 ``train_<preset_file>.yaml`` and/or overrides (AD-GAN: the ``cpu`` configuration of
 ``scripts/bench_train_step.py``; CyC-PDAM: its ``cpu`` detector of :mod:`~monai_uda.benchmark.presets` and a
 32-wide, 6-block CycleGAN; DARCNN: its ``train_cpu.yaml``). 3D settings use the bundles' ``train_3d.yaml`` with
-the setting's own ``bundle_overrides``."""
+the setting's own ``bundle_overrides``. The Mask R-CNN backbone is :data:`MASK_RCNN_BACKBONE`'s."""
+
+MASK_RCNN_BUNDLES = ("cyc_pdam", "darcnn")
+MASK_RCNN_BACKBONE: dict[str, str] = {"cpu": "resnet18", "paper": "resnet50"}
+"""Per ``--budget_preset``, the one ResNet-FPN backbone of every Mask R-CNN row (CyC-PDAM, DARCNN and the
+source-only detector both start from), so that the two methods compare on the same network and can start from
+the same weights. ``cpu``: ResNet-18 (BasicBlocks, several times faster per step than ResNet-50 on a CPU);
+``paper``: DARCNN's ResNet-50 (CyC-PDAM's paper used ResNet-101). ``--backbone NAME`` overrides it for every row."""
+
+
+def mask_rcnn_backbone(bundle: str, preset: str | None) -> dict[str, str]:
+    """``{"backbone": ...}`` of :data:`MASK_RCNN_BACKBONE` for a Mask R-CNN bundle (``preset`` None: paper)."""
+    return {"backbone": MASK_RCNN_BACKBONE[preset or "paper"]} if bundle in MASK_RCNN_BUNDLES else {}
+
+
+def with_start_rows(names: Sequence[str], from_scratch: bool = False) -> list[str]:
+    """``names`` in order, each :class:`StartWeights` donor moved or added before the first row starting from it.
+
+    With ``from_scratch`` no row starts from another's weights and ``names`` stays as given.
+    """
+    ordered: list[str] = []
+    for name in names:
+        start = None if from_scratch else ROWS[name].start
+        if start is not None and start.row not in ordered:
+            ordered.append(start.row)
+        if name not in ordered:
+            ordered.append(name)
+    return ordered
+
+
+def start_overrides(row: Row, out: Path, from_scratch: bool = False) -> dict[str, str]:
+    """The config override that makes ``row`` start from its donor's model in ``out`` (``{}``: random start)."""
+    if from_scratch or row.start is None:
+        return {}
+    return {row.start.key: str(out / "runs" / row.start.row / "train" / row.start.path)}
 
 
 @dataclass(frozen=True)
@@ -298,6 +367,26 @@ def _prepare_synthetic_dsb(cache: Path, data_root: Path, test_fraction: float = 
     return _finish(cache, {"source": train, "target": train, "test": test}, notes)
 
 
+def _prepare_dsb_dim_bright(cache: Path, data_root: Path, test_fraction: float = 0.2, seed: int = 0) -> Prepared:
+    from monai_uda.data.prepare import prepare_folder
+
+    dsb = _require(data_root / "dsb2018_fluo", "DSB2018 fluorescence")
+    items = _items(prepare_folder(dsb / "images", dsb / "labels", cache / "dsb", split="source", link=True), "source")
+    from monai_uda.benchmark.splits import split_by_intensity
+
+    split, threshold = split_by_intensity(items, test_fraction=test_fraction, seed=seed)
+    notes = [
+        "split rule: images sorted by the mean grey value of their labelled nuclei (0-1 scale); the dimmer half "
+        f"is the source, the brighter half the target (threshold {threshold:.3f})",
+        f"source: {len(split['source'])} dim DSB2018 fluorescence images with instance labels ({dsb})",
+        f"target: {len(split['target'])} bright DSB2018 fluorescence images; their labels are read only by the "
+        "SSDA and target-trained rows",
+        f"evaluation: {len(split['test'])} held-out bright images ({test_fraction:.0%} of the bright half, "
+        f"seed {seed})",
+    ]
+    return _finish(cache, split, notes)
+
+
 def _prepare_sample_3d(cache: Path, data_root: Path) -> Prepared:
     from monai_uda.data.samples import make_sample_dataset, samples_origin
 
@@ -317,7 +406,7 @@ SETTINGS: dict[str, Setting] = {
             "dsb2018_fluo->monuseg",
             "DSB2018 fluorescence (labelled) -> MoNuSeg H&E train tiles (unlabelled); "
             "evaluation on the 14 MoNuSeg test tiles",
-            CELLSEG_ROWS + AD_GAN_ROWS[:2] + CYC_PDAM_ROWS + DARCNN_ROWS,
+            CELLSEG_ROWS + AD_GAN_ROWS[:2] + (MASK_RCNN_SOURCE_ONLY,) + CYC_PDAM_ROWS + DARCNN_ROWS,
             _prepare_dsb_monuseg,
             bundle_overrides={
                 "cellseg_uda": {"channels": 3, "source_invert": True},
@@ -334,6 +423,14 @@ SETTINGS: dict[str, Setting] = {
             AD_GAN_ROWS + ("target_only",),
             _prepare_synthetic_dsb,
             bundle_overrides={"cellseg_uda": {"channels": 1}, "ad_gan": {"channels": 1, "preset": "dsb2018_fluo"}},
+        ),
+        Setting(
+            "dsb2018_dim->dsb2018_bright",
+            "close domains: DSB2018 fluorescence split by nuclei brightness, dim half (labelled) -> bright half; "
+            "evaluation on 20% of the bright half held out (seed 0)",
+            CELLSEG_ROWS + AD_GAN_ROWS[:2] + (MASK_RCNN_SOURCE_ONLY, "cyc_pdam", "darcnn_stage1", "darcnn"),
+            _prepare_dsb_dim_bright,
+            bundle_overrides={bundle: {"channels": 1} for bundle in ("cellseg_uda", "ad_gan", "cyc_pdam", "darcnn")},
         ),
         Setting(
             "sample_3d",
@@ -372,7 +469,7 @@ def datalist_setting(name: str, datalist: str | Path, spatial_dims: int = 2) -> 
     labelled = all("label" in item for item in target)
     rows = CELLSEG_ROWS if labelled else CELLSEG_UNSUPERVISED
     if spatial_dims == 2:
-        rows = rows + AD_GAN_ROWS[:2] + DARCNN_ROWS
+        rows = rows + AD_GAN_ROWS[:2] + (MASK_RCNN_SOURCE_ONLY,) + DARCNN_ROWS
 
     def prepare(cache: Path, data_root: Path) -> Prepared:
         from monai_uda.data.datalist import export_split

@@ -39,9 +39,12 @@ from monai_uda.benchmark.recipes import (
     Row,
     Setting,
     datalist_setting,
+    mask_rcnn_backbone,
     prepare_setting,
     shared_data_dir,
     signature,
+    start_overrides,
+    with_start_rows,
 )
 from monai_uda.benchmark.report import (
     TABLE,
@@ -257,11 +260,16 @@ def _row_spec(
     max_iterations: int | None,
     overrides: Mapping[str, Any] | None,
     bundle_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    start: tuple[Mapping[str, Any], str] = ({}, ""),
 ) -> tuple[dict[str, Any], str]:
-    """The row's process spec (without its folders) and the signature that tells whether a finished row is the same."""
+    """The row's process spec (without its folders) and the signature that tells whether a finished row is the same.
+
+    ``start``: the overrides of the weights the row starts from and the signature of the row that trained them.
+    """
     cpu = CPU_OVERRIDES.get(row.bundle, {}) if preset == "cpu" and setting.spatial_dims == 2 else {}
-    row_overrides = {"seed": 0, **cpu.get("overrides", {}), **setting.bundle_overrides.get(row.bundle, {}),
-                     **row.overrides, **{k: word_to_bool(v) for k, v in dict(overrides or {}).items()},
+    row_overrides = {"seed": 0, **cpu.get("overrides", {}), **mask_rcnn_backbone(row.bundle, preset),
+                     **setting.bundle_overrides.get(row.bundle, {}), **row.overrides, **start[0],
+                     **{k: word_to_bool(v) for k, v in dict(overrides or {}).items()},
                      **dict((bundle_overrides or {}).get(row.bundle, {}))}
     if max_iterations is not None:
         row_overrides["max_iterations"] = int(max_iterations)
@@ -271,7 +279,7 @@ def _row_spec(
         "budget_seconds": float(budget_minutes) * 60.0, "dataset_dir": str(prepared.datalist),
         "eval_images": str(prepared.eval_images),
         "eval_labels": str(prepared.eval_labels), "overlay_stem": prepared.overlay_stem, "model_file": row.model_file,
-        "budget_config": row.budget_config,
+        "budget_config": row.budget_config, **({"start": start[1]} if start[0] else {}),
     }
     sig = signature({k: v for k, v in spec.items() if k != "budget_config"})  # budget_config is fixed by the bundle
     # what a shared first stage depends on: everything but the row's own switches
@@ -344,6 +352,7 @@ def run_benchmark(
     command: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     bundle_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    from_scratch: bool = False,
 ) -> dict[str, Any]:
     """Run ``rows`` of ``setting`` and write the results to ``out`` after every row.
 
@@ -363,12 +372,14 @@ def run_benchmark(
         overrides: further bundle config overrides for every row (e.g. ``{"device": "cuda"}``).
         bundle_overrides: config overrides for the rows of one bundle, last
             (e.g. ``{"ad_gan": {"preset": "auto"}}``).
+        from_scratch: the Mask R-CNN rows start from random weights instead of the detector of row
+            ``mask_rcnn_source_only`` (:class:`~monai_uda.benchmark.recipes.StartWeights`, run first when needed).
 
     Returns:
         ``{"results": [record, ...], "ran": [...], "skipped": [...], "failed": [...]}``.
     """
     chosen = _choose_setting(setting, datalist, spatial_dims, budget_minutes)
-    names = _parse_rows(rows, chosen)
+    names = with_start_rows(_parse_rows(rows, chosen), from_scratch)
     out = Path(out).resolve()
     prepared = prepare_setting(chosen, out, Path(data_root) if data_root else shared_data_dir())
     ground_truth_overlay(prepared, out)
@@ -376,13 +387,19 @@ def run_benchmark(
     lines = header(chosen, prepared, budget_minutes, preset, dict(overrides or {}).get("seed", 0), out, command)
     summary: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": []}
     for name in names:
-        spec, sig = _row_spec(ROWS[name], chosen, prepared, preset, budget_minutes, max_iterations, overrides,
-                              bundle_overrides)
+        row = ROWS[name]
+        donor = records.get(row.start.row, {}) if row.start else {}
+        start = start_overrides(row, out, from_scratch)
+        spec, sig = _row_spec(row, chosen, prepared, preset, budget_minutes, max_iterations, overrides,
+                              bundle_overrides, (start, str(donor.get("signature", ""))))
         if records.get(name, {}).get("status") == "ok" and records[name].get("signature") == sig:
             print(f"[benchmark] {name}: finished before with the same configuration, skipped", flush=True)
             summary["skipped"].append(name)
             continue
-        record = _run_one(ROWS[name], spec, sig, out, budget_minutes, row_timeout_minutes)
+        record = _run_one(row, spec, sig, out, budget_minutes, row_timeout_minutes)
+        if start and record["status"] == "ok" and donor.get("status") == "ok":  # the start's cost counts too
+            record["train_seconds"] = round(float(record["train_seconds"]) + float(donor["train_seconds"]), 1)
+            record["iterations"] = int(record["iterations"]) + int(donor["iterations"])
         summary["ran" if record["status"] == "ok" else "failed"].append(name)
         # re-read first: another benchmark process may have finished rows in the same --out meanwhile
         records = {**read_results(out), name: record}

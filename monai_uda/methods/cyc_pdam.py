@@ -26,6 +26,8 @@ Stage 2, :class:`PDAMStage` -- the panoptic domain-adaptive Mask R-CNN
 The ablations of the paper's Table 4 are switches: "w/o NI" (no inpainting, data stage),
 "w/o TR" (``reweight=False``), "w/o SEM" (detector without semantic branch) and the
 CyCADA-with-Mask-R-CNN baseline (image + instance adaptation only); see :data:`PDAM_VARIANTS`.
+``source_only`` is the plain Mask R-CNN (no semantic branch, no discriminators): trained on the
+labelled source alone it is the detector the adaptation starts from.
 
 Multi-GPU (``multi_gpu_train.yaml``): neither stage is DDP-wrapped. CycleGAN runs each
 generator twice per iteration with the discriminators frozen in between and synthesizes with
@@ -71,6 +73,10 @@ PDAM_VARIANTS: dict[str, dict[str, dict[str, bool]]] = {
     "wo_tr": {"detector": {}, "method": {"reweight": False}},
     "wo_sem": {"detector": {"semantic": False}, "method": {}},
     "cycada": {"detector": {"semantic": False}, "method": {"reweight": False}},
+    "source_only": {
+        "detector": {"semantic": False, "image_level": False, "instance_level": False},
+        "method": {"reweight": False},
+    },
 }
 
 
@@ -362,7 +368,9 @@ class PDAMStage(AdaptationMethod):
         zero = torch.zeros((), device=one.device)
         with self.autocast():
             source = net.run_domain(list(batch["source_image"]), targets)
-            target = net.run_domain(list(batch["target_image"]))
+            parts = (net.image_discriminator, net.semantic_head, net.instance_discriminator)
+            # the source_only variant has no domain part: no target pass
+            target = net.run_domain(list(batch["target_image"])) if any(m is not None for m in parts) else source
             loss_img, w_img = (
                 self._adversarial(net.image_logits(source), net.image_logits(target))
                 if net.image_discriminator

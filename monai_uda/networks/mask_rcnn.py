@@ -167,10 +167,11 @@ def _unwrap(state: Any, path: Path) -> Mapping[str, torch.Tensor]:
 def load_mask_rcnn_weights(model: MaskRCNN, weights_path: str | Path) -> list[str]:
     """Load user weights into ``model`` (``torch.load(weights_only=True)``, never a download).
 
-    Two layouts are recognised: a full Mask R-CNN ``state_dict`` (keys ``backbone.*``,
+    Three layouts are recognised: a full Mask R-CNN ``state_dict`` (keys ``backbone.*``,
     ``rpn.*``, ``roi_heads.*``; class-dependent predictor layers whose shape differs, e.g. a
-    91-class COCO model, are skipped) and ResNet classification weights (keys ``conv1.*``,
-    ``layer1.*``, ...; loaded into ``backbone.body``, the ``fc`` layer is dropped).
+    91-class COCO model, are skipped), a CyC-PDAM model (its ``detector.*`` Mask R-CNN; the
+    semantic branch and discriminators are dropped) and ResNet classification weights (keys
+    ``conv1.*``, ``layer1.*``, ...; loaded into ``backbone.body``, the ``fc`` layer is dropped).
 
     Returns:
         the model keys that were *not* loaded (trained from scratch).
@@ -187,6 +188,8 @@ def load_mask_rcnn_weights(model: MaskRCNN, weights_path: str | Path) -> list[st
         raise
     except Exception as exc:
         raise UDAInputError(f"cannot read Mask R-CNN weights ({type(exc).__name__}: {exc})", path) from exc
+    if any(k.startswith("detector.backbone.") for k in state):  # PDAMDetector: the Mask R-CNN inside it
+        state = {k.removeprefix("detector."): v for k, v in state.items() if k.startswith("detector.")}
     if not any(k.startswith(("backbone.", "rpn.", "roi_heads.")) for k in state):
         state = {f"backbone.body.{k}": v for k, v in state.items() if not k.startswith("fc.")}
     own = model.state_dict()
