@@ -160,3 +160,27 @@ def test_source_only_detector_loads_as_the_start_of_both_methods(tmp_path, tiny_
     conv1 = trained["backbone.body.conv1.weight"]
     assert torch.equal(darcnn.shared_encoder.body.conv1.weight, conv1)
     assert torch.equal(darcnn.private_encoders["target"].body.conv1.weight, conv1)
+
+
+def test_source_only_config_trains_the_plain_detector_on_the_source_images(sample_2d, tmp_path):
+    from monai.bundle import ConfigParser
+
+    from monai_uda.benchmark.runner import CONFIGS
+    from monai_uda.bundle_runner import config_files
+    from monai_uda.data.datalist import get_split, load_datalist
+    from monai_uda.engines.budget import TimeBudget
+
+    row = ROWS[MASK_RCNN_SOURCE_ONLY]
+    parser = ConfigParser()
+    parser.read_config([*config_files("cyc_pdam", "training", 2, "cpu"), str(CONFIGS / row.budget_config)])
+    parser.update({**row.overrides, "backbone": "resnet18", "dataset_dir": str(sample_2d), "output_dir": str(tmp_path),
+                   "budget_seconds": 60.0})
+    assert parser["run"] == ["@run_pdam"]  # no CycleGAN, no synthesis
+    detector = parser.get_parsed_content("pdam").detector
+    assert (detector.image_discriminator, detector.semantic_head, detector.instance_discriminator) == (None,) * 3
+    source = get_split(load_datalist(sample_2d / "datalist.json"), "source", require_labels=True)
+    assert parser["pdam_dataset"]["source"] == "@source_items"  # the images themselves, not the synthesized ones
+    assert [item["image"] for item in parser.get_parsed_content("source_items")] == [item["image"] for item in source]
+    assert len(parser.get_parsed_content("pdam_dataset").source) == len(source)
+    budget = parser.get_parsed_content("pdam_handlers")[-1]
+    assert isinstance(budget, TimeBudget) and budget.max_seconds == 60.0
