@@ -344,6 +344,12 @@ def test_beyond_spread_and_parse_seeds(tmp_path):
     assert report.beyond_spread(a, b) is True  # 0.03 > 0.02
     assert report.beyond_spread(a, c) is False  # 0.01 < 0.03: noise
     assert report.beyond_spread(a, {"n": 1, "aji_mean": 0.1, "aji_std": ""}) is None  # one run: spread unknown
+    # a run from before --seeds (seed 0, no seed column) is not counted beside the seeded runs; failed seeds neither
+    runs = [{"row": "r", "status": "ok", "aji": 0.3}, {"row": "r", "seed": 0, "status": "ok", "aji": "0.4"},
+            {"row": "r", "seed": 1, "status": "ok", "aji": "0.6"}, {"row": "r", "seed": 2, "status": "failed"}]
+    (r,) = report.summarize(runs)
+    assert (r["n"], r["seeds"], r["aji_mean"], r["aji_std"], r["status"]) == (2, "0 1", 0.5, 0.1414, "ok")
+    assert report.spread_line([r]).startswith("Fewer than two rows ran 2+ seeds")
     assert benchmark.parse_seeds(None) is None and benchmark.parse_seeds("0, 1,2") == [0, 1, 2]
     assert benchmark.parse_seeds((3, 4)) == [3, 4] and benchmark.parse_seeds(5) == [5]  # as fire passes them
     for bad, message in (("a,b", "non-negative integers"), ("-1", "non-negative"), ("", "non-negative"),

@@ -37,6 +37,7 @@ __all__ = [
     "overlay",
     "read_results",
     "run_key",
+    "spread_line",
     "summarize",
     "write_results",
 ]
@@ -114,7 +115,8 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One summary per row (in table order) over its finished runs: ``n``, ``seeds`` and each metric's mean and std.
 
     ``<metric>_std`` is the sample standard deviation (``ddof=1``), empty when fewer than two runs
-    finished; ``status`` is ``ok`` when any run finished, else the last run's; ``runs`` are the records.
+    finished; ``status`` is ``ok`` when any run finished, else the last run's; ``runs`` are the records
+    (those with a ``seed`` when the row has any).
     """
     import numpy as np
 
@@ -123,6 +125,8 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault(str(record["row"]), []).append(record)
     summaries = []
     for row, runs in groups.items():
+        if any(r.get("seed", "") != "" for r in runs):  # a run from before --seeds (seed 0) is not counted twice
+            runs = [r for r in runs if r.get("seed", "") != ""]
         done = [r for r in runs if r.get("status") == "ok"]
         summary: dict[str, Any] = {
             "setting": runs[0].get("setting", ""), "row": row, "bundle": runs[0].get("bundle", ""), "n": len(done),
@@ -162,9 +166,11 @@ def spread_line(summaries: Sequence[Mapping[str, Any]], key: str = "aji", title:
                     key=lambda s: -float(s[f"{key}_mean"]))
     verdicts = [(a, b, beyond_spread(a, b, key)) for a, b in combinations(ranked, 2)]
     known = [(a, b) for a, b, beyond in verdicts if beyond is not None]
-    if not known:
+    if not known and all(s["n"] < 2 for s in summaries):
         return (f"Each row is one run, so its spread is unknown: {title} differences smaller than the run-to-run "
                 "spread are noise (`--seeds 0,1,2` measures it).")
+    if not known:
+        return f"Fewer than two rows ran 2+ seeds: no {title} difference to compare with the spread."
     larger = [f"{a['row']} > {b['row']}" for a, b, beyond in verdicts if beyond]
     return (f"{title} differences larger than the run-to-run spread (|Δ mean| > std_a + std_b; rows with 2+ seeds, "
             f"a rough rule, not a significance test): {', '.join(larger) or 'none'}. Every other pair of such rows "
@@ -188,7 +194,9 @@ def _summary_cell(summary: Mapping[str, Any], key: str) -> str:
     mean = format_cell({key: summary.get(f"{key}_mean", summary.get(key, ""))}, key)
     if key not in SUMMARY_METRICS or summary.get(f"{key}_std", "") == "":
         return mean
-    return f"{mean} ± {format_cell({key: summary[f'{key}_std']}, key)} ({summary['n']})"
+    std = float(summary[f"{key}_std"])
+    digits = ".3f" if key in dict(CHART_METRICS) or key == "infer_megapixels_per_s" else ".2g"  # as format_cell
+    return f"{mean} ± {std:{digits}} ({summary['n']})"
 
 
 def _markdown(records: Sequence[Mapping[str, Any]], header: Sequence[str]) -> str:
@@ -304,7 +312,8 @@ def header(
         f"- machine: {os.cpu_count()} CPU cores, {sys.platform}; "
         "inference MP/s = evaluation megapixels / wall time of the "
         "inference run (model loading, sliding window, post-processing, writing)",
-        f"- overlays: `overlays/<row>.png` on evaluation image `{prepared.overlay_stem}` (`overlays/ground_truth.png`)",
+        f"- overlays: `overlays/{'<row>/seed<k>' if isinstance(seed, (list, tuple)) else '<row>'}.png` "
+        f"on evaluation image `{prepared.overlay_stem}` (`overlays/ground_truth.png`)",
     ] + [f"- command: `{line}`" for line in commands(out, command)]
 
 
