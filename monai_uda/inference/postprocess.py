@@ -168,11 +168,21 @@ def typical_diameter(masks: np.ndarray | Iterable[np.ndarray], min_size: int = 1
     return float(2.0 * np.median(pooled)) if pooled.size else None
 
 
+#: nuclei within this factor of the source's size are split as at the source's own scale
+SAME_SCALE = 1.5
+
+
 def split_scale(diameter: float | None, reference: float | None) -> float:
-    """How much larger the nuclei are than the source's: ``diameter / reference``, 1 when either is unknown."""
+    """How much larger the nuclei are than the source's: ``diameter / reference``.
+
+    1 when either is unknown, and when the ratio is within :data:`SAME_SCALE` either way: a typical
+    diameter estimated from one image varies by some tens of percent, and scaling within that
+    spread would only move today's split at the source's own scale, where ``h = 1`` is right.
+    """
     if diameter is None or reference is None or diameter <= 0 or reference <= 0:
         return 1.0
-    return float(diameter) / float(reference)
+    ratio = float(diameter) / float(reference)
+    return 1.0 if 1.0 / SAME_SCALE <= ratio <= SAME_SCALE else ratio
 
 
 def binary_to_instances(

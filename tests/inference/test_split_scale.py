@@ -47,6 +47,9 @@ def test_typical_diameter_is_twice_the_median_inscribed_radius():
 def test_split_scale_is_the_ratio_or_one_when_unknown():
     assert split_scale(60.0, 20.0) == 3.0
     assert split_scale(None, 20.0) == split_scale(60.0, None) == split_scale(0.0, 20.0) == 1.0
+    assert split_scale(10.0, 20.0) == 0.5
+    # within 1.5x of the source's size the split stays as at the source's scale
+    assert split_scale(29.0, 20.0) == split_scale(14.0, 20.0) == 1.0
 
 
 def test_touching_large_discs_are_split_with_auto():
