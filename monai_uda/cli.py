@@ -8,7 +8,7 @@
     monai-uda infer [--bundle cellseg_uda] --input_dir DIR --output_dir DIR --ckpt_path FILE
     monai-uda evaluate --pred DIR --gt DIR --out FILE.json [--ctc true]
     monai-uda bundles [NAME]
-    monai-uda benchmark [--setting NAME] [--rows a,b] [--budget_minutes M] [--out DIR]
+    monai-uda benchmark [--setting NAME] [--rows a,b] [--budget_minutes M] [--seeds 0,1,2] [--out DIR]
 
 ``train``/``infer`` are thin conveniences over the bundle configs: any further ``--key value``
 is passed to ``monai.bundle`` as a config override.

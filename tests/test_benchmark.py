@@ -248,3 +248,117 @@ def test_budget_preset_and_ad_gan_preset_options(tmp_path):
     target = _row_spec(ROWS["target_only"], setting, prepared, "cpu", 1.0, None, None, choice)[0]["overrides"]
     default = _row_spec(ROWS["ad_gan"], setting, prepared, "cpu", 1.0, None, None)[0]["overrides"]
     assert ad_gan["preset"] == "auto" and default["preset"] == "dsb2018_fluo" and "preset" not in target
+
+
+#: ``results.csv`` columns before ``--seeds`` existed: a run without ``--seeds`` must keep them
+GOLDEN_COLUMNS = (
+    "setting", "row", "bundle", "status", "aji", "aji_plus", "pq", "object_f1", "dice", "sq", "dq", "precision",
+    "recall", "iou", "train_seconds", "iterations", "infer_seconds", "infer_megapixels_per_s", "peak_rss_mb",
+    "budget_minutes", "n_eval_images", "signature",
+)
+
+
+def _fake_row_process(spec_path, log, timeout):
+    """A row's process without training: scores that depend on the row and the seed; DARCNN's stage-1 model file."""
+    from pathlib import Path
+
+    spec = json.loads(spec_path.read_text())
+    seed, row_dir = spec["overrides"]["seed"], Path(spec["row_dir"])
+    aji = {"darcnn_stage1": 0.4 + 0.1 * seed, "darcnn": 0.6 + 0.02 * seed}.get(spec["row"], 0.3)
+    (row_dir / "train" / "stage1").mkdir(parents=True, exist_ok=True)
+    if not (row_dir / "train" / "stage1" / "model.pt").exists():  # the shared stage is taken over, not rewritten
+        (row_dir / "train" / "stage1" / "model.pt").write_text(f"seed{seed}")
+    stages = {"stage1_trainer": {"iterations": 2, "seconds": 1.0}}
+    record = {**{k: aji for k in report.SUMMARY_METRICS}, "train_seconds": 10.0 + seed, "iterations": 2,
+              "stages": stages, "stage_signature": spec["stage_signature"]}
+    (row_dir / "result.json").write_text(json.dumps(record))
+    log.write_text("fake\n")
+    return "ok"
+
+
+def test_seeds_run_every_row_per_seed_and_summarise(tmp_path, sample_2d, monkeypatch):
+    from monai_uda.benchmark import runner
+
+    monkeypatch.setattr(runner, "_row_process", _fake_row_process)
+    out, datalist = tmp_path / "bench", str(sample_2d / "datalist.json")
+    summary = benchmark.run_benchmark("mini", "darcnn_stage1,darcnn", 1, out, datalist=datalist, seeds=[0, 1],
+                                      from_scratch=True)  # no source-only detector first: tests/test_benchmark_rows.py
+    runs = ["darcnn_stage1/seed0", "darcnn_stage1/seed1", "darcnn/seed0", "darcnn/seed1"]
+    assert summary["ran"] == runs and not summary["failed"]
+    for name in runs:  # each (row, seed) in its own folder, trained with its seed
+        assert json.loads((out / "runs" / name / "spec.json").read_text())["overrides"]["seed"] == int(name[-1])
+        assert (out / "logs" / f"{name}.log").is_file()
+    # DARCNN of seed k continues from the stage 1 of seed k
+    for k in (0, 1):
+        taken = out / "runs" / f"darcnn/seed{k}/train/stage1/model.pt"
+        assert taken.samefile(out / "runs" / f"darcnn_stage1/seed{k}/train/stage1/model.pt")
+        assert taken.read_text() == f"seed{k}"
+    with (out / "results.csv").open() as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames) == GOLDEN_COLUMNS[:2] + ("seed",) + GOLDEN_COLUMNS[2:]
+        lines = [(r["row"], r["seed"], float(r["aji"]), float(r["train_seconds"])) for r in reader]
+    # darcnn's train seconds include the stage-1 seconds it took over (the fake's whole 10 + seed s)
+    assert lines == [("darcnn_stage1", "0", 0.4, 10.0), ("darcnn_stage1", "1", 0.5, 11.0),
+                     ("darcnn", "0", 0.6, 20.0), ("darcnn", "1", 0.62, 22.0)]
+    with (out / "results_summary.csv").open() as fh:
+        rows = {r["row"]: r for r in csv.DictReader(fh)}
+    # by hand: mean(0.4, 0.5) = 0.45, sample std = |0.5 - 0.4| / sqrt(2) = 0.0707; 0.61 and 0.0141 for darcnn
+    assert rows["darcnn_stage1"]["n"] == "2" and rows["darcnn_stage1"]["seeds"] == "0 1"
+    assert float(rows["darcnn_stage1"]["aji_mean"]) == 0.45 and float(rows["darcnn_stage1"]["aji_std"]) == 0.0707
+    assert float(rows["darcnn"]["aji_mean"]) == 0.61 and float(rows["darcnn"]["aji_std"]) == 0.0141
+    assert float(rows["darcnn"]["train_seconds_mean"]) == 21.0
+    md = (out / "results.md").read_text()
+    assert "| darcnn_stage1 | 0.450 ± 0.071 (2) |" in md and "| darcnn | 0.610 ± 0.014 (2) |" in md
+    assert "seeds 0, 1 (each row trained once per seed)" in md
+    assert "- `darcnn`: seed 0 0.600, seed 1 0.620" in md
+    # |0.61 - 0.45| = 0.16 > 0.0707 + 0.0141
+    assert "not a significance test): darcnn > darcnn_stage1. Every other pair of such rows (0)" in md
+    assert read_array(out / "results.png")[0].ndim == 3
+
+    again = benchmark.run_benchmark("mini", "darcnn_stage1,darcnn", 1, out, datalist=datalist, seeds=[0, 1],
+                                    from_scratch=True)
+    assert again["skipped"] == runs and not again["ran"]  # finished (row, seed) runs are skipped
+
+
+def test_without_seeds_the_output_is_unchanged(tmp_path, sample_2d, monkeypatch):
+    from monai_uda.benchmark import runner
+
+    monkeypatch.setattr(runner, "_row_process", _fake_row_process)
+    out = tmp_path / "bench"
+    summary = benchmark.run_benchmark("mini", "source_only", 1, out, datalist=str(sample_2d / "datalist.json"))
+    assert summary["ran"] == ["source_only"]
+    run = out / "runs" / "source_only"
+    assert (run / "result.json").is_file() and not (run / "seed0").exists()
+    assert json.loads((out / "runs" / "source_only" / "spec.json").read_text())["overrides"]["seed"] == 0
+    with (out / "results.csv").open() as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames) == GOLDEN_COLUMNS == benchmark.COLUMNS
+        assert [r["aji"] for r in reader] == ["0.3"]
+    assert not (out / "results_summary.csv").exists() and (out / "overlays" / "ground_truth.png").is_file()
+    md = (out / "results.md").read_text()
+    assert "| source_only | 0.300 | 0.300 | 0.300 | 0.300 | 0.300 | 10 | 2 | 1 |" in md and "±" not in md
+    assert ", seed 0, same data" in md and "Each row is one run, so its spread is unknown" in md
+
+
+def test_beyond_spread_and_parse_seeds(tmp_path):
+    a = {"n": 3, "aji_mean": 0.50, "aji_std": 0.01}
+    b = {"n": 3, "aji_mean": 0.47, "aji_std": 0.01}
+    c = {"n": 3, "aji_mean": 0.49, "aji_std": 0.02}
+    assert report.beyond_spread(a, b) is True  # 0.03 > 0.02
+    assert report.beyond_spread(a, c) is False  # 0.01 < 0.03: noise
+    assert report.beyond_spread(a, {"n": 1, "aji_mean": 0.1, "aji_std": ""}) is None  # one run: spread unknown
+    # a run from before --seeds (seed 0, no seed column) is not counted beside the seeded runs; failed seeds neither
+    runs = [{"row": "r", "status": "ok", "aji": 0.3}, {"row": "r", "seed": 0, "status": "ok", "aji": "0.4"},
+            {"row": "r", "seed": 1, "status": "ok", "aji": "0.6"}, {"row": "r", "seed": 2, "status": "failed"}]
+    (r,) = report.summarize(runs)
+    assert (r["n"], r["seeds"], r["aji_mean"], r["aji_std"], r["status"]) == (2, "0 1", 0.5, 0.1414, "ok")
+    assert report.spread_line([r]).startswith("Fewer than two rows ran 2+ seeds")
+    assert benchmark.parse_seeds(None) is None and benchmark.parse_seeds("0, 1,2") == [0, 1, 2]
+    assert benchmark.parse_seeds((3, 4)) == [3, 4] and benchmark.parse_seeds(5) == [5]  # as fire passes them
+    for bad, message in (("a,b", "non-negative integers"), ("-1", "non-negative"), ("", "non-negative"),
+                         ("1,1", "repeats a seed")):
+        with pytest.raises(UDAInputError, match=message):
+            benchmark.parse_seeds(bad)
+    with pytest.raises(UDAInputError, match="--seed and --seeds"):
+        benchmark.main(seeds="0,1", seed=3, out=str(tmp_path))
+    assert not any(tmp_path.iterdir())

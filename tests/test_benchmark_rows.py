@@ -84,8 +84,8 @@ def test_start_rows_go_first_once_and_not_from_scratch():
 def _fake_run(specs):
     """A ``_run_one`` that trains nothing: records the spec; the donor cost 100 s / 50 iterations, the others 10 / 2."""
 
-    def run(row, spec, sig, out, budget_minutes, row_timeout_minutes):
-        specs[row.name] = spec
+    def run(row, spec, sig, out, budget_minutes, row_timeout_minutes, seed=None):
+        specs[row.name if seed is None else f"{row.name}/seed{seed}"] = spec
         donor = row.name == MASK_RCNN_SOURCE_ONLY
         metrics = dict.fromkeys(("aji", "aji_plus", "pq", "object_f1", "dice"), 0.5)
         return {"setting": spec["setting"], "row": row.name, "bundle": row.bundle, "status": "ok",
@@ -123,6 +123,13 @@ def test_mask_rcnn_rows_start_from_the_shared_source_only_detector(tmp_path, sam
     assert scratch["ran"] == ["cyc_pdam", "darcnn_stage1"]  # different configuration: both run again
     assert all("weights_path" not in spec["overrides"] for spec in specs.values())
     assert float({r["row"]: r for r in scratch["results"]}["cyc_pdam"]["train_seconds"]) == 10.0
+
+    specs.clear()  # with --seeds every seed's run starts from the source-only detector of the same seed
+    seeded = benchmark.run_benchmark("mini_rows", "darcnn_stage1", 1, tmp_path / "seeds", preset=preset, seeds=[0, 1])
+    assert seeded["ran"] == [f"{row}/seed{k}" for row in (MASK_RCNN_SOURCE_ONLY, "darcnn_stage1") for k in (0, 1)]
+    assert specs["darcnn_stage1/seed1"]["overrides"]["weights_path"].endswith(
+        f"runs/{MASK_RCNN_SOURCE_ONLY}/seed1/train/pdam/model.pt"
+    )
 
 
 def test_from_scratch_must_be_a_boolean(tmp_path):
@@ -180,6 +187,7 @@ def test_source_only_config_trains_the_plain_detector_on_the_source_images(sampl
     assert (detector.image_discriminator, detector.semantic_head, detector.instance_discriminator) == (None,) * 3
     source = get_split(load_datalist(sample_2d / "datalist.json"), "source", require_labels=True)
     assert parser["pdam_dataset"]["source"] == "@source_items"  # the images themselves, not the synthesized ones
+    assert parser["source_transform"]["invert"] == "@source_invert"  # brought to the target's polarity
     assert [item["image"] for item in parser.get_parsed_content("source_items")] == [item["image"] for item in source]
     assert len(parser.get_parsed_content("pdam_dataset").source) == len(source)
     budget = parser.get_parsed_content("pdam_handlers")[-1]

@@ -17,7 +17,10 @@ The package is the experiment harness around the library; nothing in the library
 
 Output in ``--out``: the results files above, rewritten atomically after every row;
 ``runs/<row>/`` (checkpoints, predictions, ``metrics.json``), ``logs/<row>.log`` and the
-prepared data in ``data/``.
+prepared data in ``data/``. With ``--seeds 0,1,2`` every row trains once per seed, in
+``runs/<row>/seed<k>/`` (``logs/<row>/seed<k>.log``, ``overlays/<row>/seed<k>.png``); ``results.csv``
+gains a ``seed`` column, ``results_summary.csv`` holds each row's mean and std, and ``results.md``
+shows ``mean ± std (n)`` (see :mod:`~monai_uda.benchmark.report`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from monai_uda.benchmark.runner import run_benchmark, run_row
 from monai_uda.data.mask_statistics import check_preset_name
 from monai_uda.errors import UDAInputError
 
-__all__ = ["COLUMNS", "main", "read_results", "run_benchmark", "run_row", "write_results"]
+__all__ = ["COLUMNS", "main", "parse_seeds", "read_results", "run_benchmark", "run_row", "write_results"]
 
 
 def _quote(value: Any, rows: bool = False) -> str:
@@ -44,6 +47,23 @@ def _quote(value: Any, rows: bool = False) -> str:
     if isinstance(value, (list, tuple)):
         value = ",".join(map(str, value)) if rows else json.dumps(list(value))
     return shlex.quote(str(value))
+
+
+def parse_seeds(seeds: str | int | Sequence[int] | None) -> list[int] | None:
+    """``--seeds`` as a list of distinct non-negative integers (fire passes ``0,1,2`` as a tuple, ``3`` as an int).
+
+    Raises:
+        UDAInputError: a seed is not a non-negative integer, repeats, or none is given.
+    """
+    if seeds is None:
+        return None
+    items = seeds.split(",") if isinstance(seeds, str) else seeds if isinstance(seeds, (list, tuple)) else [seeds]
+    words = [str(item).strip() for item in items if str(item).strip()]
+    if not words or not all(word.isdigit() for word in words):
+        raise UDAInputError(f"--seeds must be comma-separated non-negative integers (e.g. 0,1,2), got {seeds!r}")
+    if len(set(map(int, words))) < len(words):
+        raise UDAInputError(f"--seeds repeats a seed: {seeds!r}")
+    return [int(word) for word in words]
 
 
 def main(
@@ -58,6 +78,7 @@ def main(
     max_iterations: int | None = None,
     row_timeout_minutes: float | None = None,
     ad_gan_preset: str | None = None,
+    seeds: str | int | Sequence[int] | None = None,
     from_scratch: bool | str = False,
     **overrides: Any,
 ) -> str:
@@ -81,6 +102,8 @@ def main(
         row_timeout_minutes: kill a row after this long (default: budget + 60).
         ad_gan_preset: synthetic-mask preset of the AD-GAN rows: auto or a preset name
             (default: the setting's own, else the bundle's auto).
+        seeds: comma-separated seeds, e.g. 0,1,2: every row trained once per seed; the tables show
+            mean ± std over the seeds (default: one run per row with seed 0, or --seed).
         from_scratch: the CyC-PDAM and DARCNN rows start from random weights (default: from the detector of
             row mask_rcnn_source_only, trained once on the labelled source and run first when needed).
         **overrides: bundle config overrides for every row.
@@ -102,6 +125,9 @@ def main(
     if budget_preset not in (None, "cpu", "paper"):
         raise UDAInputError(f"--budget_preset must be cpu or paper, got {budget_preset!r}")
     check_preset_name(ad_gan_preset)
+    seed_list = parse_seeds(seeds)
+    if seed_list is not None and "seed" in overrides:
+        raise UDAInputError("--seed and --seeds together: give the seeds with --seeds only")
     try:
         from_scratch = flag(from_scratch)
     except ValueError as exc:
@@ -115,11 +141,12 @@ def main(
         "budget_preset": None if budget_preset == "cpu" else budget_preset,
         "max_iterations": max_iterations,
         "ad_gan_preset": ad_gan_preset,
+        "seeds": seed_list,
         "from_scratch": from_scratch or None,
         **overrides,
     }
     command = "monai-uda benchmark " + " ".join(
-        f"--{key.replace('_', '-')} {_quote(value, rows=key == 'rows')}"
+        f"--{key.replace('_', '-')} {_quote(value, rows=key in ('rows', 'seeds'))}"
         for key, value in options.items()
         if value is not None
     )
@@ -137,6 +164,7 @@ def main(
         command,
         overrides,
         {"ad_gan": {"preset": ad_gan_preset}} if ad_gan_preset else None,
+        seed_list,
         from_scratch,
     )
     results = Path(out).resolve() / "results.md"

@@ -243,11 +243,14 @@ def with_start_rows(names: Sequence[str], from_scratch: bool = False) -> list[st
     return ordered
 
 
-def start_overrides(row: Row, out: Path, from_scratch: bool = False) -> dict[str, str]:
-    """The config override that makes ``row`` start from its donor's model in ``out`` (``{}``: random start)."""
+def start_overrides(row: Row, out: Path, from_scratch: bool = False, donor_run: str = "") -> dict[str, str]:
+    """The config override that makes ``row`` start from its donor's model in ``out`` (``{}``: random start).
+
+    ``donor_run``: the donor's folder under ``out/runs`` (with ``--seeds``, the run of the same seed; default its name).
+    """
     if from_scratch or row.start is None:
         return {}
-    return {row.start.key: str(out / "runs" / row.start.row / "train" / row.start.path)}
+    return {row.start.key: str(out / "runs" / (donor_run or row.start.row) / "train" / row.start.path)}
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,12 @@ Every file is replaced atomically, so a reader (or another benchmark process wri
 same output folder) never sees half a table. ``results.md`` starts with a header describing
 the setting, the budget, the machine and every command that wrote rows to the folder
 (``commands.txt``), followed by one line per row and the rows' descriptions.
+
+With ``--seeds`` every row runs once per seed: ``results.csv`` then has a ``seed`` column and one
+line per (row, seed) with that run's values, ``results_summary.csv`` one line per row with
+``n`` (finished seeds) and ``<metric>_mean`` / ``<metric>_std`` (sample standard deviation,
+empty for one run), ``results.md`` shows ``mean ± std (n)`` and which row differences exceed the
+run-to-run spread (:func:`beyond_spread`), and ``results.png`` draws the means with std error bars.
 """
 
 from __future__ import annotations
@@ -19,7 +25,22 @@ from typing import Any
 from monai_uda.benchmark.recipes import ROWS, Prepared, Setting
 from monai_uda.files import atomic_write, write_text
 
-__all__ = ["COLUMNS", "TABLE", "commands", "format_cell", "header", "overlay", "read_results", "write_results"]
+__all__ = [
+    "COLUMNS",
+    "SEED_COLUMNS",
+    "SUMMARY_COLUMNS",
+    "TABLE",
+    "beyond_spread",
+    "commands",
+    "format_cell",
+    "header",
+    "overlay",
+    "read_results",
+    "run_key",
+    "spread_line",
+    "summarize",
+    "write_results",
+]
 
 COLUMNS = (
     "setting",
@@ -47,6 +68,14 @@ COLUMNS = (
 )
 """Columns of ``results.csv``, one line per row (``status`` is ``ok``, ``failed`` or ``timeout``)."""
 
+SEED_COLUMNS = (*COLUMNS[:2], "seed", *COLUMNS[2:])
+"""Columns of ``results.csv`` when rows ran with ``--seeds``: one line per (row, seed)."""
+
+SUMMARY_METRICS = COLUMNS[COLUMNS.index("aji") : COLUMNS.index("budget_minutes")]
+SUMMARY_COLUMNS = ("setting", "row", "bundle", "n", "seeds",
+                   *(f"{key}_{stat}" for key in SUMMARY_METRICS for stat in ("mean", "std")))
+"""Columns of ``results_summary.csv`` (written with ``--seeds``): one line per row over its finished seeds."""
+
 TABLE = (
     ("aji", "AJI"),
     ("aji_plus", "AJI+"),
@@ -68,13 +97,84 @@ def _write_atomic(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def run_key(row: str, seed: Any = None) -> str:
+    """A run's name: ``row`` (one run per row), or ``row/seed<k>`` with ``--seeds`` (its folder under ``runs/``)."""
+    return row if seed in (None, "") else f"{row}/seed{seed}"
+
+
 def read_results(out: str | Path) -> dict[str, dict[str, str]]:
-    """Records of ``out/results.csv`` by row name (empty when there is none yet)."""
+    """Records of ``out/results.csv`` by :func:`run_key` (empty when there is none yet)."""
     path = Path(out) / "results.csv"
     if not path.is_file():
         return {}
     with path.open(newline="", encoding="utf-8") as fh:
-        return {record["row"]: record for record in csv.DictReader(fh)}
+        return {run_key(record["row"], record.get("seed")): record for record in csv.DictReader(fh)}
+
+
+def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One summary per row (in table order) over its finished runs: ``n``, ``seeds`` and each metric's mean and std.
+
+    ``<metric>_std`` is the sample standard deviation (``ddof=1``), empty when fewer than two runs
+    finished; ``status`` is ``ok`` when any run finished, else the last run's; ``runs`` are the records
+    (those with a ``seed`` when the row has any).
+    """
+    import numpy as np
+
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for record in records:
+        groups.setdefault(str(record["row"]), []).append(record)
+    summaries = []
+    for row, runs in groups.items():
+        if any(r.get("seed", "") != "" for r in runs):  # a run from before --seeds (seed 0) is not counted twice
+            runs = [r for r in runs if r.get("seed", "") != ""]
+        done = [r for r in runs if r.get("status") == "ok"]
+        summary: dict[str, Any] = {
+            "setting": runs[0].get("setting", ""), "row": row, "bundle": runs[0].get("bundle", ""), "n": len(done),
+            "seeds": " ".join(str(r.get("seed", "")) for r in done).strip(),
+            "status": "ok" if done else runs[-1].get("status", ""), "runs": runs,
+        }
+        for key in SUMMARY_METRICS:
+            values = [float(r[key]) for r in done if r.get(key) not in ("", None)]
+            summary[f"{key}_mean"] = round(float(np.mean(values)), 4) if values else ""
+            summary[f"{key}_std"] = round(float(np.std(values, ddof=1)), 4) if len(values) > 1 else ""
+        summaries.append(summary)
+    return summaries
+
+
+def beyond_spread(a: Mapping[str, Any], b: Mapping[str, Any], key: str = "aji") -> bool | None:
+    """Whether two rows' means differ by more than their run-to-run spread: ``|mean_a - mean_b| > std_a + std_b``.
+
+    A rough rule for a few seeds, not a significance test: a difference smaller than the spread
+    is noise. ``None`` when either row has fewer than two finished runs (its spread is unknown).
+
+    Args:
+        a: a summary of :func:`summarize` (``n``, ``<key>_mean``, ``<key>_std``).
+        b: another one.
+        key: the metric.
+    """
+    if min(int(a["n"]), int(b["n"])) < 2:
+        return None
+    gap = abs(float(a[f"{key}_mean"]) - float(b[f"{key}_mean"]))
+    return gap > float(a[f"{key}_std"]) + float(b[f"{key}_std"])
+
+
+def spread_line(summaries: Sequence[Mapping[str, Any]], key: str = "aji", title: str = "AJI") -> str:
+    """One sentence for ``results.md``: which row differences in ``key`` exceed the spread (:func:`beyond_spread`)."""
+    from itertools import combinations
+
+    ranked = sorted((s for s in summaries if s["n"] and s[f"{key}_mean"] != ""),
+                    key=lambda s: -float(s[f"{key}_mean"]))
+    verdicts = [(a, b, beyond_spread(a, b, key)) for a, b in combinations(ranked, 2)]
+    known = [(a, b) for a, b, beyond in verdicts if beyond is not None]
+    if not known and all(s["n"] < 2 for s in summaries):
+        return (f"Each row is one run, so its spread is unknown: {title} differences smaller than the run-to-run "
+                "spread are noise (`--seeds 0,1,2` measures it).")
+    if not known:
+        return f"Fewer than two rows ran 2+ seeds: no {title} difference to compare with the spread."
+    larger = [f"{a['row']} > {b['row']}" for a, b, beyond in verdicts if beyond]
+    return (f"{title} differences larger than the run-to-run spread (|Δ mean| > std_a + std_b; rows with 2+ seeds, "
+            f"a rough rule, not a significance test): {', '.join(larger) or 'none'}. Every other pair of such rows "
+            f"({len(known) - len(larger)}) differs by less than its spread: noise.")
 
 
 def format_cell(record: Mapping[str, Any], key: str) -> str:
@@ -89,40 +189,60 @@ def format_cell(record: Mapping[str, Any], key: str) -> str:
     return f"{number:.3f}" if key in dict(CHART_METRICS) or key == "infer_megapixels_per_s" else f"{number:g}"
 
 
+def _summary_cell(summary: Mapping[str, Any], key: str) -> str:
+    """``mean ± std (n)`` when the row ran more than once, else its one value (as :func:`format_cell`)."""
+    mean = format_cell({key: summary.get(f"{key}_mean", summary.get(key, ""))}, key)
+    if key not in SUMMARY_METRICS or summary.get(f"{key}_std", "") == "":
+        return mean
+    std = float(summary[f"{key}_std"])
+    digits = ".3f" if key in dict(CHART_METRICS) or key == "infer_megapixels_per_s" else ".2g"  # as format_cell
+    return f"{mean} ± {std:{digits}} ({summary['n']})"
+
+
 def _markdown(records: Sequence[Mapping[str, Any]], header: Sequence[str]) -> str:
+    summaries = summarize(records)
     lines = list(header) + [
         "",
         "| row | " + " | ".join(title for _, title in TABLE) + " |",
         "|---" * (len(TABLE) + 1) + "|",
     ]
-    for record in records:
-        if record.get("status") == "ok":
-            cells = [format_cell(record, key) for key, _ in TABLE]
-        else:  # a failed or timed-out row: its status in the first column
-            cells = [str(record.get("status", ""))] + ["-"] * (len(TABLE) - 1)
-        lines.append(f"| {record['row']} | " + " | ".join(cells) + " |")
-    lines += ["", "Rows:"] + [
-        f"- `{r['row']}`: {ROWS[r['row']].description if r['row'] in ROWS else r.get('bundle', '')}" for r in records
+    for summary in summaries:
+        if summary["status"] == "ok":  # budget_minutes is not averaged: the last run's
+            cells = [_summary_cell({**summary["runs"][-1], **summary}, key) for key, _ in TABLE]
+        else:  # no run of the row finished: its status in the first column
+            cells = [str(summary["status"])] + ["-"] * (len(TABLE) - 1)
+        lines.append(f"| {summary['row']} | " + " | ".join(cells) + " |")
+    if any(r.get("seed", "") != "" for r in records):
+        lines += ["", "Per seed (AJI; every metric in `results.csv`, means and stds in `results_summary.csv`):"]
+        lines += [f"- `{s['row']}`: " + ", ".join(
+            f"seed {r.get('seed', '')} {format_cell(r, 'aji') if r.get('status') == 'ok' else r.get('status')}"
+            for r in s["runs"]) for s in summaries]
+    lines += ["", spread_line(summaries), "", "Rows:"] + [
+        f"- `{s['row']}`: {ROWS[s['row']].description if s['row'] in ROWS else s['bundle']}" for s in summaries
     ]
     return "\n".join(lines) + "\n"
 
 
-def _chart(records: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
+def _chart(summaries: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
+    """Bars of each row's mean score, std error bars where it ran more than once."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    done = [r for r in records if r.get("status") == "ok"]
+    done = [s for s in summaries if s["status"] == "ok"]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(done) + 2.0), 4.0))
     width = 0.8 / len(CHART_METRICS)
     x = np.arange(len(done))
     for k, (key, label) in enumerate(CHART_METRICS):
-        ax.bar(x + (k - (len(CHART_METRICS) - 1) / 2) * width, [float(r[key]) for r in done], width, label=label)
-    ax.set_xticks(x, [r["row"] for r in done], rotation=20, ha="right")
+        means = [float(s[f"{key}_mean"]) for s in done]
+        stds = [float(s[f"{key}_std"] or 0.0) for s in done]
+        offset = (k - (len(CHART_METRICS) - 1) / 2) * width
+        ax.bar(x + offset, means, width, yerr=stds if any(stds) else None, capsize=2, label=label)
+    ax.set_xticks(x, [s["row"] for s in done], rotation=20, ha="right")
     ax.set_ylim(0.0, 1.0)
-    ax.set_ylabel("score")
+    ax.set_ylabel("score (mean ± std over seeds)" if any(s["n"] > 1 for s in done) else "score")
     ax.set_title(title)
     ax.legend(ncol=len(CHART_METRICS), fontsize="small", loc="upper left")
     fig.tight_layout()
@@ -132,16 +252,26 @@ def _chart(records: Sequence[Mapping[str, Any]], path: Path, title: str) -> None
     _write_atomic(path, buffer.getvalue())
 
 
-def write_results(out: str | Path, records: Sequence[Mapping[str, Any]], header: Sequence[str] = ()) -> None:
-    """Write ``results.csv``, ``results.md`` and ``results.png`` of ``records`` to ``out`` (each atomically)."""
-    out = Path(out)
+def _csv(records: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> bytes:
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(records)
-    _write_atomic(out / "results.csv", text.getvalue().encode("utf-8"))
+    return text.getvalue().encode("utf-8")
+
+
+def write_results(out: str | Path, records: Sequence[Mapping[str, Any]], header: Sequence[str] = ()) -> None:
+    """Write ``results.csv``, ``results.md`` and ``results.png`` of ``records`` to ``out`` (each atomically).
+
+    Records with a ``seed`` (``--seeds``) add the ``seed`` column and ``results_summary.csv``.
+    """
+    out = Path(out)
+    seeded = any(r.get("seed", "") != "" for r in records)
+    _write_atomic(out / "results.csv", _csv(records, SEED_COLUMNS if seeded else COLUMNS))
+    if seeded:
+        _write_atomic(out / "results_summary.csv", _csv(summarize(records), SUMMARY_COLUMNS))
     _write_atomic(out / "results.md", _markdown(records, header).encode("utf-8"))
-    _chart(records, out / "results.png", header[0].lstrip("# ") if header else "benchmark")
+    _chart(summarize(records), out / "results.png", header[0].lstrip("# ") if header else "benchmark")
 
 
 def commands(out: Path, command: str | None) -> list[str]:
@@ -152,6 +282,12 @@ def commands(out: Path, command: str | None) -> list[str]:
         lines.append(command)
         write_text(path, "\n".join(lines) + "\n")
     return lines
+
+
+def _seeds(seed: Any) -> str:
+    if isinstance(seed, (list, tuple)):
+        return f"seeds {', '.join(map(str, seed))} (each row trained once per seed)"
+    return f"seed {seed}"
 
 
 def header(
@@ -172,11 +308,12 @@ def header(
         *[f"- {note}" for note in prepared.notes],
         f"- budget: {float(budget_minutes):g} min of training per row in the latest run, "
         "each row's own in `budget min` (wall clock; stopped by `monai_uda.engines.budget.TimeBudget`), "
-        f"budget preset {preset or 'paper'}, seed {seed}, same data and splits for every row",
+        f"budget preset {preset or 'paper'}, {_seeds(seed)}, same data and splits for every row",
         f"- machine: {os.cpu_count()} CPU cores, {sys.platform}; "
         "inference MP/s = evaluation megapixels / wall time of the "
         "inference run (model loading, sliding window, post-processing, writing)",
-        f"- overlays: `overlays/<row>.png` on evaluation image `{prepared.overlay_stem}` (`overlays/ground_truth.png`)",
+        f"- overlays: `overlays/{'<row>/seed<k>' if isinstance(seed, (list, tuple)) else '<row>'}.png` "
+        f"on evaluation image `{prepared.overlay_stem}` (`overlays/ground_truth.png`)",
     ] + [f"- command: `{line}`" for line in commands(out, command)]
 
 

@@ -53,6 +53,7 @@ from monai_uda.benchmark.report import (
     header,
     overlay,
     read_results,
+    run_key,
     write_results,
 )
 from monai_uda.errors import UDAInputError
@@ -167,8 +168,10 @@ def _link(source: str | Path, target: str | Path) -> None:
         shutil.copy2(source, target)
 
 
-def _take_shared_stage(row: Row, stage_signature: str, out: Path, train_dir: Path) -> dict[str, Any] | None:
-    """Hard-link the finished first stage of ``row.shared.row`` into ``train_dir`` (see :class:`SharedStage`).
+def _take_shared_stage(
+    row: Row, stage_signature: str, out: Path, train_dir: Path, seed: int | None = None
+) -> dict[str, Any] | None:
+    """Hard-link the finished first stage of the ``seed`` run of ``row.shared.row`` into ``train_dir``.
 
     Returns:
         ``{"seconds": ..., "iterations": ...}`` the stage cost the donor, or ``None`` (the row
@@ -178,7 +181,7 @@ def _take_shared_stage(row: Row, stage_signature: str, out: Path, train_dir: Pat
     stage = row.shared
     if stage is None:
         return None
-    donor_dir = out / "runs" / stage.row
+    donor_dir = out / "runs" / run_key(stage.row, seed)
     result = donor_dir / "result.json"
     donor = json.loads(result.read_text(encoding="utf-8")) if result.is_file() else {}
     sources = [donor_dir / "train" / path for path in stage.paths]
@@ -260,11 +263,13 @@ def _row_spec(
     max_iterations: int | None,
     overrides: Mapping[str, Any] | None,
     bundle_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    seed: int | None = None,
     start: tuple[Mapping[str, Any], str] = ({}, ""),
 ) -> tuple[dict[str, Any], str]:
     """The row's process spec (without its folders) and the signature that tells whether a finished row is the same.
 
-    ``start``: the overrides of the weights the row starts from and the signature of the row that trained them.
+    ``seed`` (one of ``--seeds``) replaces the bundle's ``seed`` (else 0 or a ``--seed`` override). ``start``: the
+    overrides of the weights the row starts from and the signature of the run that trained them.
     """
     cpu = CPU_OVERRIDES.get(row.bundle, {}) if preset == "cpu" and setting.spatial_dims == 2 else {}
     row_overrides = {"seed": 0, **cpu.get("overrides", {}), **mask_rcnn_backbone(row.bundle, preset),
@@ -273,6 +278,8 @@ def _row_spec(
                      **dict((bundle_overrides or {}).get(row.bundle, {}))}
     if max_iterations is not None:
         row_overrides["max_iterations"] = int(max_iterations)
+    if seed is not None:
+        row_overrides["seed"] = int(seed)
     spec = {
         "row": row.name, "setting": setting.name, "bundle": row.bundle, "spatial_dims": setting.spatial_dims,
         "preset_file": cpu.get("preset_file"), "overrides": row_overrides,
@@ -301,40 +308,44 @@ def _row_process(spec_path: Path, log: Path, timeout: float) -> str:
 
 
 def _run_one(
-    row: Row, spec: dict[str, Any], sig: str, out: Path, budget_minutes: float, row_timeout_minutes: float | None
+    row: Row, spec: dict[str, Any], sig: str, out: Path, budget_minutes: float, row_timeout_minutes: float | None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
-    """Run one row afresh (continuing from a donor's shared stage when there is one); returns its record."""
-    row_dir = out / "runs" / row.name
+    """Run one row (of one ``seed``) afresh, from a donor's shared stage if any, in ``runs/<run_key>``; its record."""
+    name = run_key(row.name, seed)
+    row_dir = out / "runs" / name
     shutil.rmtree(row_dir, ignore_errors=True)
     row_dir.mkdir(parents=True)
-    shared = _take_shared_stage(row, spec["stage_signature"], out, row_dir / "train")
+    shared = _take_shared_stage(row, spec["stage_signature"], out, row_dir / "train", seed)
     if shared is not None:
         spec["overrides"] = {**spec["overrides"], "resume": True}  # the bundle skips the finished stage
-    spec.update(row_dir=str(row_dir), overlay_path=str(out / "overlays" / f"{row.name}.png"),
+    spec.update(row_dir=str(row_dir), overlay_path=str(out / "overlays" / f"{name}.png"),
                 result_path=str(row_dir / "result.json"))
     write_text(row_dir / "spec.json", json.dumps(spec, indent=2))
-    log = out / "logs" / f"{row.name}.log"
+    log = out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     print(
-        f"[benchmark] {row.name}: training ({float(budget_minutes):g} min budget), inference, evaluation; log {log}",
+        f"[benchmark] {name}: training ({float(budget_minutes):g} min budget), inference, evaluation; log {log}",
         flush=True,
     )
     timeout = 60.0 * (float(row_timeout_minutes) if row_timeout_minutes else float(budget_minutes) + 60.0)
     status = _row_process(row_dir / "spec.json", log, timeout)
     record: dict[str, Any] = {"setting": spec["setting"], "row": row.name, "bundle": row.bundle, "status": status,
                               "budget_minutes": float(budget_minutes), "signature": sig}
+    if seed is not None:
+        record["seed"] = int(seed)
     if status == "ok":
         record.update(json.loads((row_dir / "result.json").read_text(encoding="utf-8")))
         if shared is not None:  # the row's cost includes the stage it took over
             record["train_seconds"] = round(float(record["train_seconds"]) + shared["seconds"], 1)
             record["iterations"] = int(record["iterations"]) + shared["iterations"]
         print(
-            f"[benchmark] {row.name}: " + ", ".join(f"{title} {format_cell(record, key)}" for key, title in TABLE),
+            f"[benchmark] {name}: " + ", ".join(f"{title} {format_cell(record, key)}" for key, title in TABLE),
             flush=True,
         )
     else:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
-        print(f"[benchmark] {row.name}: {status}: {tail[0]} (full log: {log})", flush=True)
+        print(f"[benchmark] {name}: {status}: {tail[0]} (full log: {log})", flush=True)
     return record
 
 
@@ -352,9 +363,10 @@ def run_benchmark(
     command: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     bundle_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    seeds: Sequence[int] | None = None,
     from_scratch: bool = False,
 ) -> dict[str, Any]:
-    """Run ``rows`` of ``setting`` and write the results to ``out`` after every row.
+    """Run ``rows`` of ``setting`` (once per seed of ``seeds``) and write the results to ``out`` after every run.
 
     Args:
         setting: a name of :data:`SETTINGS`, or any name together with ``datalist``.
@@ -372,11 +384,14 @@ def run_benchmark(
         overrides: further bundle config overrides for every row (e.g. ``{"device": "cuda"}``).
         bundle_overrides: config overrides for the rows of one bundle, last
             (e.g. ``{"ad_gan": {"preset": "auto"}}``).
+        seeds: train every row once per seed, in ``runs/<row>/seed<k>/`` (``logs/``, ``overlays/`` alike), one
+            ``results.csv`` line each (default: one run per row in ``runs/<row>/``, seed 0 or ``--seed``).
         from_scratch: the Mask R-CNN rows start from random weights instead of the detector of row
-            ``mask_rcnn_source_only`` (:class:`~monai_uda.benchmark.recipes.StartWeights`, run first when needed).
+            ``mask_rcnn_source_only`` of the same seed (:class:`~monai_uda.benchmark.recipes.StartWeights`, run
+            first when needed).
 
     Returns:
-        ``{"results": [record, ...], "ran": [...], "skipped": [...], "failed": [...]}``.
+        ``{"results": [record, ...], "ran": [...], "skipped": [...], "failed": [...]}`` (runs by ``run_key``).
     """
     chosen = _choose_setting(setting, datalist, spatial_dims, budget_minutes)
     names = with_start_rows(_parse_rows(rows, chosen), from_scratch)
@@ -384,19 +399,21 @@ def run_benchmark(
     prepared = prepare_setting(chosen, out, Path(data_root) if data_root else shared_data_dir())
     ground_truth_overlay(prepared, out)
     records = read_results(out)
-    lines = header(chosen, prepared, budget_minutes, preset, dict(overrides or {}).get("seed", 0), out, command)
+    seed_text = list(seeds) if seeds is not None else dict(overrides or {}).get("seed", 0)
+    lines = header(chosen, prepared, budget_minutes, preset, seed_text, out, command)
     summary: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": []}
-    for name in names:
-        row = ROWS[name]
-        donor = records.get(row.start.row, {}) if row.start else {}
-        start = start_overrides(row, out, from_scratch)
+    for row, seed in [(ROWS[n], k) for n in names for k in (seeds if seeds is not None else [None])]:
+        name = run_key(row.name, seed)
+        donor_key = run_key(row.start.row, seed) if row.start else ""
+        donor = records.get(donor_key, {})
+        start = start_overrides(row, out, from_scratch, donor_key)
         spec, sig = _row_spec(row, chosen, prepared, preset, budget_minutes, max_iterations, overrides,
-                              bundle_overrides, (start, str(donor.get("signature", ""))))
+                              bundle_overrides, seed, (start, str(donor.get("signature", ""))))
         if records.get(name, {}).get("status") == "ok" and records[name].get("signature") == sig:
             print(f"[benchmark] {name}: finished before with the same configuration, skipped", flush=True)
             summary["skipped"].append(name)
             continue
-        record = _run_one(row, spec, sig, out, budget_minutes, row_timeout_minutes)
+        record = _run_one(row, spec, sig, out, budget_minutes, row_timeout_minutes, seed)
         if start and record["status"] == "ok" and donor.get("status") == "ok":  # the start's cost counts too
             record["train_seconds"] = round(float(record["train_seconds"]) + float(donor["train_seconds"]), 1)
             record["iterations"] = int(record["iterations"]) + int(donor["iterations"])

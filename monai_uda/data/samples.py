@@ -39,6 +39,7 @@ __all__ = [
     "Sample",
     "samples_origin",
     "load_sample",
+    "dataset_or_sample",
     "make_sample_dataset",
     "render_fluorescence",
     "render_he_like",
@@ -317,6 +318,17 @@ def make_sample_dataset(out_dir: str | Path, spatial_dims: int = 2, seed: int = 
     write_text(folder / "README.txt", "\n".join(readme))
     logger.info("sample dataset (%dD, origin %s) written to %s", spatial_dims, used, folder)
     return write_datalist(folder, datalist)
+
+
+def dataset_or_sample(dataset_dir: str | Path | None, output_dir: str | Path, spatial_dims: int = 2) -> str | Path:
+    """The training's dataset: ``dataset_dir``, or without one the built-in sample written into the run.
+
+    The bundles' ``train.yaml`` default (``--dataset_dir`` unset) trains on the sample, written to
+    ``<output_dir>/sample_data`` so that the run folder holds everything it trained on.
+    """
+    if dataset_dir is not None:
+        return dataset_dir
+    return make_sample_dataset(Path(output_dir) / "sample_data", spatial_dims)
 
 
 def sample_dataset_dir(spatial_dims: int = 2) -> Path:

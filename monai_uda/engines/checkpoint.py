@@ -178,19 +178,46 @@ class FinalModelSaver:
     """At the end of training, write the method's networks to ``<output_dir>/model.pt``.
 
     The file maps each network name (``segmenter``, ``reconstructor``, ...) to its
-    ``state_dict``: what ``inference.yaml`` loads with ``ckpt_key``. Only rank 0 writes.
+    ``state_dict``: what ``inference.yaml`` loads with ``ckpt_key``. With ``source_data`` it also
+    records the typical nucleus diameter of the source labels the networks were trained on (a
+    float under ``"source_diameter"``, read with ``torch.load(weights_only=True)``): inference
+    scales its instance split by the target's diameter relative to it. Only rank 0 writes.
+
+    Args:
+        output_dir: folder of the file.
+        filename: its name.
+        source_data: the training dataset, whose ``source`` items hold ``"label"`` maps (e.g.
+            :class:`~monai_uda.data.dataset.UnpairedDataset`); ``None``: nothing recorded.
+        source_samples: source items drawn, evenly spaced, for the estimate.
     """
 
-    def __init__(self, output_dir: str | Path, filename: str = "model.pt") -> None:
+    def __init__(
+        self, output_dir: str | Path, filename: str = "model.pt", source_data: Any = None, source_samples: int = 16
+    ) -> None:
         self.path = Path(output_dir) / filename
+        self.source_data = source_data
+        self.source_samples = source_samples
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
+
+    def source_diameter(self) -> float | None:
+        """Typical diameter of the source labels (as the training transforms give them), ``None`` without data."""
+        from monai_uda.inference.postprocess import typical_diameter  # inference is not needed to train otherwise
+
+        source = getattr(self.source_data, "source", None)
+        if source is None or not len(source):
+            return None
+        picks = sorted({round(i) for i in torch.linspace(0, len(source) - 1, self.source_samples).tolist()})
+        return typical_diameter(torch.as_tensor(source[i]["label"])[0].numpy() > 0 for i in picks)
 
     def __call__(self, engine: Engine) -> None:
         if not is_main_process():
             return
         method = engine.method
-        state = {name: module.state_dict() for name, module in method.networks().items()}
+        state: dict[str, Any] = {name: module.state_dict() for name, module in method.networks().items()}
+        diameter = self.source_diameter()
+        if diameter is not None:
+            state["source_diameter"] = diameter
         save_atomic(state, self.path)
         engine.logger.info(f"saved final networks to {self.path}")

@@ -54,6 +54,7 @@ def training_outputs(
     last_stage: Any = True,
     main_process: Any = True,
     atomic: Any = True,
+    source_data: Any = None,
 ) -> list[Any]:
     """The output handlers of one training stage, in the order they attach.
 
@@ -70,6 +71,8 @@ def training_outputs(
         main_process: ``False`` on the other ranks of a multi-GPU run: no checkpoints, logs or bar
             there (the final model writes itself on rank 0 only).
         atomic: write checkpoints to a temporary file first (:class:`AtomicCheckpointSaver`).
+        source_data: the training dataset; the final model records its source labels' typical nucleus
+            diameter (:class:`FinalModelSaver`), the reference of inference's ``diameter`` option.
     """
     main = flag(main_process)
     handlers: list[Any] = []
@@ -77,7 +80,7 @@ def training_outputs(
         saver = AtomicCheckpointSaver if flag(atomic) else CheckpointSaver
         handlers.append(saver(save_dir=output_dir, save_dict=checkpoint_objects(trainer), save_interval=ckpt_interval,
                               epoch_level=False, n_saved=n_saved))
-    handlers.append(FinalModelSaver(output_dir=output_dir if model_dir is None else model_dir))
+    handlers.append(FinalModelSaver(output_dir=output_dir if model_dir is None else model_dir, source_data=source_data))
     if main:
         handlers += [
             StatsHandler(tag_name=tag, iteration_log=_Every(log_interval), output_transform=_identity),

@@ -14,9 +14,15 @@ from __future__ import annotations
 
 from monai_uda.inference.detection import FolderDetector
 from monai_uda.inference.folder import check_outputs
-from monai_uda.inference.network import to_probabilities
+from monai_uda.inference.network import recorded_diameter, to_probabilities
 from monai_uda.inference.overlay import overlay_instances, save_overlay
-from monai_uda.inference.postprocess import binary_to_instances, relabel_sequential, remove_small, ternary_to_instances
+from monai_uda.inference.postprocess import (
+    binary_to_instances,
+    relabel_sequential,
+    remove_small,
+    ternary_to_instances,
+    typical_diameter,
+)
 from monai_uda.inference.segment import FolderSegmenter
 from monai_uda.inference.synthesis import FolderSynthesizer, label_to_mask_domain
 from monai_uda.inference.volume import VolumeSegmenter
@@ -34,9 +40,11 @@ __all__ = [
     "check_outputs",
     "label_to_mask_domain",
     "overlay_instances",
+    "recorded_diameter",
     "relabel_sequential",
     "remove_small",
     "save_overlay",
     "ternary_to_instances",
     "to_probabilities",
+    "typical_diameter",
 ]

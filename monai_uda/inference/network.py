@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,10 +20,19 @@ from monai.inferers import SlidingWindowInferer
 
 from monai_uda import flag
 from monai_uda.errors import UDAInputError
-from monai_uda.inference.postprocess import binary_to_instances, ternary_to_instances
+from monai_uda.inference.postprocess import DIAMETER_KEY, binary_to_instances, ternary_to_instances
 from monai_uda.networks.weights import load_network_weights
 
-__all__ = ["ACTIVATIONS", "POSTPROCESSES", "SegmentationNetwork", "prepare_network", "to_probabilities", "window_size"]
+__all__ = [
+    "ACTIVATIONS",
+    "POSTPROCESSES",
+    "SegmentationNetwork",
+    "parse_diameter",
+    "prepare_network",
+    "recorded_diameter",
+    "to_probabilities",
+    "window_size",
+]
 
 ACTIVATIONS = ("sigmoid", "softmax", "tanh", "none")
 POSTPROCESSES = ("binary", "ternary")
@@ -72,6 +82,46 @@ def prepare_network(
     return network
 
 
+def parse_diameter(value: Any, key: str = "diameter") -> float | str | None:
+    """A nucleus diameter option: ``"auto"``, ``None`` (also ``"none"``/``"null"``) or a positive number of pixels.
+
+    Raises:
+        UDAInputError: anything else, naming ``key``.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+        return None
+    if isinstance(value, str) and value.strip().lower() == "auto" and key == "diameter":
+        return "auto"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not number > 0 or number == float("inf"):
+        auto = "'auto', " if key == "diameter" else ""
+        raise UDAInputError(f"{key} must be {auto}null or a positive number of pixels, got {value!r}")
+    return number
+
+
+def recorded_diameter(ckpt_path: str | Path | None) -> float | None:
+    """The source's typical nucleus diameter recorded in a ``model.pt`` (``None``: no file, or trained before it was).
+
+    Read with ``torch.load(weights_only=True)``; the file is memory-mapped when it can be, so the
+    networks' tensors are not read a second time. A file without the record (``model_best.pt``)
+    takes that of the ``model.pt`` beside it: the same training run, the same source.
+    """
+    if ckpt_path is None or not Path(ckpt_path).is_file():
+        return None
+    try:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    value = state.get(DIAMETER_KEY) if isinstance(state, dict) else None
+    final = Path(ckpt_path).parent / "model.pt"
+    if value is None and Path(ckpt_path).name != final.name:
+        return recorded_diameter(final)
+    return None if value is None else float(value)
+
+
 class SegmentationNetwork:
     """A segmentation network ready for inference, and how its output becomes classes and instances.
 
@@ -91,6 +141,12 @@ class SegmentationNetwork:
         postprocess: ``"binary"`` (foreground = channel 0, or 1 - background for softmax) or
             ``"ternary"`` (channels ``[background, edge, interior]``).
         min_size: smallest nucleus kept, in pixels/voxels.
+        diameter: typical nucleus diameter of the images in pixels, ``"auto"`` (estimated per image
+            from the predicted foreground) or ``None``; with ``reference_diameter`` the binary
+            route's split scales with their ratio
+            (:func:`~monai_uda.inference.postprocess.binary_to_instances`).
+        reference_diameter: the source's typical diameter, recorded in ``model.pt`` by training
+            (:func:`recorded_diameter`); ``None`` (older checkpoints): the split is not scaled.
         amp: run the network under ``torch.autocast``.
         padding_mode: how windows beyond the image border are padded (``torch.nn.functional.pad`` mode).
     """
@@ -110,6 +166,8 @@ class SegmentationNetwork:
         threshold: float = 0.5,
         postprocess: str = "binary",
         min_size: int = 10,
+        diameter: float | str | None = "auto",
+        reference_diameter: float | None = None,
         amp: bool = False,
         padding_mode: str = "constant",
     ) -> None:
@@ -127,6 +185,10 @@ class SegmentationNetwork:
         self.threshold = threshold
         self.postprocess = postprocess
         self.min_size = min_size
+        self.split = {
+            "diameter": parse_diameter(diameter),
+            "reference_diameter": parse_diameter(reference_diameter, "reference_diameter"),
+        }
         self.amp = flag(amp)
         self.network_seconds = 0.0  # time in the network's forward passes of the window batches
 
@@ -156,7 +218,7 @@ class SegmentationNetwork:
         if self.postprocess == "ternary":
             return ternary_to_instances(probs, min_size=self.min_size)
         foreground = 1.0 - probs[0] if self.output_activation == "softmax" else probs[0]
-        return binary_to_instances(foreground, threshold=self.threshold, min_size=self.min_size)
+        return binary_to_instances(foreground, threshold=self.threshold, min_size=self.min_size, **self.split)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """The network on a batch of windows (no blending), as float32 on the CPU; timed in ``network_seconds``."""
@@ -188,7 +250,7 @@ class SegmentationNetwork:
 
     def to_instances(self, classes: np.ndarray) -> np.ndarray:
         """Class-map crop (``uint8``, 0 = background) -> instance ids, by the same post-processing as
-        :meth:`instances`."""
+        :meth:`instances` (``diameter: auto`` is estimated on the crop: a group of whole nuclei)."""
         if self.postprocess == "ternary":
             return ternary_to_instances(classes, min_size=self.min_size)
-        return binary_to_instances(classes > 0, min_size=self.min_size)
+        return binary_to_instances(classes > 0, min_size=self.min_size, **self.split)

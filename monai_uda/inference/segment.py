@@ -76,7 +76,8 @@ class FolderSegmenter:
             the network saw it (after channel policy and ``invert``).
         network_kwargs: ``roi_size``, ``sw_batch_size``, ``overlap``, ``mode``, ``device``,
             ``ckpt_path``, ``ckpt_key``, ``output_activation``, ``threshold``, ``postprocess``,
-            ``min_size``, ``amp``, ``padding_mode``: see :class:`~monai_uda.inference.network.SegmentationNetwork`.
+            ``min_size``, ``diameter``, ``reference_diameter``, ``amp``, ``padding_mode``: see
+            :class:`~monai_uda.inference.network.SegmentationNetwork`.
     """
 
     def __init__(

@@ -11,7 +11,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from monai.transforms import Compose, EnsureTyped, RandFlipd, RandRotate90d, RandSpatialCropd, SpatialPadd
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    RandFlipd,
+    RandRotate90d,
+    RandSpatialCropd,
+    SpatialPadd,
+    SqueezeDimd,
+)
 
 from monai_uda import flag
 from monai_uda.errors import UDAInputError
@@ -120,6 +128,28 @@ def train_transforms(
         label_type = EnsureTyped(label_key, dtype=torch.int32, track_meta=False, allow_missing_keys=allow_missing_label)
         chain.append(label_type)
     return Compose(chain)
+
+
+def slice_train_transforms(
+    patch_size: Sequence[int],
+    channels: int,
+    invert: Any = False,
+    label_key: str | None = "label",
+    augment: Any = True,
+) -> Compose:
+    """Training chain of 2D networks on 3D volumes: one random ``patch_size`` slice per item.
+
+    :func:`train_transforms` crops a ``1 x H x W`` patch from the volume (one slice along the first
+    spatial axis) and the singleton axis is squeezed, so a 2D network (the Mask R-CNN detectors)
+    trains on slices and its inference on volumes detects slice by slice.
+
+    Args:
+        patch_size: the 2D patch ``(H, W)``.
+        channels, invert, label_key, augment: as in :func:`train_transforms`.
+    """
+    chain = train_transforms(3, [1, *patch_size], channels, invert=invert, label_key=label_key, augment=augment)
+    keys = ["image"] if label_key is None else ["image", label_key]
+    return Compose([*chain.flatten().transforms, SqueezeDimd(keys, dim=1)])
 
 
 def inference_transforms(

@@ -44,7 +44,8 @@ def test_training_command_line_then_inference_and_evaluate(sample_2d, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = torch.load(out / "model.pt", weights_only=True)
-    assert set(model) == {"generator", "discriminator"}
+    assert set(model) == {"generator", "discriminator", "source_diameter"}
+    assert model["source_diameter"] > 0  # of the synthetic masks the generator learnt to draw
 
     images, labels = export_split(sample_2d / "datalist.json", "test", tmp_path / "test")
     pred = tmp_path / "pred"

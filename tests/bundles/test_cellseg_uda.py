@@ -46,7 +46,8 @@ def test_training_command_line_then_inference_and_evaluate(sample_2d, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = torch.load(out / "model.pt", weights_only=True)
-    assert set(model) == {"segmenter", "reconstructor", "discriminator"}
+    assert set(model) == {"segmenter", "reconstructor", "discriminator", "source_diameter"}
+    assert model["source_diameter"] > 0  # the source labels' typical nucleus diameter, inference's reference
 
     images, labels = export_split(sample_2d / "datalist.json", "test", tmp_path / "test")
     pred = tmp_path / "pred"
@@ -87,7 +88,7 @@ def test_paper_table_rows_train(sample_2d, tmp_path, mode):
     expected = {
         "source_only": {"segmenter"}, "target_only": {"segmenter"}, "no_recons": {"segmenter", "discriminator"},
     }[mode]
-    assert set(model) == expected
+    assert set(model) - {"source_diameter"} == expected
 
 
 def _parser(**overrides) -> ConfigParser:
@@ -120,7 +121,7 @@ def test_ssda_on_a_partly_labelled_target_split(sample_2d, tmp_path, batch_size,
     trainer = parser.get_parsed_content("trainer")
     assert trainer.state.iteration == 2 and 0.0 <= trainer.state.output["seg_target"] <= 1.0
     model = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
-    assert set(model) == {"segmenter", "reconstructor", "discriminator"}
+    assert set(model) == {"segmenter", "reconstructor", "discriminator", "source_diameter"}
 
 
 def test_ssda_without_any_labelled_target_item_is_refused(sample_2d, tmp_path):
