@@ -11,7 +11,7 @@ import pytest
 from ignite.engine import Engine
 
 from monai_uda import benchmark
-from monai_uda.benchmark import recipes, report
+from monai_uda.benchmark import report, settings
 from monai_uda.benchmark.presets import BENCHMARK_PRESETS, build_for_benchmark
 from monai_uda.benchmark.recipes import ROWS, Row
 from monai_uda.data.io import read_array
@@ -89,7 +89,7 @@ def test_help_runs_nothing_and_bad_arguments_are_one_line_errors(tmp_path, capsy
 def test_rows_results_kept_after_failure_and_skipped_on_rerun(tmp_path, sample_2d, monkeypatch):
     # a row whose process fails: an invalid CellSegUDA mode
     monkeypatch.setitem(ROWS, "broken", Row("broken", "cellseg_uda", "fails on purpose", {"mode": "no_such_mode"}))
-    monkeypatch.setattr(recipes, "CELLSEG_UNSUPERVISED", recipes.CELLSEG_UNSUPERVISED + ("broken",))
+    monkeypatch.setattr(settings, "CELLSEG_UNSUPERVISED", settings.CELLSEG_UNSUPERVISED + ("broken",))
     out, datalist = tmp_path / "bench", str(sample_2d / "datalist.json")
     # 3 s budget and no iteration cap: the time budget must stop training
     summary = benchmark.run_benchmark("mini", "source_only,broken", 0.05, out, datalist=datalist, overrides=TINY)
@@ -241,8 +241,8 @@ def test_budget_preset_and_ad_gan_preset_options(tmp_path):
     # the mask preset reaches the AD-GAN rows only, after the setting's own (synthetic->dsb2018_fluo: dsb2018_fluo)
     from monai_uda.benchmark.runner import _row_spec
 
-    setting = recipes.SETTINGS["synthetic->dsb2018_fluo"]
-    prepared = recipes.Prepared(tmp_path / "d.json", tmp_path, tmp_path, "x", [])
+    setting = settings.SETTINGS["synthetic->dsb2018_fluo"]
+    prepared = settings.Prepared(tmp_path / "d.json", tmp_path, tmp_path, "x", [])
     choice = {"ad_gan": {"preset": "auto"}}
     ad_gan = _row_spec(ROWS["ad_gan"], setting, prepared, "cpu", 1.0, None, None, choice)[0]["overrides"]
     target = _row_spec(ROWS["target_only"], setting, prepared, "cpu", 1.0, None, None, choice)[0]["overrides"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from monai_uda import benchmark
-from monai_uda.benchmark import recipes, runner
+from monai_uda.benchmark import runner, settings
 from monai_uda.benchmark.recipes import MASK_RCNN_SOURCE_ONLY, ROWS, with_start_rows
 from monai_uda.benchmark.splits import nuclei_intensity, split_by_intensity
 from monai_uda.data.io import write_array
@@ -63,11 +63,11 @@ def test_intensity_split_is_deterministic_disjoint_and_separates_dim_from_bright
 
 
 def test_close_domain_setting_is_registered_with_the_source_only_detector():
-    setting = recipes.SETTINGS["dsb2018_dim->dsb2018_bright"]
+    setting = settings.SETTINGS["dsb2018_dim->dsb2018_bright"]
     assert {"source_only", "cellseg_uda", "target_only", MASK_RCNN_SOURCE_ONLY, "cyc_pdam", "darcnn"} <= set(
         setting.rows
     )
-    assert MASK_RCNN_SOURCE_ONLY in recipes.SETTINGS["dsb2018_fluo->monuseg"].rows
+    assert MASK_RCNN_SOURCE_ONLY in settings.SETTINGS["dsb2018_fluo->monuseg"].rows
 
 
 def test_start_rows_go_first_once_and_not_from_scratch():
@@ -101,8 +101,8 @@ def test_mask_rcnn_rows_start_from_the_shared_source_only_detector(tmp_path, sam
     monkeypatch.setattr(runner, "_run_one", _fake_run(specs))
     datalist = str(sample_2d / "datalist.json")
     rows = (MASK_RCNN_SOURCE_ONLY, "cyc_pdam", "darcnn_stage1")
-    prepare = recipes.datalist_setting("user", datalist).prepare  # the sample's test split, exported
-    monkeypatch.setitem(recipes.SETTINGS, "mini_rows", recipes.Setting("mini_rows", "sample", rows, prepare))
+    prepare = settings.datalist_setting("user", datalist).prepare  # the sample's test split, exported
+    monkeypatch.setitem(settings.SETTINGS, "mini_rows", settings.Setting("mini_rows", "sample", rows, prepare))
     out = tmp_path / "bench"
     summary = benchmark.run_benchmark("mini_rows", "cyc_pdam,darcnn_stage1", 1, out, preset=preset)
     assert summary["ran"] == [MASK_RCNN_SOURCE_ONLY, "cyc_pdam", "darcnn_stage1"]

@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_uda.benchmark.recipes import ROWS, Prepared, Setting
+from monai_uda.benchmark.recipes import ROWS
+from monai_uda.benchmark.settings import Prepared, Setting
 from monai_uda.files import atomic_write, write_text
 
 __all__ = [

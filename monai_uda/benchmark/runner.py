@@ -1,7 +1,7 @@
 """How ``monai-uda benchmark`` runs its rows: each in a fresh process, skipped when done, retried when failed.
 
 For each row (:data:`~monai_uda.benchmark.recipes.ROWS`) of a setting
-(:data:`~monai_uda.benchmark.recipes.SETTINGS`) :func:`run_benchmark` starts
+(:data:`~monai_uda.benchmark.settings.SETTINGS`) :func:`run_benchmark` starts
 ``python -m monai_uda.benchmark <spec.json>``; that process (:func:`run_row`) trains through the
 bundle's ``train.yaml`` (+ preset/3D overrides + the row's switches) with the benchmark's
 ``configs/time_budget*.yaml`` merged in, which stops training when the budget is spent; it then
@@ -34,14 +34,8 @@ from monai_uda import word_to_bool
 from monai_uda.benchmark.recipes import (
     CPU_OVERRIDES,
     ROWS,
-    SETTINGS,
-    Prepared,
     Row,
-    Setting,
-    datalist_setting,
     mask_rcnn_backbone,
-    prepare_setting,
-    shared_data_dir,
     signature,
     start_overrides,
     with_start_rows,
@@ -56,6 +50,7 @@ from monai_uda.benchmark.report import (
     run_key,
     write_results,
 )
+from monai_uda.benchmark.settings import SETTINGS, Prepared, Setting, datalist_setting, prepare_setting, shared_data_dir
 from monai_uda.errors import UDAInputError
 from monai_uda.files import output_target, write_text
 
