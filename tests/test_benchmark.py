@@ -182,7 +182,7 @@ def test_results_md_lists_the_command_of_every_run_into_the_same_out(tmp_path):
 
 
 def test_time_budget_configs_ship_with_the_benchmark():
-    from monai_uda.benchmark.runner import CONFIGS
+    from monai_uda.benchmark.row import CONFIGS
 
     assert {row.budget_config for row in ROWS.values()} == {p.name for p in CONFIGS.glob("time_budget*.yaml")}
 

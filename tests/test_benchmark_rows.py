@@ -172,7 +172,7 @@ def test_source_only_detector_loads_as_the_start_of_both_methods(tmp_path, tiny_
 def test_source_only_config_trains_the_plain_detector_on_the_source_images(sample_2d, tmp_path):
     from monai.bundle import ConfigParser
 
-    from monai_uda.benchmark.runner import CONFIGS
+    from monai_uda.benchmark.row import CONFIGS
     from monai_uda.bundle_runner import config_files
     from monai_uda.data.datalist import get_split, load_datalist
     from monai_uda.engines.budget import TimeBudget

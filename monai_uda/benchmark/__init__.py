@@ -34,7 +34,8 @@ from typing import Any
 
 from monai_uda import flag
 from monai_uda.benchmark.report import COLUMNS, read_results, write_results
-from monai_uda.benchmark.runner import run_benchmark, run_row
+from monai_uda.benchmark.row import run_row
+from monai_uda.benchmark.runner import run_benchmark
 from monai_uda.benchmark.settings import describe
 from monai_uda.data.mask_statistics import check_preset_name
 from monai_uda.errors import UDAInputError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from monai_uda.benchmark.runner import run_spec_file
+from monai_uda.benchmark.row import run_spec_file
 
 if __name__ == "__main__":
     run_spec_file(sys.argv[1])
