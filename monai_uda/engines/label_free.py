@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from ignite import distributed as idist
 from ignite.engine import Engine, Events
-from monai.inferers import Inferer, SlidingWindowInferer
+from monai.inferers import Inferer
 from monai.networks import eval_mode
 from monai.utils import convert_to_tensor
 from scipy import stats
@@ -44,7 +44,6 @@ from monai_uda.engines.checkpoint import save_atomic
 from monai_uda.engines.validation import BestModelSaver, validation_items
 from monai_uda.errors import UDAInputError
 from monai_uda.files import write_json
-from monai_uda.transforms import inference_transforms
 
 __all__ = [
     "SCORES", "LabelFreeSelection", "augmentation_views", "binary_entropy", "foreground_probability",
@@ -186,10 +185,10 @@ class LabelFreeSelection:
         save_dict: the networks ``model_best.pt`` holds (as ``model.pt`` does).
         output_dir: where ``selection.json``, ``model_best.pt`` and ``scored/`` go.
         device: the training's device.
-        spatial_dims: 2 or 3. channels: the network's input channels.
-        roi_size: the sliding window (the training patch), for the default inferer.
-        invert: invert the images as the target domain is inverted at inference (a bool or a word).
-        value_range: the intensity range the network was trained on.
+        transform: reads a target image as inference does (:func:`monai_uda.transforms.inference_transforms`
+            with the target domain's inversion and the training's intensity range).
+        inferer: how the network sees a whole image, e.g. a Gaussian-blended sliding window over the
+            training patch as ``inference.yaml`` declares it.
         interval: iterations between scorings.
         enabled: false turns selection off (a bool or a word).
         score: the criterion, one of :data:`SCORES`.
@@ -198,11 +197,9 @@ class LabelFreeSelection:
         keep_scored_models: also write the networks of every scoring (a bool or a word).
         resume: the training resumes: earlier scorings of ``selection.json`` are kept and the best of
             them must be beaten to replace ``model_best.pt``.
-        sw_batch_size: windows per forward pass. overlap: window overlap.
         main_process: ``False`` on the other ranks of a multi-GPU run: they score their share of the
             images but neither log nor write.
         distributed: each rank scores its share of the images; the mean is taken over all of them.
-        inferer: how the network sees a whole image; default: a Gaussian-blended sliding window.
 
     Raises:
         UDAInputError: an unknown ``score`` or ``foreground_score``, or ``images`` below 1.
@@ -215,11 +212,8 @@ class LabelFreeSelection:
         save_dict: Mapping[str, nn.Module],
         output_dir: str,
         device: torch.device | str,
-        spatial_dims: int,
-        channels: int,
-        roi_size: Sequence[int] | None = None,
-        invert: Any = False,
-        value_range: Sequence[float] = (0.0, 1.0),
+        transform: Callable[[dict[str, Any]], dict[str, Any]],
+        inferer: Inferer,
         interval: int = 500,
         enabled: Any = True,
         score: str = "agreement",
@@ -227,11 +221,8 @@ class LabelFreeSelection:
         foreground_score: str = "logit",
         keep_scored_models: Any = False,
         resume: Any = False,
-        sw_batch_size: int = 4,
-        overlap: float = 0.25,
         main_process: Any = True,
         distributed: Any = False,
-        inferer: Inferer | None = None,
     ) -> None:
         _check_choice("selection_score", score, SCORES)
         _check_choice("foreground_score", foreground_score, FOREGROUND_SCORES)
@@ -241,10 +232,8 @@ class LabelFreeSelection:
         self.items = selection_items(datalist, images) if self.enabled else []
         if flag(distributed):
             self.items = self.items[idist.get_rank()::idist.get_world_size()]
-        self.transform = inference_transforms(spatial_dims, channels, invert, value_range)
+        self.transform, self.inferer = transform, inferer
         self.network, self.device, self.score, self.kind = network, torch.device(device), score, foreground_score
-        self.inferer = inferer or SlidingWindowInferer(roi_size, sw_batch_size=sw_batch_size, overlap=overlap,
-                                                       mode="gaussian")
         self.interval, self.keep, self.resume = int(interval), flag(keep_scored_models), flag(resume)
         self.main_process, self.distributed = flag(main_process), flag(distributed)
         self.output_dir = Path(output_dir)

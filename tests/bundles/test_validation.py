@@ -58,7 +58,7 @@ def test_validation_or_label_free_selection_leaves_training_unchanged(sample_2d,
 
     # without a validation list: label-free selection on the target images, the best kept the same way
     selected = _train(bundle, without, tmp_path / "without", selection_images=2,
-                      **{"selection_handler#roi_size": [128, 128]})  # fewer windows: a faster test
+                      **{"selection_handler#inferer#roi_size": [128, 128]})  # fewer windows: a faster test
     unused = selected.get_parsed_content("val_handler")
     assert unused.items == [] and not unused.evaluator.state.metrics
     scores = json.loads((tmp_path / "without" / "selection.json").read_text())

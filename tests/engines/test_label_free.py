@@ -25,6 +25,9 @@ from monai_uda.engines.label_free import (
     soft_dice,
 )
 from monai_uda.errors import UDAInputError
+from monai_uda.transforms import inference_transforms
+
+READ, WINDOW = inference_transforms(2, 3), SlidingWindowInferer((16, 16), mode="gaussian")  # 2D RGB, whole images
 
 
 def test_rank_correlation_hand_cases():
@@ -124,7 +127,7 @@ def _run(datalist, out: Path, iterations: int = 4, **kwargs) -> tuple[LabelFreeS
             net[2].bias.fill_([0.0, 4.0, -4.0, 1.0][(engine.state.iteration - 1) % 4])
 
     engine = Engine(step)
-    handler = LabelFreeSelection(datalist, net, {"segmenter": net}, str(out), "cpu", 2, 3, roi_size=(16, 16),
+    handler = LabelFreeSelection(datalist, net, {"segmenter": net}, str(out), "cpu", READ, WINDOW,
                                  interval=2, **kwargs)
     handler.attach(engine)
     engine.run(range(iterations), max_epochs=1)
@@ -175,7 +178,7 @@ def test_selection_resume_keeps_earlier_scores(datalist, tmp_path):
     earlier, best_file = _scores(out), (out / "model_best.pt").read_bytes()
     net = Pointwise(-3.0)  # p = sigmoid(-3) everywhere agrees with itself at soft Dice p: worse than before
     for resume, expected in (("true", [*earlier, 6]), ("false", [6])):
-        handler = LabelFreeSelection(datalist, net, {"segmenter": net}, str(out), "cpu", 2, 3, roi_size=(16, 16),
+        handler = LabelFreeSelection(datalist, net, {"segmenter": net}, str(out), "cpu", READ, WINDOW,
                                      resume=resume)
         engine = Engine(lambda e, b: None)
         engine.state.iteration = 6
@@ -194,6 +197,6 @@ def test_selection_items_and_bad_options(datalist):
     assert [i["image"] for i in selection_items(five, 3)] == ["t0.png", "t2.png", "t4.png"]
     assert len(selection_items(five, 10)) == 5
     with pytest.raises(UDAInputError, match="selection_score must be one of agreement, entropy"):
-        LabelFreeSelection(datalist, _net(), {}, "out", "cpu", 2, 3, score="dice")
+        LabelFreeSelection(datalist, _net(), {}, "out", "cpu", READ, WINDOW, score="dice")
     with pytest.raises(UDAInputError, match="selection_images"):
-        LabelFreeSelection(datalist, _net(), {}, "out", "cpu", 2, 3, images=0)
+        LabelFreeSelection(datalist, _net(), {}, "out", "cpu", READ, WINDOW, images=0)

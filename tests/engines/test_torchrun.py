@@ -26,7 +26,7 @@ TINY = {
         "gen_widths": [4, 8, 8], "num_res_blocks": 1, "mlp_channels": 8, "disc_widths": [4, 8], "patch": [32, 32],
         "batch_size": 2, "masks_per_epoch": 4, "axis_range": [3, 5], "count_range": [2, 5],
         # no validation list (see below): both ranks score their share of 2 target images without labels
-        "val_interval": 2, "selection_images": 2, "selection_handler#roi_size": [128, 128],
+        "val_interval": 2, "selection_images": 2, "selection_handler#inferer#roi_size": [128, 128],
     },
 }
 DUMP_RANK = """run:
