@@ -171,12 +171,22 @@ class BestModelSaver:
         evaluator.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, evaluator: Engine) -> None:
-        score = float(evaluator.state.metrics[evaluator.state.key_metric_name])
-        if score > self.best:
-            self.best = score
-            save_atomic({name: net.state_dict() for name, net in self.networks.items()}, self.path)
-            name = evaluator.state.key_metric_name
+        name = evaluator.state.key_metric_name
+        score = float(evaluator.state.metrics[name])
+        if self.update(score):
             evaluator.logger.info(f"{name} {score:.4f}: the best so far, saved to {self.path}")
+
+    def state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The networks in ``model.pt``'s layout: name -> ``state_dict``."""
+        return {name: net.state_dict() for name, net in self.networks.items()}
+
+    def update(self, score: float) -> bool:
+        """Write ``model_best.pt`` when ``score`` (higher is better) beats every earlier one; whether it did."""
+        if not score > self.best:
+            return False
+        self.best = score
+        save_atomic(self.state_dicts(), self.path)
+        return True
 
 
 class DiceValidation:

@@ -1,4 +1,4 @@
-"""The semantic bundles validate where the datalist has a validation list; without one nothing changes."""
+"""The semantic bundles validate where the datalist has a validation list, select without labels where not."""
 
 from __future__ import annotations
 
@@ -34,20 +34,20 @@ def _datalists(sample: Path, folder: Path) -> tuple[Path, Path]:
     return with_val, without
 
 
-def _train(bundle: str, datalist: Path, out: Path) -> ConfigParser:
+def _train(bundle: str, datalist: Path, out: Path, **overrides: object) -> ConfigParser:
     parser = ConfigParser()
     configs = REPO / "bundles" / bundle / "configs"
     parser.read_meta(str(configs / "metadata.json"))
     parser.read_config(str(configs / "train.yaml"))
     parser.update({"dataset_dir": str(datalist), "output_dir": str(out), "max_iterations": 2, "val_interval": 2,
-                   "memory_check": False, **BUNDLES[bundle]})
+                   "memory_check": False, **BUNDLES[bundle], **overrides})
     parser.get_parsed_content("initialize")
     parser.get_parsed_content("run")
     return parser
 
 
 @pytest.mark.parametrize("bundle", sorted(BUNDLES))
-def test_validation_runs_with_a_validation_list_and_leaves_training_unchanged(sample_2d, tmp_path, bundle):
+def test_validation_or_label_free_selection_leaves_training_unchanged(sample_2d, tmp_path, bundle):
     with_val, without = _datalists(sample_2d, tmp_path)
     validated = _train(bundle, with_val, tmp_path / "with")
     dice = validated.get_parsed_content("val_handler").evaluator.state.metrics["val_mean_dice"]
@@ -57,14 +57,23 @@ def test_validation_runs_with_a_validation_list_and_leaves_training_unchanged(sa
     # model.pt also records the source's nucleus diameter (inference reads it beside model_best.pt)
     assert set(best) == set(torch.load(tmp_path / "with" / "model.pt", weights_only=True)) - {"source_diameter"}
 
-    plain = _train(bundle, without, tmp_path / "without")
-    unused = plain.get_parsed_content("val_handler")
+    # without a validation list: label-free selection on the target images, the best kept the same way
+    selected = _train(bundle, without, tmp_path / "without", selection_images=2,
+                      **{"selection_handler#inferer#roi_size": [128, 128]})  # fewer windows: a faster test
+    unused = selected.get_parsed_content("val_handler")
     assert unused.items == [] and not unused.evaluator.state.metrics
-    assert not (tmp_path / "without" / "model_best.pt").exists()
-    # validating draws no random numbers of the training and leaves its networks in training mode
-    losses = [p.get_parsed_content("trainer").state.output for p in (validated, plain)]
-    assert losses[0].keys() == losses[1].keys()
-    assert all(math.isclose(losses[0][k], losses[1][k], rel_tol=1e-6) for k in losses[0])
+    scores = json.loads((tmp_path / "without" / "selection.json").read_text())
+    assert [e["iteration"] for e in scores] == [2] and 0.0 <= scores[0]["score"] <= 1.0
+    assert set(torch.load(tmp_path / "without" / "model_best.pt", weights_only=True)) == set(best)
+    # --selection false: neither
+    plain = _train(bundle, without, tmp_path / "plain", selection="false")
+    enabled = [p.get_parsed_content("selection_handler").enabled for p in (validated, selected, plain)]
+    assert enabled == [False, True, False]
+    assert not (tmp_path / "plain" / "model_best.pt").exists() and not (tmp_path / "plain" / "selection.json").exists()
+    # validating and selecting draw no random numbers of the training and leave its networks in training mode
+    losses = [p.get_parsed_content("trainer").state.output for p in (validated, selected, plain)]
+    assert losses[0].keys() == losses[1].keys() == losses[2].keys()
+    assert all(math.isclose(other[k], losses[2][k], rel_tol=1e-6) for other in losses[:2] for k in losses[2])
 
 
 def test_validation_items(sample_2d):

@@ -25,6 +25,8 @@ TINY = {
     "ad_gan": {
         "gen_widths": [4, 8, 8], "num_res_blocks": 1, "mlp_channels": 8, "disc_widths": [4, 8], "patch": [32, 32],
         "batch_size": 2, "masks_per_epoch": 4, "axis_range": [3, 5], "count_range": [2, 5],
+        # no validation list (see below): both ranks score their share of 2 target images without labels
+        "val_interval": 2, "selection_images": 2, "selection_handler#inferer#roi_size": [128, 128],
     },
 }
 DUMP_RANK = """run:
@@ -40,10 +42,15 @@ def test_two_cpu_ranks_end_with_identical_weights(sample_2d, tmp_path, bundle):
     configs = REPO / "bundles" / bundle / "configs"
     files = [str(configs / "train.yaml"), str(configs / "multi_gpu_train.yaml"), str(tmp_path / "dump_rank.yaml")]
     out = tmp_path / "out"
+    dataset = sample_2d / "datalist.json"
+    if bundle == "ad_gan":  # the sample without its validation list: label-free selection
+        data = {k: v for k, v in json.loads(dataset.read_text()).items() if k != "validation"}
+        dataset = tmp_path / "no_validation.json"
+        dataset.write_text(json.dumps(data))
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
-        "run", "training", "--config_file", json.dumps(files), "--dataset_dir", str(sample_2d), "--output_dir",
-        str(out), "--max_iterations", "2",
+        "run", "training", "--config_file", json.dumps(files), "--dataset_dir", str(dataset), "--data_root",
+        str(sample_2d), "--output_dir", str(out), "--max_iterations", "2",
     ]
     for key, value in TINY[bundle].items():
         cmd += [f"--{key}", json.dumps(value)]
@@ -60,5 +67,10 @@ def test_two_cpu_ranks_end_with_identical_weights(sample_2d, tmp_path, bundle):
     # only rank 0 wrote the final model (CPU-loadable) and checkpoints
     model = torch.load(out / "model.pt", weights_only=True, map_location="cpu")
     assert model and not list(out.glob("*rank1*checkpoint*"))
-    if "val_interval" in TINY[bundle]:
-        assert (out / "model_best.pt").is_file() and "val_mean_dice" in proc.stdout + proc.stderr
+    assert (out / "model_best.pt").is_file()
+    if bundle == "cellseg_uda":
+        assert "val_mean_dice" in proc.stdout + proc.stderr
+    else:  # rank 0 alone logs and writes the mean over both ranks' images
+        assert (proc.stdout + proc.stderr).count("label-free selection (agreement) at iteration 2") == 1
+        assert "on 2 target images" in proc.stdout + proc.stderr
+        assert [e["iteration"] for e in json.loads((out / "selection.json").read_text())] == [2]

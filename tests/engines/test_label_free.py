@@ -1,0 +1,202 @@
+"""Label-free checkpoint selection: the scores on hand cases, the handler's files, and that no label is read."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine
+from monai.inferers import SimpleInferer, SlidingWindowInferer
+from PIL import Image
+from torch import nn
+
+from monai_uda.engines.label_free import (
+    LabelFreeSelection,
+    augmentation_views,
+    binary_entropy,
+    rank_correlation,
+    score_image,
+    scored_checkpoints,
+    selection_items,
+    soft_dice,
+)
+from monai_uda.errors import UDAInputError
+from monai_uda.transforms import inference_transforms
+
+READ, WINDOW = inference_transforms(2, 3), SlidingWindowInferer((16, 16), mode="gaussian")  # 2D RGB, whole images
+
+
+def test_rank_correlation_hand_cases():
+    assert rank_correlation([1, 2, 3], [0.1, 0.2, 0.3]) == pytest.approx(1.0)
+    assert rank_correlation([3, 2, 1], [0.1, 0.2, 0.3]) == pytest.approx(-1.0)
+    # one swapped pair of four: 1 - 6 * (1 + 1) / (4 * (16 - 1))
+    assert rank_correlation([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    # a tie takes the mean rank: ranks (1.5, 1.5, 3) against (1, 2, 3) -> 1.5 / sqrt(1.5 * 2)
+    assert rank_correlation([1, 1, 2], [1, 2, 3]) == pytest.approx(1.5 / math.sqrt(3.0))
+    assert math.isnan(rank_correlation([0.5], [0.4]))
+    assert math.isnan(rank_correlation([0.5, 0.5, 0.5], [0.1, 0.2, 0.3]))
+    with pytest.raises(ValueError, match="same length"):
+        rank_correlation([1, 2], [1, 2, 3])
+
+
+def test_soft_dice_and_entropy_hand_cases():
+    a, b = torch.tensor([1.0, 0.0, 1.0, 0.0]), torch.tensor([1.0, 1.0, 0.0, 0.0])
+    assert soft_dice(a, b) == pytest.approx(0.5)  # 2 * 1 / (2 + 2)
+    assert soft_dice(torch.zeros(4), torch.zeros(4)) == pytest.approx(1.0)
+    assert soft_dice(torch.full((4,), 0.5), torch.full((4,), 0.5)) == pytest.approx(0.5)  # 2 * 1 / (2 + 2)
+    entropy = binary_entropy(torch.tensor([0.5, 0.0, 1.0, 0.25]))
+    assert entropy.tolist() == pytest.approx([1.0, 0.0, 0.0, 0.75 * math.log2(4 / 3) + 0.25 * 2.0], abs=1e-9)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_augmentation_views_map_back(spatial_dims):
+    x = torch.arange(2 * 4 * 6 * (5 if spatial_dims == 3 else 1), dtype=torch.float32)
+    x = x.reshape(1, 2, 4, 6, 5) if spatial_dims == 3 else x.reshape(1, 2, 4, 6)
+    views = augmentation_views(spatial_dims)
+    assert len(views) == 2 + spatial_dims  # identity, one flip per axis, a quarter turn
+    assert all(torch.equal(back(apply(x)), x) for apply, back in views)
+    assert sum(torch.equal(apply(x), x) for apply, _ in views) == 1  # only the identity leaves it
+
+
+class LeftHalf(nn.Module):
+    """Foreground on the left half of whatever it sees: a network with an orientation preference."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.full_like(x[:, :1], -30.0)
+        out[..., : x.shape[-1] // 2] = 30.0
+        return out
+
+
+class Pointwise(nn.Module):
+    """A constant logit per pixel (a 1x1 network): the same prediction in every orientation."""
+
+    def __init__(self, logit: float) -> None:
+        super().__init__()
+        self.logit = logit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x[:, :1], self.logit)
+
+
+def test_score_image_hand_cases():
+    image = torch.rand(1, 3, 8, 8)
+    # views: flip of W -> right half (Dice 0), flip of H -> left half (1), quarter turn -> a half
+    # across it (overlap a quarter: Dice 0.5); mean 0.5. Foreground: the left half.
+    assert score_image(LeftHalf(), image, SimpleInferer()) == pytest.approx((0.5, 0.5), abs=1e-6)
+    window = SlidingWindowInferer((4, 4), overlap=0.5, mode="gaussian")
+    assert score_image(Pointwise(30.0), image, window) == pytest.approx((1.0, 1.0))
+    # soft Dice also rewards confidence: p everywhere agrees with itself at 2 N p^2 / (2 N p) = p
+    assert score_image(Pointwise(3.0), image, window)[0] == pytest.approx(1.0 / (1.0 + math.exp(-3.0)))
+    # p = 1/4 everywhere: entropy 0.75 log2(4/3) + 0.25 log2(4) bits, nothing >= 0.5
+    value, foreground = score_image(Pointwise(-math.log(3.0)), image, window, score="entropy")
+    assert value == pytest.approx(-(0.75 * math.log2(4 / 3) + 0.5), abs=1e-6) and foreground == 0.0
+    # AD-GAN's mask domain: a score of 0 is p = 1/2, one bit
+    assert score_image(Pointwise(0.0), image, window, score="entropy", kind="unit") == pytest.approx((-1.0, 1.0))
+
+
+def _image(path: Path, seed: int, shape: tuple[int, int]) -> str:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+@pytest.fixture
+def datalist(tmp_path) -> dict[str, list[dict[str, str]]]:
+    """Two labelled target images (labels that selection must never read) and one source image."""
+    target = [{"image": _image(tmp_path / f"t{i}.png", i, (20, 24)),
+               "label": _image(tmp_path / f"l{i}.png", 9, (20, 24))} for i in range(2)]
+    return {"source": [dict(target[0])], "target": target}
+
+
+def _net() -> nn.Module:
+    with torch.random.fork_rng():  # the same weights every time, the caller's random numbers untouched
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1))
+
+
+def _run(datalist, out: Path, iterations: int = 4, **kwargs) -> tuple[LabelFreeSelection, nn.Module, Engine]:
+    """Score a network every 2 of ``iterations`` while each iteration changes its last bias."""
+    net = _net()
+
+    def step(engine: Engine, _: object) -> None:
+        with torch.no_grad():
+            net[2].bias.fill_([0.0, 4.0, -4.0, 1.0][(engine.state.iteration - 1) % 4])
+
+    engine = Engine(step)
+    handler = LabelFreeSelection(datalist, net, {"segmenter": net}, str(out), "cpu", READ, WINDOW,
+                                 interval=2, **kwargs)
+    handler.attach(engine)
+    engine.run(range(iterations), max_epochs=1)
+    return handler, net, engine
+
+
+def _scores(out: Path) -> list[tuple[int, float]]:
+    return [(e["iteration"], e["score"]) for e in json.loads((out / "selection.json").read_text())]
+
+
+def test_selection_scores_keeps_best_and_draws_no_random_numbers(datalist, tmp_path):
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    handler, net, _ = _run(datalist, tmp_path / "a", keep_scored_models="true")
+    assert torch.equal(torch.get_rng_state(), before) and net.training
+    entries = json.loads((tmp_path / "a" / "selection.json").read_text())
+    assert [e["iteration"] for e in entries] == [2, 4] and set(entries[0]) == {"iteration", "score", "foreground"}
+    assert all(0.0 <= e["score"] <= 1.0 and 0.0 <= e["foreground"] <= 1.0 for e in entries)
+    # bias 4 at iteration 2 (confident foreground everywhere) agrees better than bias 1 at 4: kept as the best
+    assert entries[0]["score"] > entries[1]["score"]
+    best = torch.load(tmp_path / "a" / "model_best.pt", weights_only=True)
+    assert set(best) == {"segmenter"} and best["segmenter"]["2.bias"].item() == 4.0
+    assert handler.saver.best == max(e["score"] for e in entries)
+    kept = scored_checkpoints(tmp_path / "a")
+    assert sorted(kept) == [2, 4]
+    assert torch.load(kept[2], weights_only=True)["segmenter"]["2.bias"].item() == 4.0
+
+
+def test_selection_never_reads_target_labels(datalist, tmp_path):
+    reference = _scores(_run(datalist, tmp_path / "labelled", iterations=2)[0].output_dir)
+    unlabelled = {**datalist, "target": [{"image": i["image"]} for i in datalist["target"]]}
+    corrupted = {**datalist, "target": [{**i, "label": str(tmp_path / "missing.png")} for i in datalist["target"]]}
+    for name, variant in (("unlabelled", unlabelled), ("corrupted", corrupted)):
+        assert _scores(_run(variant, tmp_path / name, iterations=2)[0].output_dir) == reference
+    assert all(set(item) == {"image"} for item in selection_items(datalist, 8))
+
+
+def test_selection_off_with_a_validation_list_or_when_disabled(datalist, tmp_path):
+    with_val = {**datalist, "validation": [dict(datalist["target"][0])]}
+    for out, data, enabled in ((tmp_path / "val", with_val, True), (tmp_path / "off", datalist, "false")):
+        handler, _, _ = _run(data, out, enabled=enabled)
+        assert not handler.enabled and not out.exists()
+
+
+def test_selection_resume_keeps_earlier_scores(datalist, tmp_path):
+    out = tmp_path / "run"
+    _run(datalist, out)  # scorings at iterations 2 and 4
+    earlier, best_file = _scores(out), (out / "model_best.pt").read_bytes()
+    net = Pointwise(-3.0)  # p = sigmoid(-3) everywhere agrees with itself at soft Dice p: worse than before
+    for resume, expected in (("true", [*earlier, 6]), ("false", [6])):
+        handler = LabelFreeSelection(datalist, net, {"segmenter": net}, str(out), "cpu", READ, WINDOW,
+                                     resume=resume)
+        engine = Engine(lambda e, b: None)
+        engine.state.iteration = 6
+        handler(engine)
+        scores = _scores(out)
+        assert [i if isinstance(i, int) else i[0] for i in expected] == [i for i, _ in scores]
+        assert scores[-1][1] == pytest.approx(1.0 / (1.0 + math.exp(3.0)), rel=1e-4)
+        if resume == "true":
+            assert scores[:2] == earlier and handler.saver.best == max(s for _, s in earlier)
+            assert (out / "model_best.pt").read_bytes() == best_file  # a worse score keeps the earlier best
+
+
+def test_selection_items_and_bad_options(datalist):
+    five = {"target": [{"image": f"t{i}.png", "label": f"l{i}.png"} for i in range(5)]}
+    assert [i["image"] for i in selection_items(five, 2)] == ["t0.png", "t4.png"]
+    assert [i["image"] for i in selection_items(five, 3)] == ["t0.png", "t2.png", "t4.png"]
+    assert len(selection_items(five, 10)) == 5
+    with pytest.raises(UDAInputError, match="selection_score must be one of agreement, entropy"):
+        LabelFreeSelection(datalist, _net(), {}, "out", "cpu", READ, WINDOW, score="dice")
+    with pytest.raises(UDAInputError, match="selection_images"):
+        LabelFreeSelection(datalist, _net(), {}, "out", "cpu", READ, WINDOW, images=0)
