@@ -16,8 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 if "PYTEST_XDIST_WORKER" in os.environ or "MONAI_UDA_HOME" not in os.environ:
     os.environ["MONAI_UDA_HOME"] = tempfile.mkdtemp(prefix="monai_uda_home_")
 
-# two cores shared by everything: keep torch from oversubscribing them
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# two cores shared by everything: keep torch from oversubscribing them. Under pytest-xdist (-n 2, one
+# worker per core) each worker and the processes its tests start compute on one thread: two threads
+# per worker put four spinning OpenMP threads on two cores, which slowed the detector tests ten-fold
+if "PYTEST_XDIST_WORKER" in os.environ:
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+else:
+    torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 def shared_data_dir() -> Path:

@@ -21,7 +21,7 @@ from monai.inferers import SlidingWindowInferer
 from monai_uda import flag
 from monai_uda.errors import UDAInputError
 from monai_uda.inference.postprocess import DIAMETER_KEY, binary_to_instances, ternary_to_instances
-from monai_uda.networks.weights import load_network_weights
+from monai_uda.networks.weights import load_checkpoint, load_network_weights
 
 __all__ = [
     "ACTIVATIONS",
@@ -105,16 +105,13 @@ def parse_diameter(value: Any, key: str = "diameter") -> float | str | None:
 def recorded_diameter(ckpt_path: str | Path | None) -> float | None:
     """The source's typical nucleus diameter recorded in a ``model.pt`` (``None``: no file, or trained before it was).
 
-    Read with ``torch.load(weights_only=True)``; the file is memory-mapped when it can be, so the
-    networks' tensors are not read a second time. A file without the record (``model_best.pt``)
-    takes that of the ``model.pt`` beside it: the same training run, the same source.
+    Read as the weights are (:func:`~monai_uda.networks.weights.load_checkpoint`: one error line for a
+    file that is not a checkpoint). A file without the record (``model_best.pt``) takes that of the
+    ``model.pt`` beside it: the same training run, the same source.
     """
     if ckpt_path is None or not Path(ckpt_path).is_file():
         return None
-    try:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(ckpt_path)
     value = state.get(DIAMETER_KEY) if isinstance(state, dict) else None
     final = Path(ckpt_path).parent / "model.pt"
     if value is None and Path(ckpt_path).name != final.name:

@@ -16,7 +16,7 @@ import torch
 
 from monai_uda.errors import UDAInputError
 
-__all__ = ["load_network_weights", "unsafe_checkpoint_error"]
+__all__ = ["load_checkpoint", "load_network_weights", "unsafe_checkpoint_error"]
 
 
 def unsafe_checkpoint_error(exc: pickle.UnpicklingError, path: str | Path) -> UDAInputError:
@@ -34,7 +34,7 @@ def unsafe_checkpoint_error(exc: pickle.UnpicklingError, path: str | Path) -> UD
 _TORCH_FILE_HEADS = (b"PK\x03\x04", b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19")
 
 
-def _load_checkpoint(path: Path, map_location: Any) -> Any:
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
     """``torch.load(weights_only=True)`` with one-line errors for other files, unsafe and damaged ones.
 
     A file that does not start like a ``torch.save`` file (an image, a text file) is "not a
@@ -72,7 +72,7 @@ def load_network_weights(
     path = Path(ckpt_path)
     if not path.is_file():
         raise UDAInputError("checkpoint file does not exist", path)
-    state = _load_checkpoint(path, map_location)
+    state = load_checkpoint(path, map_location)
     if key is not None and isinstance(state, dict) and key in state:
         state = state[key]
     elif key is not None and isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):

@@ -84,8 +84,10 @@ def test_kill9_then_resume_gives_the_uninterrupted_weights(dataset: Path, tmp_pa
     assert code == 0, stderr[-3000:]
 
     resumed_model, full_model = (torch.load(d / "model.pt", weights_only=True) for d in (killed, full))
-    assert resumed_model.keys() == full_model.keys() == {"segmenter", "reconstructor", "discriminator"}
-    for net in full_model:
+    networks = {"segmenter", "reconstructor", "discriminator"}
+    assert resumed_model.keys() == full_model.keys() == networks | {"source_diameter"}
+    assert resumed_model["source_diameter"] == full_model["source_diameter"] > 0
+    for net in networks:
         for key, value in full_model[net].items():
             assert torch.equal(resumed_model[net][key], value), f"{net}.{key}"
     resumed_ckpt, full_ckpt = (torch.load(latest_checkpoint(d), weights_only=True) for d in (killed, full))
