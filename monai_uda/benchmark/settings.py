@@ -100,6 +100,13 @@ def _items(datalist_path: Path, key: str) -> list[dict[str, Any]]:
     return list(load_datalist(datalist_path)[key])
 
 
+def _dsb_fluo_items(dsb: Path, cache: Path) -> list[dict[str, Any]]:
+    """The labelled items of the DSB2018 fluorescence folder ``dsb``, linked into ``cache/dsb``."""
+    from monai_uda.data.prepare import prepare_folder
+
+    return _items(prepare_folder(dsb / "images", dsb / "labels", cache / "dsb", split="source", link=True), "source")
+
+
 def _finish(cache: Path, datalist: Mapping[str, list[dict[str, Any]]], notes: list[str]) -> Prepared:
     """Write the combined datalist into ``cache`` and export its labelled ``test`` split for evaluation."""
     from monai_uda.data.datalist import export_split, write_datalist
@@ -115,7 +122,7 @@ def _prepare_dsb_monuseg(cache: Path, data_root: Path) -> Prepared:
 
     dsb = _require(data_root / "dsb2018_fluo", "DSB2018 fluorescence")
     monuseg = _require(data_root / "monuseg", "MoNuSeg")
-    source = _items(prepare_folder(dsb / "images", dsb / "labels", cache / "dsb", split="source", link=True), "source")
+    source = _dsb_fluo_items(dsb, cache)
     target = _items(prepare_folder(monuseg / "train" / "images", monuseg / "train" / "binary_masks",
                                    cache / "monuseg_train", split="target", link=True), "target")
     view = cache / "monuseg_test_only"  # the converter reads <src>/test; the train tiles come from prepare_folder
@@ -133,10 +140,8 @@ def _prepare_dsb_monuseg(cache: Path, data_root: Path) -> Prepared:
 
 
 def _prepare_synthetic_dsb(cache: Path, data_root: Path, test_fraction: float = 0.1, seed: int = 0) -> Prepared:
-    from monai_uda.data.prepare import prepare_folder
-
     dsb = _require(data_root / "dsb2018_fluo", "DSB2018 fluorescence")
-    items = _items(prepare_folder(dsb / "images", dsb / "labels", cache / "dsb", split="source", link=True), "source")
+    items = _dsb_fluo_items(dsb, cache)
     order = np.random.default_rng(seed).permutation(len(items))
     n_test = max(1, int(round(len(items) * test_fraction)))
     test = [items[i] for i in sorted(order[:n_test])]
@@ -150,10 +155,8 @@ def _prepare_synthetic_dsb(cache: Path, data_root: Path, test_fraction: float = 
 
 
 def _prepare_dsb_dim_bright(cache: Path, data_root: Path, test_fraction: float = 0.2, seed: int = 0) -> Prepared:
-    from monai_uda.data.prepare import prepare_folder
-
     dsb = _require(data_root / "dsb2018_fluo", "DSB2018 fluorescence")
-    items = _items(prepare_folder(dsb / "images", dsb / "labels", cache / "dsb", split="source", link=True), "source")
+    items = _dsb_fluo_items(dsb, cache)
     from monai_uda.benchmark.splits import split_by_intensity
 
     split, threshold = split_by_intensity(items, test_fraction=test_fraction, seed=seed)
