@@ -70,7 +70,9 @@ def bundle_listing(bundle: str | None = None) -> str:
 
 
 def config_files(bundle: str, run_id: str, spatial_dims: int = 2, preset: str | None = None) -> list[str]:
-    """The config files, in merge order, for ``run_id`` of ``bundle`` (3D and preset overrides added).
+    """The config files, in merge order, for ``run_id`` of ``bundle`` (3D and budget-preset overrides added).
+
+    ``preset`` NAME merges ``train_NAME.yaml`` (``monai-uda train --budget_preset NAME``).
 
     Raises:
         UDAInputError: unknown bundle, run id or preset.
@@ -88,7 +90,7 @@ def config_files(bundle: str, run_id: str, spatial_dims: int = 2, preset: str | 
             presets = sorted(f.stem[len("train_") :] for f in configs.glob("train_*.yaml") if f.stem != "train_3d")
             if str(preset) not in presets:
                 raise UDAInputError(
-                    f"unknown preset {preset!r} for bundle {bundle!r}; choose one of {', '.join(presets)}"
+                    f"unknown budget preset {preset!r} for bundle {bundle!r}; choose one of {', '.join(presets)}"
                 )
             files.append(configs / f"train_{preset}.yaml")
     for f in files:
@@ -98,22 +100,31 @@ def config_files(bundle: str, run_id: str, spatial_dims: int = 2, preset: str | 
 
 
 #: options of ``monai-uda train|infer`` that choose the config files rather than override them
-RUN_OPTIONS = ("bundle", "spatial_dims", "preset")
+RUN_OPTIONS = ("bundle", "spatial_dims", "budget_preset")
 
 
-def run_config(bundle: str, run_id: str, spatial_dims: int = 2, preset: str | None = None, **overrides: Any) -> None:
+def run_config(
+    bundle: str, run_id: str, spatial_dims: int = 2, budget_preset: str | None = None, **overrides: Any
+) -> None:
     """``python -m monai.bundle run <run_id> --config_file <files> --<key> <value> ...`` in-process.
 
     Raises:
-        UDAInputError: unknown bundle, run, preset, or an override that is not a key of the
-            merged configs or has the wrong type (checked before anything runs).
+        UDAInputError: unknown bundle, run, budget preset, or an override that is not a key of the
+            merged configs or has the wrong type (checked before anything runs); ``preset``, AD-GAN's mask
+            preset, given to another bundle names ``--budget_preset``.
     """
     from monai.bundle import run
 
     from monai_uda.options import check_options, config_defaults
 
-    files: Sequence[str] = config_files(bundle, run_id, spatial_dims, preset)
-    check_options(overrides, config_defaults(files), own=RUN_OPTIONS)
+    files: Sequence[str] = config_files(bundle, run_id, spatial_dims, budget_preset)
+    defaults = config_defaults(files)
+    if "preset" in overrides and "preset" not in defaults:
+        raise UDAInputError(
+            f"--preset is not a setting of bundle {bundle!r} (it is AD-GAN's mask preset); the config files "
+            f"train_NAME.yaml are chosen with --budget_preset NAME"
+        )
+    check_options(overrides, defaults, own=RUN_OPTIONS)
     if run_id == "evaluate":
         overrides.setdefault("spatial_dims", spatial_dims)
     run(run_id, config_file=list(files), meta_file=str(Path(files[0]).parent / "metadata.json"), **overrides)

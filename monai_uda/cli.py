@@ -4,7 +4,7 @@
     monai-uda prepare dsb SRC OUT | prepare monuseg SRC OUT | prepare folder --images DIR [--labels DIR] OUT
     monai-uda prepare coco instances.json OUT [--images DIR] [--category_ids 1,2] [--split source]
     monai-uda prepare folder --images DIR --labels DIR --split target [--labelled_fraction F | --labelled N] [--seed S] OUT
-    monai-uda train [--bundle cellseg_uda] [--spatial_dims 3] [--preset cpu] [--dataset_dir DIR] [--output_dir DIR] [--max_iterations N] [--resume true]
+    monai-uda train [--bundle cellseg_uda] [--spatial_dims 3] [--budget_preset cpu] [--dataset_dir DIR] [--output_dir DIR] [--max_iterations N] [--resume true]
     monai-uda infer [--bundle cellseg_uda] --input_dir DIR --output_dir DIR --ckpt_path FILE
     monai-uda evaluate --pred DIR --gt DIR --out FILE.json [--ctc true]
     monai-uda bundles [NAME]
@@ -44,20 +44,20 @@ class Commands:
         return str(prepare(fmt, src, out, **_booleans(kwargs)))
 
     def train(
-        self, bundle: str = "cellseg_uda", spatial_dims: int = 2, preset: str | None = None, **overrides: Any
+        self, bundle: str = "cellseg_uda", spatial_dims: int = 2, budget_preset: str | None = None, **overrides: Any
     ) -> None:
-        """Run a bundle's train.yaml (+ train_3d.yaml for 3D, + train_<preset>.yaml) with overrides."""
+        """Run a bundle's train.yaml (+ train_3d.yaml for 3D, + train_<budget_preset>.yaml) with overrides."""
         from monai_uda.bundle_runner import run_config
 
-        run_config(bundle, "training", spatial_dims, preset, **_booleans(overrides))
+        run_config(bundle, "training", spatial_dims, budget_preset, **_booleans(overrides))
 
     def infer(
-        self, bundle: str = "cellseg_uda", spatial_dims: int = 2, preset: str | None = None, **overrides: Any
+        self, bundle: str = "cellseg_uda", spatial_dims: int = 2, budget_preset: str | None = None, **overrides: Any
     ) -> None:
         """Run a bundle's inference.yaml (--input_dir, --output_dir, --ckpt_path, ...)."""
         from monai_uda.bundle_runner import run_config
 
-        run_config(bundle, "inference", spatial_dims, preset, **_booleans(overrides))
+        run_config(bundle, "inference", spatial_dims, budget_preset, **_booleans(overrides))
 
     def bundles(self, name: str | None = None) -> None:
         """Print each bundle's folder (NAME's alone with NAME): ``--config_file $(monai-uda bundles NAME)/configs/train.yaml``."""  # noqa: E501 (printed by --help)

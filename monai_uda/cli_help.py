@@ -91,14 +91,14 @@ def _bundle_help(command: str, func: Callable[..., Any], argv: Sequence[str]) ->
 
     bundle = str(_argv_option(argv, "bundle", "cellseg_uda"))
     spatial_dims = int(_argv_option(argv, "spatial_dims", 2))
-    preset = _argv_option(argv, "preset", None)
+    preset = _argv_option(argv, "budget_preset", None)
     files = config_files(bundle, "training" if command == "train" else "inference", spatial_dims, preset)
     presets = sorted(p.stem[len("train_"):] for p in (bundles_dir() / bundle / "configs").glob("train_*.yaml"))
     presets = [p for p in presets if p != "3d"]
     lines = [
         f"  --bundle NAME              {bundle} (one of {', '.join(bundle_names())})",
         f"  --spatial_dims 2|3         {spatial_dims} (3 merges train_3d.yaml)",
-        f"  --preset NAME              {_show(preset)} (one of {', '.join(presets) or 'none'}: merges train_NAME.yaml)",
+        f"  --budget_preset NAME       {_show(preset)} (one of {', '.join(presets) or 'none'}: merges train_NAME.yaml)",
         "",
         f"config options of {bundle} (--KEY VALUE overrides a key of {', '.join(Path(f).name for f in files)};",
         "nested keys as --section#key; 'computed' defaults are derived in the config):",

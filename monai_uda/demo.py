@@ -36,7 +36,7 @@ def run_demo(
     datalist = make_sample_dataset(out / "sample_data", spatial_dims=2)
     print(f"[demo] sample data: {samples_origin()} images -> {datalist}", flush=True)
     test_images, test_labels = export_split(datalist, "test", out / "test")
-    common = {"preset": "demo", "device": device, "output_dir": str(out / "train")}
+    common = {"budget_preset": "demo", "device": device, "output_dir": str(out / "train")}
     print(f"[demo] training CellSegUDA for {max_iterations or DEMO_ITERATIONS} iterations on {device}", flush=True)
     run_config(
         "cellseg_uda",
@@ -51,7 +51,7 @@ def run_demo(
     run_config(
         "cellseg_uda",
         "inference",
-        preset="demo",
+        budget_preset="demo",
         device=device,
         input_dir=str(test_images),
         output_dir=str(out / "predictions"),

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import errno
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["TrainingDivergedError", "UDAInputError", "report_user_error", "unwrap_input_errors", "user_error"]
+__all__ = [
+    "TrainingDivergedError", "UDAInputError", "fire_command", "report_user_error", "unwrap_input_errors", "user_error",
+]
 
 
 class UDAInputError(ValueError):
@@ -106,3 +109,21 @@ def report_user_error(cause: BaseException) -> int:
     sys.stdout.flush()
     print(f"error: {_one_line(cause)}", file=sys.stderr, flush=True)
     return 3 if isinstance(cause, TrainingDivergedError) else 2
+
+
+def fire_command(function: Any, name: str, argv: Sequence[str] | None = None) -> int:
+    """Run ``function`` with python-fire on ``argv`` (default ``sys.argv[1:]``): a bad input is one ``error:`` line.
+
+    Returns:
+        The exit code: 0, or that of :func:`report_user_error` (2 for a bad input).
+    """
+    import fire
+
+    try:
+        fire.Fire(function, command=list(sys.argv[1:] if argv is None else argv), name=name)
+    except Exception as exc:  # MONAI's config parser wraps errors: look down the chain
+        cause = user_error(exc)
+        if cause is None:
+            raise
+        return report_user_error(cause)
+    return 0

@@ -34,7 +34,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data.torchscript_utils import save_net_with_metadata
 
-from monai_uda.errors import UDAInputError, report_user_error, user_error
+from monai_uda.errors import UDAInputError, fire_command
 from monai_uda.files import atomic_write
 from monai_uda.networks.mask_rcnn import inference_detector
 from monai_uda.networks.weights import load_network_weights
@@ -224,16 +224,7 @@ def export_bundle(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m monai_uda.export BUNDLE FILEPATH [--ckpt_path ...]``: a bad input is one ``error:`` line, exit 2."""
-    import fire
-
-    try:
-        fire.Fire(export_bundle, command=list(sys.argv[1:] if argv is None else argv), name="monai_uda.export")
-    except Exception as exc:  # MONAI's config parser wraps errors: look down the chain
-        cause = user_error(exc)
-        if cause is None:
-            raise
-        return report_user_error(cause)
-    return 0
+    return fire_command(export_bundle, "monai_uda.export", argv)
 
 
 if __name__ == "__main__":

@@ -189,7 +189,7 @@ def check_options(overrides: Mapping[str, Any], defaults: Mapping[str, Any], own
     Args:
         overrides: ``--key value`` options as parsed (``max_iterations=5``).
         defaults: the config ids and their defaults (:func:`config_defaults`).
-        own: further option names of the command (e.g. ``bundle``, ``preset``).
+        own: further option names of the command (e.g. ``bundle``, ``budget_preset``).
 
     Raises:
         UDAInputError: ``unknown option --KEY (did you mean --NEAR?)`` or a value of the wrong type.

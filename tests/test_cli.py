@@ -51,10 +51,21 @@ def test_evaluate_writes_contract_json_and_missing_stem_is_one_line(tmp_path, ca
     assert len(err) == 1 and err[0].startswith("error:") and "b" in err[0]
 
 
-def test_unknown_preset_names_the_presets_of_the_bundle(capsys):
-    assert main(["train", "--bundle", "darcnn", "--preset", "gpu"]) == 2
+def test_unknown_budget_preset_names_the_presets_of_the_bundle(capsys):
+    assert main(["train", "--bundle", "darcnn", "--budget_preset", "gpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: unknown preset 'gpu' for bundle 'darcnn'; choose one of cpu"]
+    assert err == ["error: unknown budget preset 'gpu' for bundle 'darcnn'; choose one of cpu"]
+
+
+def test_preset_is_ad_gan_mask_preset_and_names_budget_preset_elsewhere(capsys, monkeypatch):
+    """``--preset`` no longer picks train_NAME.yaml: it reaches AD-GAN's config; other bundles name the new option."""
+    assert main(["train", "--bundle", "darcnn", "--preset", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--budget_preset NAME" in err[0] and "'darcnn'" in err[0]
+    seen = {}
+    monkeypatch.setattr("monai.bundle.run", lambda run_id, **kwargs: seen.update(kwargs))
+    assert main(["train", "--bundle", "ad_gan", "--preset", "hela", "--budget_preset", "cpu"]) == 0
+    assert seen["preset"] == "hela" and seen["config_file"][-1].endswith("train_cpu.yaml")
 
 
 def test_help_piped_into_a_reader_that_stops_early_exits_0(monkeypatch):

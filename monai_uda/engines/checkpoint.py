@@ -10,9 +10,11 @@ optimiser, the trainer state (iteration/epoch) and the torch RNG state, see
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai_uda.engines.distributed import is_main_process
 from monai_uda.errors import UDAInputError
 from monai_uda.files import atomic_write
-from monai_uda.networks.weights import load_network_weights, unsafe_checkpoint_error
+from monai_uda.networks.weights import NETWORK_CONFIG_KEY, load_network_weights, unsafe_checkpoint_error
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -181,7 +183,9 @@ class FinalModelSaver:
     ``state_dict``: what ``inference.yaml`` loads with ``ckpt_key``. With ``source_data`` it also
     records the typical nucleus diameter of the source labels the networks were trained on (a
     float under ``"source_diameter"``, read with ``torch.load(weights_only=True)``): inference
-    scales its instance split by the target's diameter relative to it. Only rank 0 writes.
+    scales its instance split by the target's diameter relative to it. With ``network_config`` it
+    records the config values that shape the networks (under ``"network_config"``): inference
+    builds the same networks from them (:func:`monai_uda.inference.recorded`). Only rank 0 writes.
 
     Args:
         output_dir: folder of the file.
@@ -189,14 +193,23 @@ class FinalModelSaver:
         source_data: the training dataset, whose ``source`` items hold ``"label"`` maps (e.g.
             :class:`~monai_uda.data.dataset.UnpairedDataset`); ``None``: nothing recorded.
         source_samples: source items drawn, evenly spaced, for the estimate.
+        network_config: config key -> value (plain lists, numbers, strings, dicts of them) of the
+            settings the inference config needs to build the networks; ``None``: nothing recorded.
     """
 
     def __init__(
-        self, output_dir: str | Path, filename: str = "model.pt", source_data: Any = None, source_samples: int = 16
+        self,
+        output_dir: str | Path,
+        filename: str = "model.pt",
+        source_data: Any = None,
+        source_samples: int = 16,
+        network_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = Path(output_dir) / filename
         self.source_data = source_data
         self.source_samples = source_samples
+        # as JSON gives them back (tuples as lists): what torch.load(weights_only=True) reads
+        self.network_config = None if network_config is None else json.loads(json.dumps(dict(network_config)))
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
@@ -219,5 +232,7 @@ class FinalModelSaver:
         diameter = self.source_diameter()
         if diameter is not None:
             state["source_diameter"] = diameter
+        if self.network_config:
+            state[NETWORK_CONFIG_KEY] = self.network_config
         save_atomic(state, self.path)
         engine.logger.info(f"saved final networks to {self.path}")

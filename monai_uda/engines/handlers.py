@@ -13,6 +13,7 @@ the installed package; a Python factory is found wherever ``monai_uda`` is impor
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from ignite.handlers import ProgressBar
@@ -55,6 +56,7 @@ def training_outputs(
     main_process: Any = True,
     atomic: Any = True,
     source_data: Any = None,
+    network_config: Mapping[str, Any] | None = None,
 ) -> list[Any]:
     """The output handlers of one training stage, in the order they attach.
 
@@ -73,6 +75,8 @@ def training_outputs(
         atomic: write checkpoints to a temporary file first (:class:`AtomicCheckpointSaver`).
         source_data: the training dataset; the final model records its source labels' typical nucleus
             diameter (:class:`FinalModelSaver`), the reference of inference's ``diameter`` option.
+        network_config: the config values that shape the networks, recorded in the final model so that
+            inference builds the same networks (:class:`FinalModelSaver`).
     """
     main = flag(main_process)
     handlers: list[Any] = []
@@ -80,7 +84,8 @@ def training_outputs(
         saver = AtomicCheckpointSaver if flag(atomic) else CheckpointSaver
         handlers.append(saver(save_dir=output_dir, save_dict=checkpoint_objects(trainer), save_interval=ckpt_interval,
                               epoch_level=False, n_saved=n_saved))
-    handlers.append(FinalModelSaver(output_dir=output_dir if model_dir is None else model_dir, source_data=source_data))
+    handlers.append(FinalModelSaver(output_dir=output_dir if model_dir is None else model_dir, source_data=source_data,
+                                   network_config=network_config))
     if main:
         handlers += [
             StatsHandler(tag_name=tag, iteration_log=_Every(log_interval), output_transform=_identity),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from monai_uda.inference.detection import FolderDetector
 from monai_uda.inference.folder import check_outputs
-from monai_uda.inference.network import recorded_diameter, to_probabilities
+from monai_uda.inference.network import recorded, recorded_diameter, to_probabilities
 from monai_uda.inference.overlay import overlay_instances, save_overlay
 from monai_uda.inference.postprocess import (
     binary_to_instances,
@@ -40,6 +40,7 @@ __all__ = [
     "check_outputs",
     "label_to_mask_domain",
     "overlay_instances",
+    "recorded",
     "recorded_diameter",
     "relabel_sequential",
     "remove_small",

@@ -9,8 +9,9 @@ into class maps and instances (:mod:`monai_uda.inference.postprocess`).
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from monai.inferers import SlidingWindowInferer
 from monai_uda import flag
 from monai_uda.errors import UDAInputError
 from monai_uda.inference.postprocess import DIAMETER_KEY, binary_to_instances, ternary_to_instances
-from monai_uda.networks.weights import load_checkpoint, load_network_weights
+from monai_uda.networks.weights import NETWORK_CONFIG_KEY, load_checkpoint, load_network_weights
 
 __all__ = [
     "ACTIVATIONS",
@@ -29,6 +30,7 @@ __all__ = [
     "SegmentationNetwork",
     "parse_diameter",
     "prepare_network",
+    "recorded",
     "recorded_diameter",
     "to_probabilities",
     "window_size",
@@ -102,20 +104,45 @@ def parse_diameter(value: Any, key: str = "diameter") -> float | str | None:
     return number
 
 
+@functools.lru_cache(maxsize=8)
+def _records(path: str, modified_ns: int) -> dict[str, Any]:
+    """The records of the checkpoint ``path`` as it was at ``modified_ns``: its entries that are not weights."""
+    state = load_checkpoint(path)
+    if not isinstance(state, Mapping):
+        return {}
+    return {k: v for k, v in state.items() if k == NETWORK_CONFIG_KEY or not isinstance(v, Mapping)}
+
+
+def recorded(ckpt_path: str | Path | None, key: str, default: Any = None) -> Any:
+    """A value training recorded in ``model.pt``: ``source_diameter``, or a network setting of ``network_config``.
+
+    A bundle's inference config takes its network settings from here (``widths:
+    "$monai_uda.inference.recorded(@ckpt_path, 'widths', [64, ...])"``), so a checkpoint builds the network
+    it was trained as, whatever preset trained it; ``default`` (the paper's setting) serves a file without
+    the record (no file, or trained before records were written), and a ``--widths`` override still wins.
+    Read as the weights are (:func:`~monai_uda.networks.weights.load_checkpoint`: one error line for a file
+    that is not a checkpoint). A file without the record (``model_best.pt``, ``scored/``) takes that of the
+    ``model.pt`` of its run folder: the same training run.
+    """
+    if ckpt_path is None or not Path(ckpt_path).is_file():
+        return default
+    path = Path(ckpt_path).resolve()
+    records = _records(str(path), path.stat().st_mtime_ns)
+    value = records.get(key, records.get(NETWORK_CONFIG_KEY, {}).get(key))
+    if value is None:
+        final = next((p / "model.pt" for p in (path.parent, path.parent.parent) if (p / "model.pt").is_file()), None)
+        if final is not None and final != path:
+            return recorded(final, key, default)
+        return default
+    return value
+
+
 def recorded_diameter(ckpt_path: str | Path | None) -> float | None:
     """The source's typical nucleus diameter recorded in a ``model.pt`` (``None``: no file, or trained before it was).
 
-    Read as the weights are (:func:`~monai_uda.networks.weights.load_checkpoint`: one error line for a
-    file that is not a checkpoint). A file without the record (``model_best.pt``) takes that of the
-    ``model.pt`` beside it: the same training run, the same source.
+    See :func:`recorded` (a ``model_best.pt`` takes the record of the ``model.pt`` beside it).
     """
-    if ckpt_path is None or not Path(ckpt_path).is_file():
-        return None
-    state = load_checkpoint(ckpt_path)
-    value = state.get(DIAMETER_KEY) if isinstance(state, dict) else None
-    final = Path(ckpt_path).parent / "model.pt"
-    if value is None and Path(ckpt_path).name != final.name:
-        return recorded_diameter(final)
+    value = recorded(ckpt_path, DIAMETER_KEY)
     return None if value is None else float(value)
 
 

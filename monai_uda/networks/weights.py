@@ -16,7 +16,11 @@ import torch
 
 from monai_uda.errors import UDAInputError
 
-__all__ = ["load_checkpoint", "load_network_weights", "unsafe_checkpoint_error"]
+__all__ = ["NETWORK_CONFIG_KEY", "load_checkpoint", "load_network_weights", "unsafe_checkpoint_error"]
+
+#: the entry of ``model.pt`` recording the config keys that shape its networks (``widths``, ``backbone``, ...):
+#: written by training, read by inference (:func:`monai_uda.inference.recorded`)
+NETWORK_CONFIG_KEY = "network_config"
 
 
 def unsafe_checkpoint_error(exc: pickle.UnpicklingError, path: str | Path) -> UDAInputError:

@@ -44,14 +44,16 @@ def test_training_command_line_then_inference_and_evaluate(sample_2d, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = torch.load(out / "model.pt", weights_only=True)
-    assert set(model) == {"generator", "discriminator", "source_diameter"}
+    assert set(model) == {"generator", "discriminator", "source_diameter", "network_config"}
     assert model["source_diameter"] > 0  # of the synthetic masks the generator learnt to draw
+    # the settings that shape the generator, so that inference builds it without being told them
+    assert model["network_config"] == {"channels": 1, **TINY_NET, "encoder_adain": True, "ternary": False}
 
     images, labels = export_split(sample_2d / "datalist.json", "test", tmp_path / "test")
     pred = tmp_path / "pred"
-    run(
+    run(  # no network settings given: those model.pt records
         "inference", config_file=_cfg("inference.yaml"), meta_file=META, input_dir=str(images), output_dir=str(pred),
-        ckpt_path=str(out / "model.pt"), patch=[32, 32], **TINY_NET,
+        ckpt_path=str(out / "model.pt"), patch=[32, 32],
     )
     assert all((pred / f"{p.name.split('.')[0]}_instances.tif").is_file() for p in images.iterdir())
     mask, _ = read_array(next(pred.glob("*_mask.png")))
@@ -72,8 +74,6 @@ def test_training_command_line_then_inference_and_evaluate(sample_2d, tmp_path):
         str(_cfg("inference.yaml", "inference_synthesis.yaml")), "--ckpt_path", str(out / "model.pt"), "--output_dir",
         str(synth), "--mask_dir", str(labels), "--domain_label", "0.7", "--patch", "[32, 32]",
     ]
-    for key, value in TINY_NET.items():
-        cmd += [f"--{key}", json.dumps(value)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     items = get_split(load_datalist(synth), "source", require_labels=True)

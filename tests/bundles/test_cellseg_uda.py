@@ -46,15 +46,16 @@ def test_training_command_line_then_inference_and_evaluate(sample_2d, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = torch.load(out / "model.pt", weights_only=True)
-    assert set(model) == {"segmenter", "reconstructor", "discriminator", "source_diameter"}
+    assert set(model) == {"segmenter", "reconstructor", "discriminator", "source_diameter", "network_config"}
     assert model["source_diameter"] > 0  # the source labels' typical nucleus diameter, inference's reference
+    # the settings that shape the segmenter, so that inference builds it without being told them
+    assert model["network_config"] == {"channels": 3, "widths": TINY_2D["widths"], "num_res_units": 1}
 
     images, labels = export_split(sample_2d / "datalist.json", "test", tmp_path / "test")
     pred = tmp_path / "pred"
     run(
         "inference", config_file=_cfg("inference.yaml"), meta_file=str(CONFIGS / "metadata.json"),
-        input_dir=str(images), output_dir=str(pred), ckpt_path=str(out / "model.pt"), widths=TINY_2D["widths"],
-        target_patch=[64, 64],
+        input_dir=str(images), output_dir=str(pred), ckpt_path=str(out / "model.pt"), target_patch=[64, 64],
     )
     stems = [p.name for p in images.iterdir()]
     assert stems and all((pred / f"{Path(s).stem}_instances.tif").is_file() for s in stems)
@@ -88,7 +89,7 @@ def test_paper_table_rows_train(sample_2d, tmp_path, mode):
     expected = {
         "source_only": {"segmenter"}, "target_only": {"segmenter"}, "no_recons": {"segmenter", "discriminator"},
     }[mode]
-    assert set(model) - {"source_diameter"} == expected
+    assert set(model) - {"source_diameter", "network_config"} == expected
 
 
 def _parser(**overrides) -> ConfigParser:
@@ -121,7 +122,7 @@ def test_ssda_on_a_partly_labelled_target_split(sample_2d, tmp_path, batch_size,
     trainer = parser.get_parsed_content("trainer")
     assert trainer.state.iteration == 2 and 0.0 <= trainer.state.output["seg_target"] <= 1.0
     model = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
-    assert set(model) == {"segmenter", "reconstructor", "discriminator", "source_diameter"}
+    assert set(model) == {"segmenter", "reconstructor", "discriminator", "source_diameter", "network_config"}
 
 
 def test_ssda_without_any_labelled_target_item_is_refused(sample_2d, tmp_path):

@@ -78,7 +78,9 @@ def test_pipeline_writes_both_stages_and_the_synthesized_dataset(trained, sample
     image, _ = read_array(synthesized["source"][0]["image"])
     assert image.dtype == np.uint8 and image.shape[-1] == 3  # target-style RGB
     pdam = torch.load(trained / "pdam" / "model.pt", weights_only=True)
-    assert set(pdam) == {"detector"} and any(k.startswith("entropy_discriminator.") for k in pdam["detector"])
+    assert set(pdam) == {"detector", "network_config"}
+    assert any(k.startswith("entropy_discriminator.") for k in pdam["detector"])
+    assert pdam["network_config"]["backbone"] == TINY["backbone"] and pdam["network_config"]["variant"] == "pdam"
     assert len(_checkpoints(trained / "cyclegan")) == 1 and len(_checkpoints(trained / "pdam")) == 1
     # the PDAM stage validated on the sample's validation strip (val_interval = ckpt_interval = 1)
     best = torch.load(trained / "pdam" / "model_best.pt", weights_only=True)

@@ -68,7 +68,9 @@ def trained(sample_2d, tmp_path_factory) -> Path:
 def test_training_runs_both_stages_on_one_network(trained):
     final = torch.load(trained / "model.pt", weights_only=True)
     stage1 = torch.load(trained / "stage1" / "model.pt", weights_only=True)
-    assert set(final) == set(stage1) == {"detector"}  # the stage-2 teacher stays out of model.pt
+    assert set(final) == set(stage1) == {"detector", "network_config"}  # the stage-2 teacher stays out of model.pt
+    assert final["network_config"] == stage1["network_config"]
+    assert final["network_config"]["projection_dim"] == TINY_TRAIN["projection_dim"]
     final, stage1 = final["detector"], stage1["detector"]
     assert set(final) == set(stage1)
     # stage 2 continued from the stage-1 network: the frozen source branch is bit-identical ...

@@ -54,8 +54,10 @@ def test_validation_or_label_free_selection_leaves_training_unchanged(sample_2d,
     assert isinstance(dice, float) and 0.0 <= dice <= 1.0
     assert (tmp_path / "with" / "model_best.pt").is_file()
     best = torch.load(tmp_path / "with" / "model_best.pt", weights_only=True)
-    # model.pt also records the source's nucleus diameter (inference reads it beside model_best.pt)
-    assert set(best) == set(torch.load(tmp_path / "with" / "model.pt", weights_only=True)) - {"source_diameter"}
+    # model.pt also records the source's nucleus diameter and the network settings (inference reads them beside
+    # model_best.pt)
+    records = {"source_diameter", "network_config"}
+    assert set(best) == set(torch.load(tmp_path / "with" / "model.pt", weights_only=True)) - records
 
     # without a validation list: label-free selection on the target images, the best kept the same way
     selected = _train(bundle, without, tmp_path / "without", selection_images=2,

@@ -121,7 +121,7 @@ def test_disk_full_during_periodic_checkpoint_keeps_the_last_one(dataset: Path, 
     code, stderr = kit.run("train", "--dataset_dir", dataset, "--output_dir", out, *tiny, "--resume", "true")
     assert code == 0, stderr[-2000:]
     model = torch.load(out / "model.pt", weights_only=True)
-    assert model.keys() == {"segmenter", "reconstructor", "discriminator", "source_diameter"}
+    assert model.keys() == {"segmenter", "reconstructor", "discriminator", "source_diameter", "network_config"}
 
 
 def test_disk_full_while_saving_the_final_model_keeps_the_previous_one(dataset: Path, tmp_path: Path, kit, monkeypatch):

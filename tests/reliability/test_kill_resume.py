@@ -85,7 +85,7 @@ def test_kill9_then_resume_gives_the_uninterrupted_weights(dataset: Path, tmp_pa
 
     resumed_model, full_model = (torch.load(d / "model.pt", weights_only=True) for d in (killed, full))
     networks = {"segmenter", "reconstructor", "discriminator"}
-    assert resumed_model.keys() == full_model.keys() == networks | {"source_diameter"}
+    assert resumed_model.keys() == full_model.keys() == networks | {"source_diameter", "network_config"}
     assert resumed_model["source_diameter"] == full_model["source_diameter"] > 0
     for net in networks:
         for key, value in full_model[net].items():

@@ -1,0 +1,78 @@
+"""Shipping trained weights into a bundle's models/: what is kept, the hash, and inference using them by default."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from monai.bundle import run
+from monai.networks.nets import UNet
+
+from monai_uda.data.datalist import export_split
+from monai_uda.errors import UDAInputError
+from monai_uda.shipping import md5sum, ship_weights
+
+REPO = Path(__file__).resolve().parents[1]
+WIDTHS = [4, 8, 16]
+
+
+def _trained(path: Path, **records) -> Path:
+    """A model.pt as cellseg_uda training writes it (tiny segmenter, an extra network, the records)."""
+    segmenter = UNet(2, 3, 1, WIDTHS, [2, 2], num_res_units=1)
+    state = {"segmenter": segmenter.state_dict(), "discriminator": {"w": torch.ones(3)}, **records}
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture()
+def bundle(tmp_path) -> Path:
+    copy = tmp_path / "cellseg_uda"
+    shutil.copytree(REPO / "bundles" / "cellseg_uda", copy, ignore=shutil.ignore_patterns("models"))
+    return copy
+
+
+def test_ship_keeps_inference_networks_and_records_and_hashes_the_file(bundle, tmp_path):
+    config = {"channels": 3, "widths": WIDTHS, "num_res_units": 1}
+    ckpt = _trained(tmp_path / "model.pt", network_config=config, source_diameter=17.5)
+    out = ship_weights("cellseg_uda", ckpt, half=True, bundle_dir=bundle)
+    assert out == bundle / "models" / "model.pt"
+    shipped = torch.load(out, weights_only=True)
+    assert set(shipped) == {"segmenter", "network_config", "source_diameter"}  # no discriminator
+    assert shipped["network_config"] == config and shipped["source_diameter"] == 17.5
+    assert {v.dtype for v in shipped["segmenter"].values() if v.is_floating_point()} == {torch.float16}
+    listing = (bundle / "large_files.yml").read_text()
+    assert listing.startswith("# Where the trained weights")  # its comment kept
+    entries = {e["path"]: e for e in yaml.safe_load(listing)["large_files"]}
+    assert entries["models/model.pt"]["hash_val"] == md5sum(out) and entries["models/model.pt"]["url"] == ""
+    assert "models/model.ts" in entries
+
+
+def test_ship_refuses_a_model_without_the_network_record(bundle, tmp_path):
+    ckpt = _trained(tmp_path / "old.pt")
+    with pytest.raises(UDAInputError, match="has no network_config"):
+        ship_weights("cellseg_uda", ckpt, bundle_dir=bundle)
+    assert not (bundle / "models").exists()
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai_uda.shipping", "cellseg_uda", str(ckpt), "--bundle_dir", str(bundle)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(f"error: {ckpt}: has no")
+
+
+def test_inference_uses_the_shipped_weights_and_their_network_settings(bundle, tmp_path, sample_2d):
+    """No --ckpt_path, no --widths: the bundle's models/model.pt builds and loads a 4-8-16 U-Net."""
+    ckpt = _trained(tmp_path / "model.pt", network_config={"channels": 3, "widths": WIDTHS, "num_res_units": 1})
+    ship_weights("cellseg_uda", ckpt, bundle_dir=bundle)
+    images, _ = export_split(sample_2d / "datalist.json", "test", tmp_path / "test")
+    pred = tmp_path / "pred"
+    configs = bundle / "configs"
+    run("inference", config_file=str(configs / "inference.yaml"), meta_file=str(configs / "metadata.json"),
+        bundle_root=str(bundle), input_dir=str(images), output_dir=str(pred), target_patch=[64, 64])
+    assert sorted(p.name for p in pred.glob("*_instances.tif")) == sorted(
+        f"{p.name.split('.')[0]}_instances.tif" for p in images.iterdir()
+    )
