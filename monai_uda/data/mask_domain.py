@@ -124,7 +124,8 @@ def _log_source(items: Sequence[Mapping[str, Any]], spatial_dims: int) -> None:
 
     picks = sorted({round(i) for i in np.linspace(0, len(items) - 1, min(DIAMETER_SAMPLES, len(items)))})
     diameter = typical_diameter(read_label(items[i]["label"], spatial_dims) for i in picks)
-    measured = "no nucleus found" if diameter is None else f"typical nucleus diameter {diameter:.1f} px"
+    unit = "px" if spatial_dims == 2 else "voxels"
+    measured = "no nucleus found" if diameter is None else f"typical nucleus diameter {diameter:.1f} {unit}"
     logger.info(
         "AD-GAN mask domain: the label maps of %d labelled source items (source images are not read); "
         "preset/axis_range/count_range/eccentricity_range are not used; source masks: %s (from %d label maps)",

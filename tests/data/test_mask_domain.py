@@ -158,3 +158,27 @@ def test_bundle_without_source_labels_ends_with_one_error_line(sample_2d, tmp_pa
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {datalist}: mask_domain 'source' takes the")
     assert not (tmp_path / "t" / "model.pt").exists()
+
+
+def test_benchmark_ad_gan_rows_take_the_source_masks_where_the_setting_has_a_labelled_source(tmp_path):
+    from monai_uda.benchmark import settings
+    from monai_uda.benchmark.recipes import ROWS
+    from monai_uda.benchmark.runner import _row_spec
+
+    prepared = settings.Prepared(tmp_path / "d.json", tmp_path, tmp_path, "x", [])
+    domains = {
+        (name, row): _row_spec(ROWS[row], settings.SETTINGS[name], prepared, "cpu", 1.0, None, None)[0]["overrides"]
+        .get("mask_domain", "synthetic")
+        for name in ("dsb2018_fluo->monuseg", "dsb2018_dim->dsb2018_bright", "synthetic->dsb2018_fluo")
+        for row in ("ad_gan", "ad_gan_ins")
+    }
+    assert domains == {
+        ("dsb2018_fluo->monuseg", "ad_gan"): "source", ("dsb2018_fluo->monuseg", "ad_gan_ins"): "source",
+        ("dsb2018_dim->dsb2018_bright", "ad_gan"): "source", ("dsb2018_dim->dsb2018_bright", "ad_gan_ins"): "source",
+        ("synthetic->dsb2018_fluo", "ad_gan"): "synthetic", ("synthetic->dsb2018_fluo", "ad_gan_ins"): "synthetic",
+    }
+    assert all("mask_domain source" in ROWS[row].description for row in ("ad_gan", "ad_gan_ins"))
+    # the other rows of those settings are untouched (their signatures, and so their finished runs, stay valid)
+    close = settings.SETTINGS["dsb2018_dim->dsb2018_bright"]
+    assert _row_spec(ROWS["cellseg_uda"], close, prepared, "cpu", 1.0, None, None)[0]["overrides"]["channels"] == 1
+    assert "mask_domain" not in _row_spec(ROWS["cyc_pdam"], close, prepared, "cpu", 1.0, None, None)[0]["overrides"]
