@@ -113,7 +113,10 @@ _CELLSEG = "CellSegUDA (Haq & Huang, MIDL 2020)"
 #: the DARCNN bundle's variant beside its paper form (bundles/darcnn/docs/README.md, "Departures from the paper")
 _DARCNN_OURS = {"l_target_features": "fused", "projection_dim": 64, "projection_training": "adversarial",
                 "target_head_momentum": 0.99, "target_encoder_momentum": 0.9}
-_ADGAN = "AD-GAN (Yao et al.): masks only, no labels"
+_ADGAN = "AD-GAN (Yao et al.): image <-> mask translation, no image labels"
+#: which masks the AD-GAN rows translate to: the setting's ``mask_domain`` override (bundles/ad_gan/docs/README.md)
+_MASKS = ("mask domain: the labelled source's masks on dsb2018_fluo->monuseg and dsb2018_dim->dsb2018_bright "
+          "(mask_domain source), synthetic ellipses elsewhere")
 _DARCNN_BUDGET = "time_budget_darcnn.yaml"
 ROWS: dict[str, Row] = {
     row.name: row
@@ -129,8 +132,9 @@ ROWS: dict[str, Row] = {
             {"mode": "ssda", "target_label_fraction": 0.1}, True),
         Row("cellseg_ssda_50", "cellseg_uda", "CellSegSSDA, 50% of target images labelled (eq 6)",
             {"mode": "ssda", "target_label_fraction": 0.5}, True),
-        Row("ad_gan", "ad_gan", f"{_ADGAN}, binary translation + watershed", {"ternary": False}),
-        Row("ad_gan_ins", "ad_gan", "AD-GAN-INS: ternary (background/edge/interior) translation", {"ternary": True}),
+        Row("ad_gan", "ad_gan", f"{_ADGAN}, binary translation + watershed; {_MASKS}", {"ternary": False}),
+        Row("ad_gan_ins", "ad_gan", f"AD-GAN-INS: ternary (background/edge/interior) translation; {_MASKS}",
+            {"ternary": True}),
         Row("ad_gan_wo_rec", "ad_gan", "AD-GAN ablation: without the reconstruction loss",
             {"ternary": False, "use_rec": False}),
         Row("ad_gan_wo_ctr", "ad_gan", "AD-GAN ablation: without the content loss",

@@ -195,7 +195,8 @@ SETTINGS: dict[str, Setting] = {
             _prepare_dsb_monuseg,
             bundle_overrides={
                 "cellseg_uda": {"channels": 3, "source_invert": True},
-                "ad_gan": {"channels": 1, "target_invert": True},
+                # AD-GAN's mask domain: the labelled DSB2018 masks (unpaired with the MoNuSeg images)
+                "ad_gan": {"channels": 1, "target_invert": True, "mask_domain": "source"},
                 # identity loss 0.5 (CycleGAN's colour-preserving option): keeps the inverted (dark) nuclei
                 # dark through a short CPU CycleGAN, so that PDAM learns nuclei rather than glass
                 "cyc_pdam": {"channels": 3, "source_invert": True, "lambda_identity": 0.5},
@@ -215,7 +216,9 @@ SETTINGS: dict[str, Setting] = {
             "evaluation on 20% of the bright half held out (seed 0)",
             CELLSEG_ROWS + AD_GAN_ROWS[:2] + (MASK_RCNN_SOURCE_ONLY, "cyc_pdam", "darcnn_stage1", "darcnn"),
             _prepare_dsb_dim_bright,
-            bundle_overrides={bundle: {"channels": 1} for bundle in ("cellseg_uda", "ad_gan", "cyc_pdam", "darcnn")},
+            # AD-GAN's mask domain: the dim half's labels (unpaired with the bright images)
+            bundle_overrides={**{bundle: {"channels": 1} for bundle in ("cellseg_uda", "cyc_pdam", "darcnn")},
+                              "ad_gan": {"channels": 1, "mask_domain": "source"}},
         ),
         Setting(
             "sample_3d",
