@@ -81,6 +81,7 @@ def main(
     ad_gan_preset: str | None = None,
     seeds: str | int | Sequence[int] | None = None,
     from_scratch: bool | str = False,
+    checkpoint_curves: bool | str = True,
     **overrides: Any,
 ) -> str:
     """Compare methods on one setting with the same data, splits, seed and per-row time budget.
@@ -107,6 +108,11 @@ def main(
             mean ± std over the seeds (default: one run per row with seed 0, or --seed).
         from_scratch: the CyC-PDAM and DARCNN rows start from random weights (default: from the detector of
             row mask_rcnn_source_only, trained once on the labelled source and run first when needed).
+        checkpoint_curves: rows trained with --keep_scored_models true (label-free selection: cellseg_uda and
+            ad_gan rows without a labelled validation list) also segment and score the evaluation images with
+            every scored checkpoint and model_best.pt: runs/<row>/checkpoints.csv, curves.png and the columns
+            AJI selected, AJI last, rank corr. Costs one inference run per checkpoint (default true; false
+            skips it).
         **overrides: bundle config overrides for every row.
 
     Returns:
@@ -129,10 +135,13 @@ def main(
     seed_list = parse_seeds(seeds)
     if seed_list is not None and "seed" in overrides:
         raise UDAInputError("--seed and --seeds together: give the seeds with --seeds only")
-    try:
-        from_scratch = flag(from_scratch)
-    except ValueError as exc:
-        raise UDAInputError(f"--from_scratch: {exc}") from None
+    switches = {"from_scratch": from_scratch, "checkpoint_curves": checkpoint_curves}
+    for key, value in switches.items():
+        try:
+            switches[key] = flag(value)
+        except ValueError as exc:
+            raise UDAInputError(f"--{key}: {exc}") from None
+    from_scratch, checkpoint_curves = switches["from_scratch"], switches["checkpoint_curves"]
     options = {
         "setting": setting,
         "rows": rows,
@@ -144,6 +153,7 @@ def main(
         "ad_gan_preset": ad_gan_preset,
         "seeds": seed_list,
         "from_scratch": from_scratch or None,
+        "checkpoint_curves": None if checkpoint_curves else False,
         **overrides,
     }
     command = "monai-uda benchmark " + " ".join(
@@ -167,6 +177,7 @@ def main(
         {"ad_gan": {"preset": ad_gan_preset}} if ad_gan_preset else None,
         seed_list,
         from_scratch,
+        checkpoint_curves,
     )
     results = Path(out).resolve() / "results.md"
     print(results.read_text(encoding="utf-8"))

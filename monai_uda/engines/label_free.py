@@ -176,7 +176,8 @@ class LabelFreeSelection:
     ``"validation"`` list: with one (or ``enabled`` false) it attaches nothing. Each scoring logs one
     INFO line, appends ``{"iteration", "score", "foreground", "seconds"}`` to ``<output_dir>/selection.json``
     (written whole, atomically; ``seconds``: wall time since the engine's ``Events.STARTED`` when the networks
-    were scored, plus on resume the last earlier scoring's, so time after it before the interruption is lost), keeps the best networks as ``model_best.pt`` (``model.pt``'s layout)
+    were scored, plus on resume the last earlier scoring's, so time after it before the interruption is lost),
+    keeps the best networks as ``model_best.pt`` (``model.pt``'s layout)
     and, with ``keep_scored_models``, the networks of every scoring as
     ``<output_dir>/scored/model_iteration=N.pt``. Scoring draws no random numbers and returns the
     network to training mode.
