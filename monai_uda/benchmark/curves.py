@@ -127,8 +127,8 @@ def curve_notes(curves: Sequence[tuple[str, str, Path]]) -> list[str]:
                         if any(x["seconds_from"] == ESTIMATED for x in read_checkpoints(path))})
     return [
         "",
-        "Checkpoints (rows trained with `--keep_scored_models true`; every checkpoint in `runs/<row>/checkpoints.csv`, "
-        "AJI against training minutes in `curves.png`):",
+        "Checkpoints (rows trained with `--keep_scored_models true`; every checkpoint in "
+        "`runs/<row>[/seed<k>]/checkpoints.csv`, AJI against training minutes in `curves.png`):",
         "- `AJI selected`: AJI of `model_best.pt`, the checkpoint with the best label-free score (no target labels).",
         "- `AJI last`: AJI of `model.pt`, the last checkpoint (the `AJI` column).",
         "- `rank corr`: Spearman rank correlation of the label-free score with the AJI over the scored checkpoints "
