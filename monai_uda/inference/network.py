@@ -107,13 +107,15 @@ def recorded_diameter(ckpt_path: str | Path | None) -> float | None:
 
     Read as the weights are (:func:`~monai_uda.networks.weights.load_checkpoint`: one error line for a
     file that is not a checkpoint). A file without the record (``model_best.pt``) takes that of the
-    ``model.pt`` beside it: the same training run, the same source.
+    ``model.pt`` beside it, a ``scored/model_iteration=N.pt`` of label-free selection that of the
+    ``model.pt`` one folder up: the same training run, the same source.
     """
     if ckpt_path is None or not Path(ckpt_path).is_file():
         return None
     state = load_checkpoint(ckpt_path)
     value = state.get(DIAMETER_KEY) if isinstance(state, dict) else None
-    final = Path(ckpt_path).parent / "model.pt"
+    folder = Path(ckpt_path).parent
+    final = folder.parent / "model.pt" if folder.name == "scored" else folder / "model.pt"
     if value is None and Path(ckpt_path).name != final.name:
         return recorded_diameter(final)
     return None if value is None else float(value)
