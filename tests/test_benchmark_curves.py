@@ -145,3 +145,40 @@ def test_checkpoint_curves_false_and_rows_without_checkpoints_keep_the_output(tm
     assert again["skipped"] == ["cellseg_uda"]
     with pytest.raises(UDAInputError, match="--checkpoint_curves: expected true or false"):
         benchmark.main(checkpoint_curves="maybe", out=str(tmp_path / "x"))
+
+
+def test_run_row_evaluates_the_checkpoints_with_its_own_inference(tmp_path, monkeypatch):
+    """run_row's wiring, its workflows faked: training leaves scored files, "inference" copies a checkpoint's AJI."""
+    from types import SimpleNamespace
+
+    from monai_uda.benchmark import row
+    from monai_uda.metrics import evaluate
+
+    def workflow(files, run_id, run):
+        if run_id == "training":
+            _fake_run(Path(run["output_dir"]), [0.1, 0.3, 0.2], [0.2, 0.6, 0.4], seconds=[1.0, 2.0, 3.0])
+        return SimpleNamespace()
+
+    def segment(spec, checkpoint, pred_dir):
+        pred_dir.mkdir(parents=True)
+        (pred_dir / "aji.txt").write_text(checkpoint.read_text() if checkpoint.is_file() else "0.5")
+
+    def evaluate_dirs(pred_dir, labels, out):
+        aji = float((Path(pred_dir) / "aji.txt").read_text())
+        return {"mean": {"aji": aji, "dice": aji}}
+
+    monkeypatch.setattr(row, "_run_workflow", workflow)
+    monkeypatch.setattr(row, "_stages", lambda _: {"trainer": {"iterations": 8, "seconds": 4.0}})
+    monkeypatch.setattr(row, "_segment", segment)
+    monkeypatch.setattr(row, "_score", lambda spec: ({"aji": 0.5, "dice": 0.5}, 1.0, 1))
+    monkeypatch.setattr(evaluate, "evaluate_dirs", evaluate_dirs)
+    spec = {"bundle": "cellseg_uda", "spatial_dims": 2, "preset_file": None, "overrides": {}, "budget_seconds": 1,
+            "dataset_dir": "d.json", "eval_labels": "labels", "row_dir": str(tmp_path / "run"),
+            "model_file": "model.pt"}
+    record = row.run_row(spec)
+    assert (record["aji_selected"], record["aji_last"], record["rank_corr"]) == (0.6, 0.5, 1.0)
+    assert [x["aji"] for x in read_checkpoints(tmp_path / "run" / "checkpoints.csv")] == ["0.2", "0.6", "0.4", "0.6",
+                                                                                          "0.5"]
+    assert not (tmp_path / "run" / "checkpoints" / "model_best" / "pred").exists()  # predictions removed
+    record = row.run_row({**spec, "row_dir": str(tmp_path / "off"), "checkpoint_curves": False})
+    assert "rank_corr" not in record and not (tmp_path / "off" / "checkpoints.csv").exists()
