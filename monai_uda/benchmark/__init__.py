@@ -20,7 +20,10 @@ Output in ``--out``: the results files above, rewritten atomically after every r
 prepared data in ``data/``. With ``--seeds 0,1,2`` every row trains once per seed, in
 ``runs/<row>/seed<k>/`` (``logs/<row>/seed<k>.log``, ``overlays/<row>/seed<k>.png``); ``results.csv``
 gains a ``seed`` column, ``results_summary.csv`` holds each row's mean and std, and ``results.md``
-shows ``mean ± std (n)`` (see :mod:`~monai_uda.benchmark.report`).
+shows ``mean ± std (n)`` (see :mod:`~monai_uda.benchmark.report`). Rows trained with
+``--keep_scored_models true`` also evaluate every checkpoint the label-free selection scored
+(``runs/<row>/checkpoints.csv``, ``curves.png``, columns ``aji_selected``, ``aji_last``, ``rank_corr``;
+see :mod:`~monai_uda.benchmark.curves`).
 """
 
 from __future__ import annotations

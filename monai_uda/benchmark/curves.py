@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import math
+import textwrap
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -165,7 +166,7 @@ def draw_curves(curves: Sequence[tuple[str, str, Path]], path: Path, title: str)
             star = None  # one legend entry for the stars
     ax.set_xlabel("training wall-clock minutes (CPU)")
     ax.set_ylabel("AJI on the evaluation images")
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 80), fontsize="medium")
     ax.legend(fontsize="small")
     fig.tight_layout()
     buffer = io.BytesIO()
