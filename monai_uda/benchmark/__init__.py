@@ -20,7 +20,10 @@ Output in ``--out``: the results files above, rewritten atomically after every r
 prepared data in ``data/``. With ``--seeds 0,1,2`` every row trains once per seed, in
 ``runs/<row>/seed<k>/`` (``logs/<row>/seed<k>.log``, ``overlays/<row>/seed<k>.png``); ``results.csv``
 gains a ``seed`` column, ``results_summary.csv`` holds each row's mean and std, and ``results.md``
-shows ``mean ± std (n)`` (see :mod:`~monai_uda.benchmark.report`).
+shows ``mean ± std (n)`` (see :mod:`~monai_uda.benchmark.report`). Rows trained with
+``--keep_scored_models true`` also evaluate every checkpoint the label-free selection scored
+(``runs/<row>/checkpoints.csv``, ``curves.png``, columns ``aji_selected``, ``aji_last``, ``rank_corr``;
+see :mod:`~monai_uda.benchmark.curves`).
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ def main(
     ad_gan_preset: str | None = None,
     seeds: str | int | Sequence[int] | None = None,
     from_scratch: bool | str = False,
+    checkpoint_curves: bool | str = True,
     **overrides: Any,
 ) -> str:
     """Compare methods on one setting with the same data, splits, seed and per-row time budget.
@@ -107,6 +111,11 @@ def main(
             mean ± std over the seeds (default: one run per row with seed 0, or --seed).
         from_scratch: the CyC-PDAM and DARCNN rows start from random weights (default: from the detector of
             row mask_rcnn_source_only, trained once on the labelled source and run first when needed).
+        checkpoint_curves: rows trained with --keep_scored_models true (label-free selection: cellseg_uda and
+            ad_gan rows without a labelled validation list) also segment and score the evaluation images with
+            every scored checkpoint and model_best.pt: runs/<row>/checkpoints.csv, curves.png and the columns
+            AJI selected, AJI last, rank corr. Costs one inference run per checkpoint (default true; false
+            skips it).
         **overrides: bundle config overrides for every row.
 
     Returns:
@@ -129,10 +138,13 @@ def main(
     seed_list = parse_seeds(seeds)
     if seed_list is not None and "seed" in overrides:
         raise UDAInputError("--seed and --seeds together: give the seeds with --seeds only")
-    try:
-        from_scratch = flag(from_scratch)
-    except ValueError as exc:
-        raise UDAInputError(f"--from_scratch: {exc}") from None
+    switches = {"from_scratch": from_scratch, "checkpoint_curves": checkpoint_curves}
+    for key, value in switches.items():
+        try:
+            switches[key] = flag(value)
+        except ValueError as exc:
+            raise UDAInputError(f"--{key}: {exc}") from None
+    from_scratch, checkpoint_curves = switches["from_scratch"], switches["checkpoint_curves"]
     options = {
         "setting": setting,
         "rows": rows,
@@ -144,6 +156,7 @@ def main(
         "ad_gan_preset": ad_gan_preset,
         "seeds": seed_list,
         "from_scratch": from_scratch or None,
+        "checkpoint_curves": None if checkpoint_curves else False,
         **overrides,
     }
     command = "monai-uda benchmark " + " ".join(
@@ -167,6 +180,7 @@ def main(
         {"ad_gan": {"preset": ad_gan_preset}} if ad_gan_preset else None,
         seed_list,
         from_scratch,
+        checkpoint_curves,
     )
     results = Path(out).resolve() / "results.md"
     print(results.read_text(encoding="utf-8"))

@@ -10,6 +10,10 @@ line per (row, seed) with that run's values, ``results_summary.csv`` one line pe
 ``n`` (finished seeds) and ``<metric>_mean`` / ``<metric>_std`` (sample standard deviation,
 empty for one run), ``results.md`` shows ``mean ± std (n)`` and which row differences exceed the
 run-to-run spread (:func:`beyond_spread`), and ``results.png`` draws the means with std error bars.
+
+Rows that evaluated their scored checkpoints (:mod:`~monai_uda.benchmark.curves`) add the columns
+``aji_selected``, ``aji_last`` and ``rank_corr`` (summarised over seeds like the other metrics) and
+``curves.png``; without such a row every file is as before.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_uda.benchmark.curves import CURVE_COLUMNS, CURVE_TABLE, curve_notes, draw_curves
 from monai_uda.benchmark.recipes import ROWS
 from monai_uda.benchmark.settings import Prepared, Setting
 from monai_uda.files import atomic_write, write_text
@@ -91,11 +96,31 @@ TABLE = (
 )
 """Columns of ``results.md``: (record key, title)."""
 CHART_METRICS = TABLE[:5]
+DECIMALS = {*dict(CHART_METRICS), *CURVE_COLUMNS, "infer_megapixels_per_s"}
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
     with atomic_write(path) as tmp:
         tmp.write_bytes(data)
+
+
+def _with_curves(records: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether any record evaluated its checkpoints (has an ``aji_last``)."""
+    return any(r.get("aji_last", "") not in ("", None) for r in records)
+
+
+def _columns(columns: Sequence[str], records: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """``columns`` with :data:`CURVE_COLUMNS` after ``iou`` when a record has them."""
+    if not _with_curves(records):
+        return tuple(columns)
+    at = columns.index("iou") + 1
+    return (*columns[:at], *CURVE_COLUMNS, *columns[at:])
+
+
+def _summary_columns(records: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """:data:`SUMMARY_COLUMNS`, with the mean and std of :data:`CURVE_COLUMNS` when a record has them."""
+    extra = CURVE_COLUMNS if _with_curves(records) else ()
+    return (*SUMMARY_COLUMNS, *(f"{key}_{stat}" for key in extra for stat in ("mean", "std")))
 
 
 def run_key(row: str, seed: Any = None) -> str:
@@ -125,6 +150,7 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for record in records:
         groups.setdefault(str(record["row"]), []).append(record)
     summaries = []
+    metrics = (*SUMMARY_METRICS, *(CURVE_COLUMNS if _with_curves(records) else ()))
     for row, runs in groups.items():
         if any(r.get("seed", "") != "" for r in runs):  # a run from before --seeds (seed 0) is not counted twice
             runs = [r for r in runs if r.get("seed", "") != ""]
@@ -134,7 +160,7 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "seeds": " ".join(str(r.get("seed", "")) for r in done).strip(),
             "status": "ok" if done else runs[-1].get("status", ""), "runs": runs,
         }
-        for key in SUMMARY_METRICS:
+        for key in metrics:
             values = [float(r[key]) for r in done if r.get(key) not in ("", None)]
             summary[f"{key}_mean"] = round(float(np.mean(values)), 4) if values else ""
             summary[f"{key}_std"] = round(float(np.std(values, ddof=1)), 4) if len(values) > 1 else ""
@@ -187,37 +213,41 @@ def format_cell(record: Mapping[str, Any], key: str) -> str:
         number = float(value)
     except (TypeError, ValueError):
         return str(value)
-    return f"{number:.3f}" if key in dict(CHART_METRICS) or key == "infer_megapixels_per_s" else f"{number:g}"
+    return f"{number:.3f}" if key in DECIMALS else f"{number:g}"
 
 
 def _summary_cell(summary: Mapping[str, Any], key: str) -> str:
     """``mean ± std (n)`` when the row ran more than once, else its one value (as :func:`format_cell`)."""
     mean = format_cell({key: summary.get(f"{key}_mean", summary.get(key, ""))}, key)
-    if key not in SUMMARY_METRICS or summary.get(f"{key}_std", "") == "":
+    if summary.get(f"{key}_std", "") == "":
         return mean
     std = float(summary[f"{key}_std"])
-    digits = ".3f" if key in dict(CHART_METRICS) or key == "infer_megapixels_per_s" else ".2g"  # as format_cell
+    digits = ".3f" if key in DECIMALS else ".2g"  # as format_cell
     return f"{mean} ± {std:{digits}} ({summary['n']})"
 
 
-def _markdown(records: Sequence[Mapping[str, Any]], header: Sequence[str]) -> str:
+def _markdown(
+    records: Sequence[Mapping[str, Any]], header: Sequence[str], curves: Sequence[tuple[str, str, Path]] = ()
+) -> str:
     summaries = summarize(records)
+    table = (*TABLE[:5], *CURVE_TABLE, *TABLE[5:]) if _with_curves(records) else TABLE
     lines = list(header) + [
         "",
-        "| row | " + " | ".join(title for _, title in TABLE) + " |",
-        "|---" * (len(TABLE) + 1) + "|",
+        "| row | " + " | ".join(title for _, title in table) + " |",
+        "|---" * (len(table) + 1) + "|",
     ]
     for summary in summaries:
         if summary["status"] == "ok":  # budget_minutes is not averaged: the last run's
-            cells = [_summary_cell({**summary["runs"][-1], **summary}, key) for key, _ in TABLE]
+            cells = [_summary_cell({**summary["runs"][-1], **summary}, key) for key, _ in table]
         else:  # no run of the row finished: its status in the first column
-            cells = [str(summary["status"])] + ["-"] * (len(TABLE) - 1)
+            cells = [str(summary["status"])] + ["-"] * (len(table) - 1)
         lines.append(f"| {summary['row']} | " + " | ".join(cells) + " |")
     if any(r.get("seed", "") != "" for r in records):
         lines += ["", "Per seed (AJI; every metric in `results.csv`, means and stds in `results_summary.csv`):"]
         lines += [f"- `{s['row']}`: " + ", ".join(
             f"seed {r.get('seed', '')} {format_cell(r, 'aji') if r.get('status') == 'ok' else r.get('status')}"
             for r in s["runs"]) for s in summaries]
+    lines += curve_notes(curves) if _with_curves(records) else []
     lines += ["", spread_line(summaries), "", "Rows:"] + [
         f"- `{s['row']}`: {ROWS[s['row']].description if s['row'] in ROWS else s['bundle']}" for s in summaries
     ]
@@ -264,15 +294,22 @@ def _csv(records: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> bytes:
 def write_results(out: str | Path, records: Sequence[Mapping[str, Any]], header: Sequence[str] = ()) -> None:
     """Write ``results.csv``, ``results.md`` and ``results.png`` of ``records`` to ``out`` (each atomically).
 
-    Records with a ``seed`` (``--seeds``) add the ``seed`` column and ``results_summary.csv``.
+    Records with a ``seed`` (``--seeds``) add the ``seed`` column and ``results_summary.csv``; records with
+    checkpoint evaluations (``runs/<run_key>/checkpoints.csv``) add their columns and ``curves.png``.
     """
     out = Path(out)
     seeded = any(r.get("seed", "") != "" for r in records)
-    _write_atomic(out / "results.csv", _csv(records, SEED_COLUMNS if seeded else COLUMNS))
+    _write_atomic(out / "results.csv", _csv(records, _columns(SEED_COLUMNS if seeded else COLUMNS, records)))
     if seeded:
-        _write_atomic(out / "results_summary.csv", _csv(summarize(records), SUMMARY_COLUMNS))
-    _write_atomic(out / "results.md", _markdown(records, header).encode("utf-8"))
-    _chart(summarize(records), out / "results.png", header[0].lstrip("# ") if header else "benchmark")
+        _write_atomic(out / "results_summary.csv", _csv(summarize(records), _summary_columns(records)))
+    done = [r for r in records if r.get("status") == "ok" and r.get("aji_last", "") not in ("", None)]
+    runs = [(r, out / "runs" / run_key(r["row"], r.get("seed")) / "checkpoints.csv") for r in done]
+    curves = [(str(r["row"]), str(r.get("seed", "")), path) for r, path in runs if path.is_file()]
+    _write_atomic(out / "results.md", _markdown(records, header, curves).encode("utf-8"))
+    title = header[0].lstrip("# ") if header else "benchmark"
+    _chart(summarize(records), out / "results.png", title)
+    if curves:
+        draw_curves(curves, out / "curves.png", f"{title}: AJI of each checkpoint")
 
 
 def commands(out: Path, command: str | None) -> list[str]:

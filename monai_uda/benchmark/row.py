@@ -4,7 +4,8 @@ The runner (:mod:`monai_uda.benchmark.runner`) writes the row's spec and starts 
 :func:`run_row` trains through the bundle's ``train.yaml`` (+ preset/3D overrides + the row's
 switches) with the benchmark's ``configs/time_budget*.yaml`` merged in, which stops training when
 the budget is spent, segments the evaluation images with the bundle's ``inference.yaml`` and
-scores them with :func:`~monai_uda.metrics.evaluate.evaluate_dirs`. The process reports its own
+scores them with :func:`~monai_uda.metrics.evaluate.evaluate_dirs`, then does the same for every checkpoint
+the label-free selection kept (:mod:`~monai_uda.benchmark.curves`). The process reports its own
 peak resident memory (``resource.getrusage``), so each row's figure is its own.
 """
 
@@ -13,12 +14,15 @@ from __future__ import annotations
 import json
 import math
 import resource
+import shutil
 import sys
 import time
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from monai_uda.benchmark.curves import evaluate_checkpoints
 from monai_uda.benchmark.report import overlay
 from monai_uda.files import write_text
 
@@ -60,11 +64,13 @@ def run_row(spec: Mapping[str, Any]) -> dict[str, Any]:
     Args:
         spec: as written by :func:`run_benchmark` (``bundle``, ``spatial_dims``, ``preset_file``,
             ``overrides``, ``budget_seconds``, ``dataset_dir``, ``eval_images``, ``eval_labels``,
-            ``overlay_stem``, ``overlay_path``, ``row_dir``, ``model_file``, ``budget_config``).
+            ``overlay_stem``, ``overlay_path``, ``row_dir``, ``model_file``, ``budget_config``, and
+            ``checkpoint_curves``: false skips :func:`~monai_uda.benchmark.curves.evaluate_checkpoints`).
 
     Returns:
         The row's record: the mean metrics, ``train_seconds``, ``iterations``, ``infer_seconds``,
-        ``infer_megapixels_per_s``, ``peak_rss_mb`` and ``n_eval_images``.
+        ``infer_megapixels_per_s``, ``peak_rss_mb`` and ``n_eval_images``; with scored checkpoints also
+        ``aji_selected``, ``aji_last``, ``rank_corr`` and ``checkpoint_eval_seconds`` (``checkpoints.csv``).
     """
     from monai_uda.bundle_runner import config_files
 
@@ -83,16 +89,20 @@ def run_row(spec: Mapping[str, Any]) -> dict[str, Any]:
     del workflow
 
     start = time.perf_counter()
-    run = {**overrides, "input_dir": spec["eval_images"], "output_dir": str(row_dir / "pred"),
-           "ckpt_path": str(train_dir / spec["model_file"])}
-    _run_workflow(config_files(bundle, "inference", dims, preset), "inference", run)
+    _segment(spec, train_dir / spec["model_file"], row_dir / "pred")
     infer_seconds = time.perf_counter() - start
     metrics, megapixels, n_images = _score(spec)
+    iterations = sum(int(stage["iterations"]) for stage in stages.values())
+    curves = {}
+    if spec.get("checkpoint_curves", True):  # every scored checkpoint and model_best.pt: one inference each
+        curves = evaluate_checkpoints((train_dir / spec["model_file"]).parent, row_dir, metrics, train_seconds,
+                                      iterations, partial(_checkpoint_metrics, spec))
     scale = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0  # ru_maxrss: bytes on macOS, KiB on Linux
     return {
         **{key: round(float(value), 4) for key, value in metrics.items()},
+        **curves,
         "train_seconds": round(train_seconds, 1),
-        "iterations": sum(int(stage["iterations"]) for stage in stages.values()),
+        "iterations": iterations,
         "stages": stages,
         "stage_signature": spec.get("stage_signature", ""),
         "infer_seconds": round(infer_seconds, 1),
@@ -100,6 +110,26 @@ def run_row(spec: Mapping[str, Any]) -> dict[str, Any]:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, 1),
         "n_eval_images": n_images,
     }
+
+
+def _segment(spec: Mapping[str, Any], checkpoint: Path, pred_dir: Path) -> None:
+    """Segment the evaluation images with ``checkpoint`` into ``pred_dir`` by the bundle's ``inference.yaml``."""
+    from monai_uda.bundle_runner import config_files
+
+    files = config_files(spec["bundle"], "inference", int(spec["spatial_dims"]), spec["preset_file"])
+    run = {**spec["overrides"], "input_dir": spec["eval_images"], "output_dir": str(pred_dir),
+           "ckpt_path": str(checkpoint)}
+    _run_workflow(files, "inference", run)
+
+
+def _checkpoint_metrics(spec: Mapping[str, Any], checkpoint: Path, work: Path) -> dict[str, float]:
+    """The mean metrics of ``checkpoint`` on the evaluation images (``work/metrics.json``; predictions removed)."""
+    from monai_uda.metrics.evaluate import evaluate_dirs
+
+    _segment(spec, checkpoint, work / "pred")
+    metrics = evaluate_dirs(work / "pred", spec["eval_labels"], work / "metrics.json")["mean"]
+    shutil.rmtree(work / "pred")
+    return metrics
 
 
 def _score(spec: Mapping[str, Any]) -> tuple[dict[str, float], float, int]:

@@ -256,6 +256,7 @@ def run_benchmark(
     bundle_overrides: Mapping[str, Mapping[str, Any]] | None = None,
     seeds: Sequence[int] | None = None,
     from_scratch: bool = False,
+    checkpoint_curves: bool = True,
 ) -> dict[str, Any]:
     """Run ``rows`` of ``setting`` (once per seed of ``seeds``) and write the results to ``out`` after every run.
 
@@ -280,6 +281,9 @@ def run_benchmark(
         from_scratch: the Mask R-CNN rows start from random weights instead of the detector of row
             ``mask_rcnn_source_only`` of the same seed (:class:`~monai_uda.benchmark.recipes.StartWeights`, run
             first when needed).
+        checkpoint_curves: rows that kept scored checkpoints (``keep_scored_models``) also evaluate each of
+            them and ``model_best.pt`` (:mod:`~monai_uda.benchmark.curves`); not part of a row's signature, so
+            a finished row is not retrained for it.
 
     Returns:
         ``{"results": [record, ...], "ran": [...], "skipped": [...], "failed": [...]}`` (runs by ``run_key``).
@@ -300,6 +304,7 @@ def run_benchmark(
         start = start_overrides(row, out, from_scratch, donor_key)
         spec, sig = _row_spec(row, chosen, prepared, preset, budget_minutes, max_iterations, overrides,
                               bundle_overrides, seed, (start, str(donor.get("signature", ""))))
+        spec["checkpoint_curves"] = bool(checkpoint_curves)
         if records.get(name, {}).get("status") == "ok" and records[name].get("signature") == sig:
             print(f"[benchmark] {name}: finished before with the same configuration, skipped", flush=True)
             summary["skipped"].append(name)

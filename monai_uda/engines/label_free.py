@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -173,8 +174,10 @@ class LabelFreeSelection:
     An Ignite handler for a stage's handler list, the counterpart of
     :class:`~monai_uda.engines.validation.DiceValidation` for a datalist without a labelled
     ``"validation"`` list: with one (or ``enabled`` false) it attaches nothing. Each scoring logs one
-    INFO line, appends ``{"iteration", "score", "foreground"}`` to ``<output_dir>/selection.json``
-    (written whole, atomically), keeps the best networks as ``model_best.pt`` (``model.pt``'s layout)
+    INFO line, appends ``{"iteration", "score", "foreground", "seconds"}`` to ``<output_dir>/selection.json``
+    (written whole, atomically; ``seconds``: wall time since the engine's ``Events.STARTED`` when the networks
+    were scored, plus on resume the last earlier scoring's, so time after it before the interruption is lost),
+    keeps the best networks as ``model_best.pt`` (``model.pt``'s layout)
     and, with ``keep_scored_models``, the networks of every scoring as
     ``<output_dir>/scored/model_iteration=N.pt``. Scoring draws no random numbers and returns the
     network to training mode.
@@ -240,13 +243,16 @@ class LabelFreeSelection:
         self.saver = BestModelSaver(save_dict, output_dir)
         self.history: list[dict[str, float]] | None = None
         self._images: list[torch.Tensor] | None = None
+        self._started, self._offset = time.perf_counter(), 0.0
 
     def attach(self, engine: Engine) -> None:
         """Score every ``interval`` iterations of ``engine``; nothing when disabled or validating with labels."""
         if self.enabled:
+            engine.add_event_handler(Events.STARTED, lambda _: setattr(self, "_started", time.perf_counter()))
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
 
     def __call__(self, engine: Engine) -> None:
+        seconds = time.perf_counter() - self._started
         if self._images is None:  # this rank's share, read once (inference_transforms draws no random numbers)
             self._images = [self.transform(dict(item))["image"] for item in self.items]
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
@@ -260,13 +266,17 @@ class LabelFreeSelection:
         if self.main_process:
             count = int(totals[2])
             score, foreground = (totals[:2] / count).tolist()
-            self._record(engine, engine.state.iteration, score, foreground, count)
+            self._record(engine, engine.state.iteration, score, foreground, count, seconds)
 
-    def _record(self, engine: Engine, iteration: int, score: float, foreground: float, count: int) -> None:
+    def _record(
+        self, engine: Engine, iteration: int, score: float, foreground: float, count: int, seconds: float = 0.0
+    ) -> None:
         """Append the scoring to ``selection.json``, keep the networks as asked, log one line."""
         if self.history is None:
             self.history = self._earlier(iteration)
-        self.history.append({"iteration": iteration, "score": score, "foreground": foreground})
+            self._offset = float(self.history[-1].get("seconds", 0.0)) if self.history else 0.0  # resumed
+        self.history.append({"iteration": iteration, "score": score, "foreground": foreground,
+                             "seconds": round(self._offset + seconds, 2)})
         write_json(self.output_dir / "selection.json", self.history, what="selection scores")
         if self.keep:
             (self.output_dir / "scored").mkdir(parents=True, exist_ok=True)

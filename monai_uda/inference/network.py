@@ -121,8 +121,9 @@ def recorded(ckpt_path: str | Path | None, key: str, default: Any = None) -> Any
     it was trained as, whatever preset trained it; ``default`` (the paper's setting) serves a file without
     the record (no file, or trained before records were written), and a ``--widths`` override still wins.
     Read as the weights are (:func:`~monai_uda.networks.weights.load_checkpoint`: one error line for a file
-    that is not a checkpoint). A file without the record (``model_best.pt``, ``scored/``) takes that of the
-    ``model.pt`` of its run folder: the same training run.
+    that is not a checkpoint). A file without the record takes that of the ``model.pt`` of its run folder, the
+    same training run: ``model_best.pt`` the one beside it, ``scored/model_iteration=N.pt`` (label-free
+    selection) the one a folder up.
     """
     if ckpt_path is None or not Path(ckpt_path).is_file():
         return default
@@ -130,17 +131,15 @@ def recorded(ckpt_path: str | Path | None, key: str, default: Any = None) -> Any
     records = _records(str(path), path.stat().st_mtime_ns)
     value = records.get(key, records.get(NETWORK_CONFIG_KEY, {}).get(key))
     if value is None:
-        final = next((p / "model.pt" for p in (path.parent, path.parent.parent) if (p / "model.pt").is_file()), None)
-        if final is not None and final != path:
-            return recorded(final, key, default)
-        return default
+        final = (path.parent.parent if path.parent.name == "scored" else path.parent) / "model.pt"
+        return recorded(final, key, default) if final != path else default
     return value
 
 
 def recorded_diameter(ckpt_path: str | Path | None) -> float | None:
     """The source's typical nucleus diameter recorded in a ``model.pt`` (``None``: no file, or trained before it was).
 
-    See :func:`recorded` (a ``model_best.pt`` takes the record of the ``model.pt`` beside it).
+    See :func:`recorded` (``model_best.pt`` and ``scored/`` files take that of their run's ``model.pt``).
     """
     value = recorded(ckpt_path, DIAMETER_KEY)
     return None if value is None else float(value)

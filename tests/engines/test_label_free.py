@@ -144,7 +144,9 @@ def test_selection_scores_keeps_best_and_draws_no_random_numbers(datalist, tmp_p
     handler, net, _ = _run(datalist, tmp_path / "a", keep_scored_models="true")
     assert torch.equal(torch.get_rng_state(), before) and net.training
     entries = json.loads((tmp_path / "a" / "selection.json").read_text())
-    assert [e["iteration"] for e in entries] == [2, 4] and set(entries[0]) == {"iteration", "score", "foreground"}
+    assert [e["iteration"] for e in entries] == [2, 4]
+    assert set(entries[0]) == {"iteration", "score", "foreground", "seconds"}
+    assert 0.0 <= entries[0]["seconds"] <= entries[1]["seconds"] < 60.0  # training wall time at each scoring
     assert all(0.0 <= e["score"] <= 1.0 and 0.0 <= e["foreground"] <= 1.0 for e in entries)
     # bias 4 at iteration 2 (confident foreground everywhere) agrees better than bias 1 at 4: kept as the best
     assert entries[0]["score"] > entries[1]["score"]
@@ -189,6 +191,8 @@ def test_selection_resume_keeps_earlier_scores(datalist, tmp_path):
         if resume == "true":
             assert scores[:2] == earlier and handler.saver.best == max(s for _, s in earlier)
             assert (out / "model_best.pt").read_bytes() == best_file  # a worse score keeps the earlier best
+            seconds = [e["seconds"] for e in json.loads((out / "selection.json").read_text())]
+            assert seconds[2] >= seconds[1] > 0.0  # the resumed clock continues from the last earlier scoring
 
 
 def test_selection_items_and_bad_options(datalist):

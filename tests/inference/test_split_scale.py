@@ -118,6 +118,9 @@ def test_final_model_records_the_source_diameter_and_inference_reads_it(tmp_path
     assert recorded_diameter(None) is None and recorded_diameter(tmp_path / "missing.pt") is None
     torch.save({"segmenter": net.state_dict()}, tmp_path / "model_best.pt")  # beside model.pt: takes its record
     assert recorded_diameter(tmp_path / "model_best.pt") == REFERENCE
+    (tmp_path / "scored").mkdir()  # label-free selection's kept networks: the model.pt one folder up
+    torch.save({"segmenter": net.state_dict()}, tmp_path / "scored" / "model_iteration=2.pt")
+    assert recorded_diameter(tmp_path / "scored" / "model_iteration=2.pt") == REFERENCE
 
     prob = _peanut().astype(np.float32)[None]
     for ckpt, expected in ((tmp_path / "model.pt", 1), (old, 2)):  # old checkpoint: h = 1, the waist is cut
