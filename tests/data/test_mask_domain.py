@@ -145,7 +145,8 @@ def test_bundle_trains_two_iterations_on_source_masks(sample_2d, tmp_path):
         disc_widths=[4, 8], patch=[32, 32], batch_size=2,
     )
     model = torch.load(tmp_path / "t" / "model.pt", weights_only=True)
-    assert set(model) == {"generator", "discriminator", "source_diameter"} and model["source_diameter"] > 0
+    assert set(model) == {"generator", "discriminator", "source_diameter", "network_config"}
+    assert model["source_diameter"] > 0
 
 
 def test_bundle_without_source_labels_ends_with_one_error_line(sample_2d, tmp_path):
