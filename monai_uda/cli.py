@@ -5,7 +5,7 @@
     monai-uda prepare coco instances.json OUT [--images DIR] [--category_ids 1,2] [--split source]
     monai-uda prepare folder --images DIR --labels DIR --split target [--labelled_fraction F | --labelled N] [--seed S] OUT
     monai-uda train [--bundle cellseg_uda] [--spatial_dims 3] [--budget_preset cpu] [--dataset_dir DIR] [--output_dir DIR] [--max_iterations N] [--resume true]
-    monai-uda infer [--bundle cellseg_uda] --input_dir DIR --output_dir DIR --ckpt_path FILE
+    monai-uda infer [--bundle cellseg_uda] --input_dir DIR --output_dir DIR [--ckpt_path FILE]
     monai-uda evaluate --pred DIR --gt DIR --out FILE.json [--ctc true]
     monai-uda bundles [NAME]
     monai-uda benchmark [--setting NAME] [--rows a,b] [--budget_minutes M] [--seeds 0,1,2] [--out DIR]

@@ -128,6 +128,8 @@ ROWS: dict[str, Row] = {
         Row("cellseg_uda", "cellseg_uda", f"{_CELLSEG}: Dice + adversarial + reconstruction (eq 4)", {"mode": "uda"}),
         Row("cellseg_uda_no_recons", "cellseg_uda", f"{_CELLSEG} without reconstruction (DA-ADV-style)",
             {"mode": "no_recons"}),
+        Row("cellseg_uda_augment", "cellseg_uda", f"{_CELLSEG}, our variant: flips and quarter turns in training "
+            "(the paper trains without augmentation)", {"mode": "uda", "augment": True}),
         Row("cellseg_ssda_10", "cellseg_uda", "CellSegSSDA, 10% of target images labelled (eq 6)",
             {"mode": "ssda", "target_label_fraction": 0.1}, True),
         Row("cellseg_ssda_50", "cellseg_uda", "CellSegSSDA, 50% of target images labelled (eq 6)",
@@ -159,6 +161,9 @@ ROWS: dict[str, Row] = {
                  SharedStage("cyc_pdam", ("cyclegan",), ("cyclegan_trainer",), with_untimed_work=False)),
                 ("cyc_pdam_cycada", "CyCADA-style baseline: image-level adaptation only", {"variant": "cycada"},
                  _CYCLEGAN),
+                ("cyc_pdam_reversal", "CyC-PDAM, our earlier form: alpha_da ramps only the gradient reversal, the "
+                 "domain losses at full weight from the first iteration (the paper: eq 4 weights them by alpha_da)",
+                 {"variant": "pdam", "alpha_da_on": "reversal"}, _CYCLEGAN),
             )
         ),
         Row("darcnn_stage1", "darcnn", "DARCNN stage 1 alone: domain separation Mask R-CNN (L_sim, L_diff, L_target)",
@@ -178,9 +183,12 @@ ROWS: dict[str, Row] = {
 CELLSEG_UNSUPERVISED = ("source_only", "cellseg_uda_no_recons", "cellseg_uda")
 CELLSEG_ROWS = (
     "source_only", "target_only", "cellseg_uda", "cellseg_uda_no_recons", "cellseg_ssda_10", "cellseg_ssda_50",
+    "cellseg_uda_augment",
 )
 AD_GAN_ROWS = ("ad_gan", "ad_gan_ins", "ad_gan_wo_rec", "ad_gan_wo_ctr", "ad_gan_wo_cyc", "ad_gan_no_encoder_adain")
-CYC_PDAM_ROWS = ("cyc_pdam", "cyc_pdam_wo_tr", "cyc_pdam_wo_sem", "cyc_pdam_wo_ni", "cyc_pdam_cycada")
+CYC_PDAM_ROWS = (
+    "cyc_pdam", "cyc_pdam_wo_tr", "cyc_pdam_wo_sem", "cyc_pdam_wo_ni", "cyc_pdam_cycada", "cyc_pdam_reversal",
+)
 DARCNN_ROWS = ("darcnn_stage1", "darcnn_wo_aug", "darcnn", "darcnn_ours")
 
 CPU_OVERRIDES: dict[str, dict[str, Any]] = {
