@@ -16,6 +16,7 @@ from torch import nn
 
 from monai_uda.engines.label_free import (
     LabelFreeSelection,
+    _center_crop,
     augmentation_views,
     binary_entropy,
     rank_correlation,
@@ -226,6 +227,15 @@ def test_selection_resume_keeps_earlier_scores(datalist, tmp_path):
         if resume == "true":
             assert scores[:2] == earlier and handler.saver.best == max(s for _, s in earlier)
             assert (out / "model_best.pt").read_bytes() == best_file  # a worse score keeps the earlier best
+
+
+def test_selection_crop_scores_the_centre_of_each_image(datalist, tmp_path):
+    handler, _, _ = _run(datalist, tmp_path / "crop", iterations=2, crop=[8, 30])
+    assert [tuple(i.shape) for i in handler._images] == [(3, 8, 24)] * 2  # 20x24 images: 8 rows, every column
+    read = inference_transforms(2, 3)({"image": datalist["target"][0]["image"]})["image"]
+    assert torch.equal(handler._images[0], read[:, 6:14])
+    volume = torch.arange(2 * 3 * 10 * 12.0).reshape(2, 3, 10, 12)  # a 2D crop of a volume: every slice kept
+    assert torch.equal(_center_crop(volume, [4, 4]), volume[:, :, 3:7, 4:8])
 
 
 def test_selection_items_and_bad_options(datalist):
