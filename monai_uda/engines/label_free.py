@@ -3,8 +3,9 @@
 A bundle whose datalist has no labelled ``"validation"`` list cannot validate with
 :class:`~monai_uda.engines.validation.DiceValidation`. :class:`LabelFreeSelection` is its
 counterpart: every ``interval`` iterations the segmenter runs on a fixed subset of the datalist's
-``"target"`` images (whole images by sliding window, prepared as inference prepares them; only
-their ``"image"`` is ever read) and is scored by a criterion that needs no target labels:
+``"target"`` images (whole images by sliding window, prepared as inference prepares them, or their
+centre ``crop`` to bound the cost; only their ``"image"`` is ever read) and is scored by a criterion
+that needs no target labels:
 
 * ``agreement`` (default): the mean soft Dice between the foreground probability of an image and
   those of its flipped and quarter-turned copies mapped back (:func:`augmentation_views`). A
@@ -13,6 +14,11 @@ their ``"image"`` is ever read) and is scored by a criterion that needs no targe
   agrees with itself: ``selection.json`` records the foreground fraction to tell that case apart.
 * ``entropy``: minus the mean binary entropy (bits) of the foreground probability: confident
   predictions score higher.
+
+A Mask R-CNN is scored the same way through
+:class:`~monai_uda.engines.validation.DetectionForeground` (its instances tiled and merged as its
+inference does, their union as the foreground): that foreground is binary (``foreground_score:
+binary``), so only ``agreement`` applies, and a detector that finds nothing in any view scores 0.
 
 The score is logged, appended to ``<output_dir>/selection.json`` and the best networks are kept as
 ``model_best.pt`` by :class:`~monai_uda.engines.validation.BestModelSaver`.
@@ -35,6 +41,7 @@ from ignite import distributed as idist
 from ignite.engine import Engine, Events
 from monai.inferers import Inferer
 from monai.networks import eval_mode
+from monai.transforms import CenterSpatialCrop
 from monai.utils import convert_to_tensor
 from scipy import stats
 from torch import nn
@@ -54,7 +61,7 @@ __all__ = [
 #: the label-free criteria, each higher-is-better
 SCORES = ("agreement", "entropy")
 #: how a network's foreground score becomes a probability (see :func:`foreground_probability`)
-FOREGROUND_SCORES = ("logit", "unit")
+FOREGROUND_SCORES = ("logit", "unit", "binary")
 
 View = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 
@@ -83,10 +90,13 @@ def foreground_probability(scores: torch.Tensor, kind: str = "logit") -> torch.T
     Args:
         scores: the network's output.
         kind: ``"logit"``: a segmenter's logits, ``sigmoid(s)``; ``"unit"``: a score whose certain
-            values are ``-1`` and ``1`` (AD-GAN's mask domain), ``(s + 1) / 2`` clipped to ``[0, 1]``.
+            values are ``-1`` and ``1`` (AD-GAN's mask domain), ``(s + 1) / 2`` clipped to ``[0, 1]``;
+            ``"binary"``: a decision only (a detector's merged instances), 1 where ``s >= 0``, else 0.
     """
     if kind == "logit":
         return torch.sigmoid(scores)
+    if kind == "binary":
+        return (scores >= 0).float()
     return ((scores + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
@@ -117,7 +127,8 @@ def score_image(
         score: ``"agreement"``: mean :func:`soft_dice` between the prediction of the image and those of
             each other view of :func:`augmentation_views`, mapped back; ``"entropy"``: minus the mean
             :func:`binary_entropy` of the prediction.
-        kind: the network's score, as :func:`foreground_probability` takes it.
+        kind: the network's score, as :func:`foreground_probability` takes it. ``"binary"``: the agreement
+            is 0 when no view has any foreground (a detector that finds nothing does not agree with itself).
     """
     views = augmentation_views(image.ndim - 2) if score == "agreement" else [(_identity, _identity)]
     probabilities = []
@@ -125,7 +136,9 @@ def score_image(
         scores = convert_to_tensor(inferer(apply(image), network), track_meta=False)
         probabilities.append(back(foreground_probability(scores, kind)))
     first = probabilities[0]
-    if score == "agreement":
+    if score == "agreement" and kind == "binary" and not any(bool(p.any()) for p in probabilities):
+        value = 0.0
+    elif score == "agreement":
         value = float(np.mean([soft_dice(first, other) for other in probabilities[1:]]))
     else:
         value = -float(binary_entropy(first).mean())
@@ -184,7 +197,9 @@ class LabelFreeSelection:
 
     Args:
         datalist: as returned by :func:`monai_uda.data.datalist.load_datalist`.
-        network: the network to score: one foreground score per pixel, ``>= 0`` on foreground.
+        network: the network to score: one foreground score per pixel, ``>= 0`` on foreground (a
+            detector: :class:`~monai_uda.engines.validation.DetectionForeground` with ``foreground_score``
+            ``binary`` and a ``SimpleInferer``).
         save_dict: the networks ``model_best.pt`` holds (as ``model.pt`` does).
         output_dir: where ``selection.json``, ``model_best.pt`` and ``scored/`` go.
         device: the training's device.
@@ -196,6 +211,9 @@ class LabelFreeSelection:
         enabled: false turns selection off (a bool or a word).
         score: the criterion, one of :data:`SCORES`.
         images: at most this many target images (:func:`selection_items`).
+        crop: score the centre ``crop`` of each image (smaller axes whole; fewer axes than the image: its
+            last axes, e.g. a 2D patch of every slice of a volume); ``None``: whole images. A detector's
+            scoring costs tiles x views per image: a crop of one training patch keeps it to one tile.
         foreground_score: the network's score, one of :data:`FOREGROUND_SCORES`.
         keep_scored_models: also write the networks of every scoring (a bool or a word).
         resume: the training resumes: earlier scorings of ``selection.json`` are kept and the best of
@@ -205,7 +223,8 @@ class LabelFreeSelection:
         distributed: each rank scores its share of the images; the mean is taken over all of them.
 
     Raises:
-        UDAInputError: an unknown ``score`` or ``foreground_score``, or ``images`` below 1.
+        UDAInputError: an unknown ``score`` or ``foreground_score``, ``entropy`` of a ``binary`` foreground
+            (always 0: nothing to rank), or ``images`` below 1.
     """
 
     def __init__(
@@ -226,9 +245,13 @@ class LabelFreeSelection:
         resume: Any = False,
         main_process: Any = True,
         distributed: Any = False,
+        crop: Sequence[int] | None = None,
     ) -> None:
         _check_choice("selection_score", score, SCORES)
         _check_choice("foreground_score", foreground_score, FOREGROUND_SCORES)
+        if score == "entropy" and foreground_score == "binary":
+            raise UDAInputError("selection_score entropy needs foreground probabilities, but this network's "
+                                "foreground is binary (a detector's merged instances): use agreement")
         if isinstance(images, bool) or not isinstance(images, int) or images < 1:
             raise UDAInputError(f"selection_images must be a whole number of at least 1, got {images!r}")
         self.enabled = flag(enabled) and not validation_items(datalist)
@@ -236,6 +259,7 @@ class LabelFreeSelection:
         if flag(distributed):
             self.items = self.items[idist.get_rank()::idist.get_world_size()]
         self.transform, self.inferer = transform, inferer
+        self.crop = None if crop is None else [int(c) for c in crop]
         self.network, self.device, self.score, self.kind = network, torch.device(device), score, foreground_score
         self.interval, self.keep, self.resume = int(interval), flag(keep_scored_models), flag(resume)
         self.main_process, self.distributed = flag(main_process), flag(distributed)
@@ -255,6 +279,8 @@ class LabelFreeSelection:
         seconds = time.perf_counter() - self._started
         if self._images is None:  # this rank's share, read once (inference_transforms draws no random numbers)
             self._images = [self.transform(dict(item))["image"] for item in self.items]
+            if self.crop is not None:
+                self._images = [_center_crop(image, self.crop) for image in self._images]
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
         with eval_mode(self.network):
             for image in self._images:
@@ -295,6 +321,12 @@ class LabelFreeSelection:
         if earlier and self.saver.path.is_file():
             self.saver.best = max(float(e["score"]) for e in earlier)
         return earlier
+
+
+def _center_crop(image: torch.Tensor, crop: Sequence[int]) -> torch.Tensor:
+    """The centre ``crop`` of a ``(C, *spatial)`` image; leading spatial axes beyond ``crop``'s are kept whole."""
+    roi = [-1] * (image.ndim - 1 - len(crop)) + list(crop)  # MONAI: a non-positive size keeps the axis
+    return convert_to_tensor(CenterSpatialCrop(roi)(image), track_meta=False)
 
 
 def _check_choice(key: str, value: Any, choices: Sequence[str]) -> None:

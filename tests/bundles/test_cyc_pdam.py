@@ -1,6 +1,7 @@
 """The CyC-PDAM configs run through ``monai.bundle`` on the tiny built-in 2D sample.
 
-One tiny training run (a module fixture) is shared by the inference/evaluation and resume tests.
+One tiny training run (a module fixture) is shared by the inference/evaluation and resume tests. It trains
+on the sample without its "validation" list, so the PDAM stage selects its detector without labels.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ TINY = {
     "detector_kwargs": {"rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50, "box_batch_size_per_image": 32},
     "ckpt_interval": 1,
     "val_handler#network#score_threshold": 0.99,  # validation: the untrained detector's weak masks stay out
+    "selection_handler#network#score_threshold": 0.99,  # the same for label-free selection,
+    "selection_crop": [64, 64],  # of one tile per image and view
 }
 TINY_INFERENCE = {
     "backbone": "resnet50",
@@ -61,10 +64,17 @@ def _checkpoints(folder: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def trained(sample_2d, tmp_path_factory) -> Path:
-    """CycleGAN -> synthesis + inpainting -> PDAM, one iteration each, a checkpoint after it."""
+def unlabelled(sample_2d, tmp_path_factory) -> Path:
+    """The sample without its "validation" list: a new target domain without labels."""
+    items = {k: v for k, v in load_datalist(sample_2d).items() if k != "validation"}
+    return write_datalist(tmp_path_factory.mktemp("no_validation"), items).parent
+
+
+@pytest.fixture(scope="module")
+def trained(unlabelled, tmp_path_factory) -> Path:
+    """CycleGAN -> synthesis + inpainting -> PDAM, one iteration each, a checkpoint and a scoring after it."""
     out = tmp_path_factory.mktemp("cyc_pdam") / "train"
-    _train(sample_2d, out, max_iterations=1)
+    _train(unlabelled, out, max_iterations=1)
     return out
 
 
@@ -82,7 +92,10 @@ def test_pipeline_writes_both_stages_and_the_synthesized_dataset(trained, sample
     assert any(k.startswith("entropy_discriminator.") for k in pdam["detector"])
     assert pdam["network_config"]["backbone"] == TINY["backbone"] and pdam["network_config"]["variant"] == "pdam"
     assert len(_checkpoints(trained / "cyclegan")) == 1 and len(_checkpoints(trained / "pdam")) == 1
-    # the PDAM stage validated on the sample's validation strip (val_interval = ckpt_interval = 1)
+    # no validation list: the PDAM stage scored its detector on target images without labels
+    # (val_interval = ckpt_interval = 1); the untrained detector finds nothing above 0.99: agreement 0
+    assert json.loads((trained / "pdam" / "selection.json").read_text()) == [
+        {"iteration": 1, "score": 0.0, "foreground": 0.0}]
     best = torch.load(trained / "pdam" / "model_best.pt", weights_only=True)
     assert set(best) == {"detector"} and set(best["detector"]) == set(pdam["detector"])
 
@@ -111,14 +124,14 @@ def test_inference_and_evaluate(trained, sample_2d, tmp_path):
     assert all(0.0 <= result[k] <= 1.0 for k in ("aji", "aji_plus", "pq", "object_f1", "dice"))
 
 
-def test_resume_skips_the_finished_cyclegan_and_continues_pdam(trained, sample_2d, tmp_path):
+def test_resume_skips_the_finished_cyclegan_and_continues_pdam(trained, unlabelled, tmp_path):
     out = tmp_path / "train"
     shutil.copytree(trained, out)
     (out / "pdam" / "model.pt").unlink()  # interrupted after the PDAM checkpoint of iteration 1
     finished = {p: p.stat().st_mtime_ns for p in (out / "cyclegan" / "model.pt", out / "synthesized" / "datalist.json")}
     cyclegan_checkpoints, pdam_checkpoints = _checkpoints(out / "cyclegan"), _checkpoints(out / "pdam")
 
-    _train(sample_2d, out, max_iterations=2, resume=True)
+    _train(unlabelled, out, max_iterations=2, resume=True)
     assert {p: p.stat().st_mtime_ns for p in finished} == finished  # stage 1 and synthesis not redone
     assert _checkpoints(out / "cyclegan") == cyclegan_checkpoints
     after = _checkpoints(out / "pdam")
@@ -126,15 +139,17 @@ def test_resume_skips_the_finished_cyclegan_and_continues_pdam(trained, sample_2
     (newest,) = set(after) - set(pdam_checkpoints)
     assert torch.load(out / "pdam" / newest, weights_only=True)["trainer"]["iteration"] == 2
     assert (out / "pdam" / "model.pt").is_file()
+    scores = json.loads((out / "pdam" / "selection.json").read_text())
+    assert [e["iteration"] for e in scores] == [1, 2]  # the scoring before the interruption kept
 
 
-def test_resume_plan_of_an_unfinished_cyclegan(trained, sample_2d, tmp_path):
+def test_resume_plan_of_an_unfinished_cyclegan(trained, unlabelled, tmp_path):
     out = tmp_path / "train"
     shutil.copytree(trained, out, ignore=shutil.ignore_patterns("pdam"))
     (out / "cyclegan" / "model.pt").unlink()
     parser = ConfigParser()
     parser.read_config(_cfg("train.yaml"))
-    parser.update({"dataset_dir": str(sample_2d), "output_dir": str(out), "resume": True, "max_iterations": 2, **TINY})
+    parser.update({"dataset_dir": str(unlabelled), "output_dir": str(out), "resume": True, "max_iterations": 2, **TINY})
     cyclegan = parser.get_parsed_content("cyclegan_stage")
     assert not cyclegan.finished and cyclegan.checkpoint is not None  # the CycleGAN continues
     assert not parser.get_parsed_content("synthesis_done")  # translated again by the continued CycleGAN

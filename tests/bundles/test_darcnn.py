@@ -213,3 +213,25 @@ def test_multi_gpu_config_parses_and_metadata_verifies():
     if not SCHEMA.is_file():
         pytest.skip("bundle schema not found beside the checkout")
     verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))  # raises on any schema error
+
+
+def test_stage2_selects_without_labels_on_one_tile_per_target_image(sample_2d, tmp_path):
+    """Without a validation list stage 2 scores the detector on target crops; with one (the sample's) it validates."""
+    from monai_uda.data.datalist import load_datalist, write_datalist
+
+    unlabelled = write_datalist(tmp_path / "data", {k: v for k, v in load_datalist(sample_2d).items()
+                                                    if k != "validation"})
+    handlers = {}
+    for name, data in (("unlabelled", unlabelled), ("validated", sample_2d)):
+        parser = ConfigParser()
+        parser.read_config(_cfg("train.yaml", "train_cpu.yaml"))
+        parser.update({"dataset_dir": str(data), "output_dir": str(tmp_path / name), "device": "cpu",
+                       "backbone": "resnet18", **NETWORK})
+        handlers[name] = parser.get_parsed_content("selection_handler")
+        assert parser.get_parsed_content("stage2_handlers")[-1] is handlers[name]
+    selection = handlers["unlabelled"]
+    targets = load_datalist(sample_2d)["target"]
+    assert selection.enabled and len(selection.items) == min(4, len(targets)) and selection.crop == [64, 64]
+    assert selection.saver.path == tmp_path / "unlabelled" / "model_best.pt"  # beside model.pt, its layout
+    assert set(selection.saver.networks) == {"detector"} and selection.kind == "binary"
+    assert not handlers["validated"].enabled

@@ -16,6 +16,7 @@ from torch import nn
 
 from monai_uda.engines.label_free import (
     LabelFreeSelection,
+    _center_crop,
     augmentation_views,
     binary_entropy,
     rank_correlation,
@@ -24,6 +25,7 @@ from monai_uda.engines.label_free import (
     selection_items,
     soft_dice,
 )
+from monai_uda.engines.validation import DetectionForeground
 from monai_uda.errors import UDAInputError
 from monai_uda.transforms import inference_transforms
 
@@ -96,6 +98,42 @@ def test_score_image_hand_cases():
     assert value == pytest.approx(-(0.75 * math.log2(4 / 3) + 0.5), abs=1e-6) and foreground == 0.0
     # AD-GAN's mask domain: a score of 0 is p = 1/2, one bit
     assert score_image(Pointwise(0.0), image, window, score="entropy", kind="unit") == pytest.approx((-1.0, 1.0))
+
+
+class FixedDetector(nn.Module):
+    """A torchvision-style detector returning the same instance masks, in tile coordinates, for every tile."""
+
+    def __init__(self, *boxes: tuple[slice, slice]) -> None:
+        super().__init__()
+        self.boxes = boxes
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        masks = torch.zeros(len(self.boxes), 1, *images[0].shape[-2:])
+        for mask, (rows, cols) in zip(masks, self.boxes):
+            mask[0, rows, cols] = 0.9  # soft mask above mask_threshold 0.5
+        return [{"masks": masks, "scores": torch.full((len(self.boxes),), 0.8)}]
+
+
+def _detector_score(*boxes: tuple[slice, slice], shape: tuple[int, int] = (16, 16)) -> tuple[float, float]:
+    network = DetectionForeground(FixedDetector(*boxes), tile_size=16, tile_overlap=4, min_size=4)
+    return score_image(network, torch.rand(1, 3, *shape), SimpleInferer(), kind="binary")
+
+
+def test_score_image_of_a_detector_hand_cases():
+    everything = (slice(None), slice(None))
+    # a centred 8x8 square: the same in every view -> Dice 1; 64 of 256 pixels foreground
+    assert _detector_score((slice(4, 12), slice(4, 12))) == pytest.approx((1.0, 0.25))
+    # the left half of whatever it sees, as LeftHalf: Dice 0 (W flip), 1 (H flip), 0.5 (quarter turn)
+    assert _detector_score((slice(None), slice(0, 8))) == pytest.approx((0.5, 0.5))
+    # two instances, A the top-left 4x4 and B the top-right 8x8 (80 pixels); mapped back, the views give
+    # H flip: A, B at the bottom: no overlap -> 0; W flip: A top-right (inside B, 16) and B top-left
+    # (holding A, 16) -> 2 * 32 / 160; quarter turn: A top-right (16), B bottom-right (0) -> 2 * 16 / 160
+    assert _detector_score((slice(0, 4), slice(0, 4)), (slice(0, 8), slice(8, 16))) == pytest.approx(
+        ((0.0 + 0.4 + 0.2) / 3, 80 / 256))
+    # nothing found in any view: 0, not the perfect agreement of two empty maps
+    assert _detector_score() == (0.0, 0.0)
+    # tiles: a 16x28 image in two 16x16 tiles (overlap 4) each claiming all of itself: all foreground
+    assert _detector_score(everything, shape=(16, 28)) == pytest.approx((1.0, 1.0))
 
 
 def _image(path: Path, seed: int, shape: tuple[int, int]) -> str:
@@ -195,6 +233,15 @@ def test_selection_resume_keeps_earlier_scores(datalist, tmp_path):
             assert seconds[2] >= seconds[1] > 0.0  # the resumed clock continues from the last earlier scoring
 
 
+def test_selection_crop_scores_the_centre_of_each_image(datalist, tmp_path):
+    handler, _, _ = _run(datalist, tmp_path / "crop", iterations=2, crop=[8, 30])
+    assert [tuple(i.shape) for i in handler._images] == [(3, 8, 24)] * 2  # 20x24 images: 8 rows, every column
+    read = inference_transforms(2, 3)({"image": datalist["target"][0]["image"]})["image"]
+    assert torch.equal(handler._images[0], read[:, 6:14])
+    volume = torch.arange(2 * 3 * 10 * 12.0).reshape(2, 3, 10, 12)  # a 2D crop of a volume: every slice kept
+    assert torch.equal(_center_crop(volume, [4, 4]), volume[:, :, 3:7, 4:8])
+
+
 def test_selection_items_and_bad_options(datalist):
     five = {"target": [{"image": f"t{i}.png", "label": f"l{i}.png"} for i in range(5)]}
     assert [i["image"] for i in selection_items(five, 2)] == ["t0.png", "t4.png"]
@@ -202,5 +249,7 @@ def test_selection_items_and_bad_options(datalist):
     assert len(selection_items(five, 10)) == 5
     with pytest.raises(UDAInputError, match="selection_score must be one of agreement, entropy"):
         LabelFreeSelection(datalist, _net(), {}, "out", "cpu", READ, WINDOW, score="dice")
+    with pytest.raises(UDAInputError, match="selection_score entropy needs foreground probabilities"):
+        LabelFreeSelection(datalist, _net(), {}, "out", "cpu", READ, WINDOW, score="entropy", foreground_score="binary")
     with pytest.raises(UDAInputError, match="selection_images"):
         LabelFreeSelection(datalist, _net(), {}, "out", "cpu", READ, WINDOW, images=0)
