@@ -202,6 +202,8 @@ CPU_OVERRIDES: dict[str, dict[str, Any]] = {
     "cyc_pdam": {
         "overrides": {
             "patch": [128, 128], "cyclegan_width": 32, "cyclegan_blocks": 6, "instance_proposals": 16,
+            # label-free selection scores 4 centre crops every 50 PDAM iterations (train_cpu.yaml's choice)
+            "selection_images": 4, "selection_crop": [128, 128], "val_interval": 50,
             "detector_kwargs": {"rpn_pre_nms_top_n_train": 500, "rpn_post_nms_top_n_train": 200,
                                 "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 50,
                                 "box_batch_size_per_image": 64},

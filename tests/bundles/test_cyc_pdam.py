@@ -94,8 +94,9 @@ def test_pipeline_writes_both_stages_and_the_synthesized_dataset(trained, sample
     assert len(_checkpoints(trained / "cyclegan")) == 1 and len(_checkpoints(trained / "pdam")) == 1
     # no validation list: the PDAM stage scored its detector on target images without labels
     # (val_interval = ckpt_interval = 1); the untrained detector finds nothing above 0.99: agreement 0
-    assert json.loads((trained / "pdam" / "selection.json").read_text()) == [
-        {"iteration": 1, "score": 0.0, "foreground": 0.0}]
+    (entry,) = json.loads((trained / "pdam" / "selection.json").read_text())
+    assert entry["seconds"] > 0 and {k: entry[k] for k in ("iteration", "score", "foreground")} == {
+        "iteration": 1, "score": 0.0, "foreground": 0.0}
     best = torch.load(trained / "pdam" / "model_best.pt", weights_only=True)
     assert set(best) == {"detector"} and set(best["detector"]) == set(pdam["detector"])
 
