@@ -1,7 +1,8 @@
 """Put a trained model into a bundle's ``models/`` for sharing (model-zoo layout), hashed in ``large_files.yml``.
 
-A training run's ``model.pt`` holds every network of the method (discriminators, reconstruction
-decoders, ...) and the records inference needs (``network_config``, ``source_diameter``).
+A training run's ``model.pt`` (or ``model_best.pt``, the checkpoint its selection kept) holds every network
+of the method (discriminators, reconstruction decoders, ...); ``model.pt`` also the records inference needs
+(``network_config``, ``source_diameter``).
 :func:`ship_weights` keeps only the networks the bundle's ``inference.yaml`` loads and those records, optionally
 as float16 (halves the file; inference loads them into its float32 networks), writes
 ``<bundle>/models/model.pt`` atomically and puts the file's md5 in ``<bundle>/large_files.yml``, the
@@ -24,6 +25,7 @@ from monai_uda import flag
 from monai_uda.engines.checkpoint import save_atomic
 from monai_uda.errors import UDAInputError
 from monai_uda.files import atomic_write
+from monai_uda.inference.network import recorded
 from monai_uda.inference.postprocess import DIAMETER_KEY
 from monai_uda.networks.weights import NETWORK_CONFIG_KEY, load_checkpoint
 
@@ -71,7 +73,8 @@ def ship_weights(bundle: str, ckpt_path: str | Path, half: Any = False, bundle_d
     Args:
         bundle: the bundle's name (which networks its inference loads: :data:`INFERENCE_NETWORKS`).
         ckpt_path: a ``model.pt`` written by the bundle's training (it must record ``network_config``, so that
-            ``inference.yaml`` builds the networks the weights fit without further options).
+            ``inference.yaml`` builds the networks the weights fit without further options), or the
+            ``model_best.pt`` of its checkpoint selection, which takes the records of the ``model.pt`` beside it.
         half: store floating tensors as float16.
         bundle_dir: the bundle folder (default: the installed or checked-out bundle of that name).
 
@@ -89,13 +92,15 @@ def ship_weights(bundle: str, ckpt_path: str | Path, half: Any = False, bundle_d
     state = load_checkpoint(ckpt_path)
     if not isinstance(state, Mapping):
         raise UDAInputError("not a model file of a bundle training (expected network name -> weights)", ckpt_path)
-    missing = [k for k in (*INFERENCE_NETWORKS[bundle], NETWORK_CONFIG_KEY) if k not in state]
+    records = {k: recorded(ckpt_path, k) for k in (NETWORK_CONFIG_KEY, DIAMETER_KEY)}
+    missing = [k for k in INFERENCE_NETWORKS[bundle] if k not in state]
+    missing += [NETWORK_CONFIG_KEY] if records[NETWORK_CONFIG_KEY] is None else []
     if missing:
-        raise UDAInputError(f"has no {', '.join(missing)}: ship the model.pt of a {bundle} training", ckpt_path)
+        raise UDAInputError(f"has no {', '.join(missing)}: ship a model of a {bundle} training", ckpt_path)
     shipped: dict[str, Any] = {
         name: _half(state[name]) if flag(half) else dict(state[name]) for name in INFERENCE_NETWORKS[bundle]
     }
-    shipped.update({k: state[k] for k in (NETWORK_CONFIG_KEY, DIAMETER_KEY) if k in state})
+    shipped.update({k: v for k, v in records.items() if v is not None})
     out = save_atomic(shipped, folder / _SHIPPED)
     _record_hash(folder, md5sum(out))
     return out

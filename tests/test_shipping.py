@@ -46,10 +46,22 @@ def test_ship_keeps_inference_networks_and_records_and_hashes_the_file(bundle, t
     assert shipped["network_config"] == config and shipped["source_diameter"] == 17.5
     assert {v.dtype for v in shipped["segmenter"].values() if v.is_floating_point()} == {torch.float16}
     listing = (bundle / "large_files.yml").read_text()
-    assert listing.startswith("# Where the trained weights")  # its comment kept
+    assert listing.startswith("# The trained weights of this bundle")  # its comment kept
     entries = {e["path"]: e for e in yaml.safe_load(listing)["large_files"]}
     assert entries["models/model.pt"]["hash_val"] == md5sum(out) and entries["models/model.pt"]["url"] == ""
     assert "models/model.ts" in entries
+
+
+def test_ship_selected_model_takes_the_records_of_the_model_beside_it(bundle, tmp_path):
+    """model_best.pt (checkpoint selection) has no records: those of its run's model.pt are shipped with it."""
+    config = {"channels": 3, "widths": WIDTHS, "num_res_units": 1}
+    _trained(tmp_path / "model.pt", network_config=config, source_diameter=9.0)
+    best = _trained(tmp_path / "model_best.pt")
+    torch.save({"segmenter": {k: v + 1 for k, v in torch.load(best)["segmenter"].items()}}, best)
+    shipped = torch.load(ship_weights("cellseg_uda", best, bundle_dir=bundle), weights_only=True)
+    assert shipped["network_config"] == config and shipped["source_diameter"] == 9.0
+    expected = torch.load(best, weights_only=True)["segmenter"]
+    assert all(torch.equal(shipped["segmenter"][k], v) for k, v in expected.items())  # the selected weights
 
 
 def test_ship_refuses_a_model_without_the_network_record(bundle, tmp_path):
