@@ -73,6 +73,15 @@ class LeftHalf(nn.Module):
         return out
 
 
+class TopLeftQuarter(nn.Module):
+    """Foreground on the top-left quarter of whatever it sees: wrong in every other view."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.full_like(x[:, :1], -30.0)
+        out[..., : x.shape[-2] // 2, : x.shape[-1] // 2] = 30.0
+        return out
+
+
 class Pointwise(nn.Module):
     """A constant logit per pixel (a 1x1 network): the same prediction in every orientation."""
 
@@ -90,9 +99,13 @@ def test_score_image_hand_cases():
     # across it (overlap a quarter: Dice 0.5); mean 0.5. Foreground: the left half.
     assert score_image(LeftHalf(), image, SimpleInferer()) == pytest.approx((0.5, 0.5), abs=1e-6)
     window = SlidingWindowInferer((4, 4), overlap=0.5, mode="gaussian")
-    assert score_image(Pointwise(30.0), image, window) == pytest.approx((1.0, 1.0))
-    # soft Dice also rewards confidence: p everywhere agrees with itself at 2 N p^2 / (2 N p) = p
-    assert score_image(Pointwise(3.0), image, window)[0] == pytest.approx(1.0 / (1.0 + math.exp(-3.0)))
+    # foreground everywhere agrees perfectly on the foreground (1) but has no background to agree on (0)
+    assert score_image(Pointwise(30.0), image, window) == pytest.approx((0.5, 1.0))
+    # p everywhere agrees with itself at 2 N p^2 / (2 N p) = p on the foreground, 1 - p on the background
+    assert score_image(Pointwise(3.0), image, window)[0] == pytest.approx(0.5)
+    # a top-left quarter, whatever the view: foreground never overlaps (0); background 3/4 of the image
+    # overlapping on 1/2 of it: 2 (1/2) / (3/2) = 2/3; mean 1/3 - below any one-class map
+    assert score_image(TopLeftQuarter(), image, SimpleInferer()) == pytest.approx((1.0 / 3.0, 0.25))
     # p = 1/4 everywhere: entropy 0.75 log2(4/3) + 0.25 log2(4) bits, nothing >= 0.5
     value, foreground = score_image(Pointwise(-math.log(3.0)), image, window, score="entropy")
     assert value == pytest.approx(-(0.75 * math.log2(4 / 3) + 0.5), abs=1e-6) and foreground == 0.0
@@ -128,12 +141,14 @@ def test_score_image_of_a_detector_hand_cases():
     # two instances, A the top-left 4x4 and B the top-right 8x8 (80 pixels); mapped back, the views give
     # H flip: A, B at the bottom: no overlap -> 0; W flip: A top-right (inside B, 16) and B top-left
     # (holding A, 16) -> 2 * 32 / 160; quarter turn: A top-right (16), B bottom-right (0) -> 2 * 16 / 160
+    # background: 176 pixels in each map, overlapping on 256 minus the union of the foregrounds (160 - overlap)
+    background = [2 * (256 - 160 + overlap) / 352 for overlap in (0, 32, 16)]
     assert _detector_score((slice(0, 4), slice(0, 4)), (slice(0, 8), slice(8, 16))) == pytest.approx(
-        ((0.0 + 0.4 + 0.2) / 3, 80 / 256))
-    # nothing found in any view: 0, not the perfect agreement of two empty maps
-    assert _detector_score() == (0.0, 0.0)
+        (np.mean([(fg + bg) / 2 for fg, bg in zip((0.0, 0.4, 0.2), background)]), 80 / 256))
+    # nothing found in any view: agreement on the background only, 0.5 - not the perfect 1 of two empty maps
+    assert _detector_score() == (0.5, 0.0)
     # tiles: a 16x28 image in two 16x16 tiles (overlap 4) each claiming all of itself: all foreground
-    assert _detector_score(everything, shape=(16, 28)) == pytest.approx((1.0, 1.0))
+    assert _detector_score(everything, shape=(16, 28)) == pytest.approx((0.5, 1.0))  # one class: 0.5
 
 
 def _image(path: Path, seed: int, shape: tuple[int, int]) -> str:
@@ -186,10 +201,10 @@ def test_selection_scores_keeps_best_and_draws_no_random_numbers(datalist, tmp_p
     assert set(entries[0]) == {"iteration", "score", "foreground", "seconds"}
     assert 0.0 <= entries[0]["seconds"] <= entries[1]["seconds"] < 60.0  # training wall time at each scoring
     assert all(0.0 <= e["score"] <= 1.0 and 0.0 <= e["foreground"] <= 1.0 for e in entries)
-    # bias 4 at iteration 2 (confident foreground everywhere) agrees better than bias 1 at 4: kept as the best
-    assert entries[0]["score"] > entries[1]["score"]
+    # the networks of the better-scored iteration (bias 4 at iteration 2, bias 1 at 4) are kept as the best
+    best_iteration = max(entries, key=lambda e: e["score"])["iteration"]
     best = torch.load(tmp_path / "a" / "model_best.pt", weights_only=True)
-    assert set(best) == {"segmenter"} and best["segmenter"]["2.bias"].item() == 4.0
+    assert set(best) == {"segmenter"} and best["segmenter"]["2.bias"].item() == {2: 4.0, 4: 1.0}[best_iteration]
     assert handler.saver.best == max(e["score"] for e in entries)
     kept = scored_checkpoints(tmp_path / "a")
     assert sorted(kept) == [2, 4]
@@ -216,16 +231,17 @@ def test_selection_resume_keeps_earlier_scores(datalist, tmp_path):
     out = tmp_path / "run"
     _run(datalist, out)  # scorings at iterations 2 and 4
     earlier, best_file = _scores(out), (out / "model_best.pt").read_bytes()
-    net = Pointwise(-3.0)  # p = sigmoid(-3) everywhere agrees with itself at soft Dice p: worse than before
+    net = TopLeftQuarter()  # 1/3: worse than the earlier networks (about 0.5)
+    assert min(s for _, s in earlier) > 0.45
     for resume, expected in (("true", [*earlier, 6]), ("false", [6])):
-        handler = LabelFreeSelection(datalist, net, {"segmenter": net}, str(out), "cpu", READ, WINDOW,
+        handler = LabelFreeSelection(datalist, net, {"segmenter": net}, str(out), "cpu", READ, SimpleInferer(),
                                      resume=resume)
         engine = Engine(lambda e, b: None)
         engine.state.iteration = 6
         handler(engine)
         scores = _scores(out)
         assert [i if isinstance(i, int) else i[0] for i in expected] == [i for i, _ in scores]
-        assert scores[-1][1] == pytest.approx(1.0 / (1.0 + math.exp(3.0)), rel=1e-4)
+        assert scores[-1][1] == pytest.approx(1.0 / 3.0)
         if resume == "true":
             assert scores[:2] == earlier and handler.saver.best == max(s for _, s in earlier)
             assert (out / "model_best.pt").read_bytes() == best_file  # a worse score keeps the earlier best
