@@ -182,3 +182,14 @@ def test_run_row_evaluates_the_checkpoints_with_its_own_inference(tmp_path, monk
     assert not (tmp_path / "run" / "checkpoints" / "model_best" / "pred").exists()  # predictions removed
     record = row.run_row({**spec, "row_dir": str(tmp_path / "off"), "checkpoint_curves": False})
     assert "rank_corr" not in record and not (tmp_path / "off" / "checkpoints.csv").exists()
+
+
+def test_rows_without_checkpoint_curves_are_points_at_their_whole_training_time(tmp_path):
+    curves = [("cellseg_uda", "", tmp_path / "checkpoints.csv")]
+    records = [
+        {"row": "cellseg_uda", "status": "ok", "aji": "0.5", "train_seconds": "900"},  # has its curve
+        {"row": "cyc_pdam", "status": "ok", "aji": "0.2", "train_seconds": "1800"},  # start weights' time included
+        {"row": "darcnn", "status": "failed", "aji": "", "train_seconds": ""},
+        {"row": "source_only", "seed": 1, "status": "ok", "aji": "0.3", "train_seconds": "90"},
+    ]
+    assert report.final_points(records, curves) == [("cyc_pdam", "", 30.0, 0.2), ("source_only", "1", 1.5, 0.3)]

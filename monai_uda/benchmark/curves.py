@@ -138,10 +138,18 @@ def curve_notes(curves: Sequence[tuple[str, str, Path]]) -> list[str]:
           "(a `selection.json` without `seconds`)."] if estimated else [])
 
 
-def draw_curves(curves: Sequence[tuple[str, str, Path]], path: Path, title: str) -> None:
+def draw_curves(
+    curves: Sequence[tuple[str, str, Path]],
+    path: Path,
+    title: str,
+    finals: Sequence[tuple[str, str, float, float]] = (),
+) -> None:
     """AJI against training minutes, one line per ``(row, seed, checkpoints.csv)`` (a colour per row), to ``path``.
 
     Each line runs through the scored checkpoints to ``model.pt``; a star marks ``model_best.pt``.
+    ``finals``: ``(row, seed, minutes, aji)`` of rows without scored checkpoints, one square each at
+    the row's whole training time (with the weights it started from), so that every method of the
+    run is on the chart.
     """
     import matplotlib
 
@@ -164,6 +172,11 @@ def draw_curves(curves: Sequence[tuple[str, str, Path]], path: Path, title: str)
             ax.plot(float(x["seconds"]) / 60.0, float(x["aji"]), "*", color=colours[row], markersize=11,
                     markeredgecolor="black", label=star)
             star = None  # one legend entry for the stars
+    for row, seed, minutes, aji in finals:
+        first = row not in colours
+        colours.setdefault(row, f"C{len(colours) % 10}")
+        ax.plot(minutes, aji, "s", color=colours[row], markersize=7 if seed == "" else 5,
+                label=f"{row} (last model only)" if first else None)
     ax.set_xlabel("training wall-clock minutes (CPU)")
     ax.set_ylabel("AJI on the evaluation images")
     ax.set_title(textwrap.fill(title, 80), fontsize="medium")

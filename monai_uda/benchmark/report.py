@@ -38,6 +38,7 @@ __all__ = [
     "TABLE",
     "beyond_spread",
     "commands",
+    "final_points",
     "format_cell",
     "header",
     "overlay",
@@ -309,7 +310,25 @@ def write_results(out: str | Path, records: Sequence[Mapping[str, Any]], header:
     title = header[0].lstrip("# ") if header else "benchmark"
     _chart(summarize(records), out / "results.png", title)
     if curves:
-        draw_curves(curves, out / "curves.png", f"{title}: AJI of each checkpoint")
+        draw_curves(curves, out / "curves.png", f"{title}: AJI against training minutes",
+                    final_points(records, curves))
+
+
+def final_points(
+    records: Sequence[Mapping[str, Any]], curves: Sequence[tuple[str, str, Path]]
+) -> list[tuple[str, str, float, float]]:
+    """``(row, seed, training minutes, AJI)`` of each finished run in ``records`` without a checkpoint curve.
+
+    A row's ``train_seconds`` already holds the stages and start weights it took from other rows
+    (``SharedStage``, ``StartWeights``), so its point sits at the whole cost of its model.
+    """
+    drawn = {(row, seed) for row, seed, _ in curves}
+    return [
+        (str(r["row"]), str(r.get("seed", "")), float(r["train_seconds"]) / 60.0, float(r["aji"]))
+        for r in records
+        if r.get("status") == "ok" and (str(r["row"]), str(r.get("seed", ""))) not in drawn
+        and all(r.get(key, "") not in ("", None) for key in ("aji", "train_seconds"))
+    ]
 
 
 def commands(out: Path, command: str | None) -> list[str]:
