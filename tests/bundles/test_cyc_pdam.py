@@ -93,10 +93,11 @@ def test_pipeline_writes_both_stages_and_the_synthesized_dataset(trained, sample
     assert pdam["network_config"]["backbone"] == TINY["backbone"] and pdam["network_config"]["variant"] == "pdam"
     assert len(_checkpoints(trained / "cyclegan")) == 1 and len(_checkpoints(trained / "pdam")) == 1
     # no validation list: the PDAM stage scored its detector on target images without labels
-    # (val_interval = ckpt_interval = 1); the untrained detector finds nothing above 0.99: agreement 0
+    # (val_interval = ckpt_interval = 1); the untrained detector finds nothing above 0.99: background
+    # agrees everywhere (Dice 1), foreground is absent (0), so the both-class agreement is 0.5
     (entry,) = json.loads((trained / "pdam" / "selection.json").read_text())
     assert entry["seconds"] > 0 and {k: entry[k] for k in ("iteration", "score", "foreground")} == {
-        "iteration": 1, "score": 0.0, "foreground": 0.0}
+        "iteration": 1, "score": 0.5, "foreground": 0.0}
     best = torch.load(trained / "pdam" / "model_best.pt", weights_only=True)
     assert set(best) == {"detector"} and set(best["detector"]) == set(pdam["detector"])
 
