@@ -186,10 +186,18 @@ def test_run_row_evaluates_the_checkpoints_with_its_own_inference(tmp_path, monk
 
 def test_rows_without_checkpoint_curves_are_points_at_their_whole_training_time(tmp_path):
     curves = [("cellseg_uda", "", tmp_path / "checkpoints.csv")]
+    started = '{"row": "cyc_pdam", "start": "{...}"}'  # the signature of a row started from its donor's weights
     records = [
         {"row": "cellseg_uda", "status": "ok", "aji": "0.5", "train_seconds": "900"},  # has its curve
-        {"row": "cyc_pdam", "status": "ok", "aji": "0.2", "train_seconds": "1800"},  # start weights' time included
-        {"row": "darcnn", "status": "failed", "aji": "", "train_seconds": ""},
+        {"row": "mask_rcnn_source_only", "status": "ok", "aji": "0.1", "train_seconds": "600"},
+        {"row": "cyc_pdam", "status": "ok", "aji": "0.2", "train_seconds": "1800", "signature": started},
+        {"row": "darcnn", "status": "ok", "aji": "0.15", "train_seconds": "1200", "signature": "{}"},  # --from_scratch
+        {"row": "darcnn_stage1", "status": "failed", "aji": "", "train_seconds": ""},
         {"row": "source_only", "seed": 1, "status": "ok", "aji": "0.3", "train_seconds": "90"},
     ]
-    assert report.final_points(records, curves) == [("cyc_pdam", "", 30.0, 0.2), ("source_only", "1", 1.5, 0.3)]
+    assert report.final_points(records, curves) == [
+        ("mask_rcnn_source_only", "", 10.0, 0.1, None),
+        ("cyc_pdam", "", 30.0, 0.2, (10.0, 0.1)),  # joined to the detector it started from
+        ("darcnn", "", 20.0, 0.15, None),
+        ("source_only", "1", 1.5, 0.3, None),
+    ]

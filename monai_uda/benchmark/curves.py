@@ -142,14 +142,15 @@ def draw_curves(
     curves: Sequence[tuple[str, str, Path]],
     path: Path,
     title: str,
-    finals: Sequence[tuple[str, str, float, float]] = (),
+    finals: Sequence[tuple[str, str, float, float, tuple[float, float] | None]] = (),
 ) -> None:
     """AJI against training minutes, one line per ``(row, seed, checkpoints.csv)`` (a colour per row), to ``path``.
 
     Each line runs through the scored checkpoints to ``model.pt``; a star marks ``model_best.pt``.
-    ``finals``: ``(row, seed, minutes, aji)`` of rows without scored checkpoints, one square each at
-    the row's whole training time (with the weights it started from), so that every method of the
-    run is on the chart.
+    ``finals``: ``(row, seed, minutes, aji, start)`` of rows without scored checkpoints, one square each
+    at the row's whole training time (with the weights it started from), so that every method of the
+    run is on the chart; a dashed line joins it to ``start``, the ``(minutes, aji)`` of the row it
+    started from.
     """
     import matplotlib
 
@@ -172,9 +173,11 @@ def draw_curves(
             ax.plot(float(x["seconds"]) / 60.0, float(x["aji"]), "*", color=colours[row], markersize=11,
                     markeredgecolor="black", label=star)
             star = None  # one legend entry for the stars
-    for row, seed, minutes, aji in finals:
+    for row, seed, minutes, aji, start in finals:
         first = row not in colours
         colours.setdefault(row, f"C{len(colours) % 10}")
+        if start is not None:
+            ax.plot([start[0], minutes], [start[1], aji], "--", color=colours[row], lw=0.9)
         ax.plot(minutes, aji, "s", color=colours[row], markersize=7 if seed == "" else 5,
                 label=f"{row} (last model only)" if first else None)
     ax.set_xlabel("training wall-clock minutes (CPU)")

@@ -316,19 +316,30 @@ def write_results(out: str | Path, records: Sequence[Mapping[str, Any]], header:
 
 def final_points(
     records: Sequence[Mapping[str, Any]], curves: Sequence[tuple[str, str, Path]]
-) -> list[tuple[str, str, float, float]]:
-    """``(row, seed, training minutes, AJI)`` of each finished run in ``records`` without a checkpoint curve.
+) -> list[tuple[str, str, float, float, tuple[float, float] | None]]:
+    """``(row, seed, training minutes, AJI, start)`` of each finished run in ``records`` without a checkpoint curve.
 
     A row's ``train_seconds`` already holds the stages and start weights it took from other rows
-    (``SharedStage``, ``StartWeights``), so its point sits at the whole cost of its model.
+    (``SharedStage``, ``StartWeights``), so its point sits at the whole cost of its model. ``start``:
+    ``(minutes, AJI)`` of the donor row whose weights the run started from (same seed), else None.
     """
+
+    def point(r: Mapping[str, Any]) -> tuple[float, float]:
+        return float(r["train_seconds"]) / 60.0, float(r["aji"])
+
+    done = {
+        (str(r["row"]), str(r.get("seed", ""))): r for r in records
+        if r.get("status") == "ok" and all(r.get(key, "") not in ("", None) for key in ("aji", "train_seconds"))
+    }
     drawn = {(row, seed) for row, seed, _ in curves}
-    return [
-        (str(r["row"]), str(r.get("seed", "")), float(r["train_seconds"]) / 60.0, float(r["aji"]))
-        for r in records
-        if r.get("status") == "ok" and (str(r["row"]), str(r.get("seed", ""))) not in drawn
-        and all(r.get(key, "") not in ("", None) for key in ("aji", "train_seconds"))
-    ]
+    points = []
+    for (row, seed), r in done.items():
+        start = ROWS[row].start if row in ROWS else None
+        started = start is not None and '"start":' in str(r.get("signature", ""))  # not --from_scratch
+        donor = done.get((start.row, seed)) if started else None
+        if (row, seed) not in drawn:
+            points.append((row, seed, *point(r), point(donor) if donor is not None else None))
+    return points
 
 
 def commands(out: Path, command: str | None) -> list[str]:
