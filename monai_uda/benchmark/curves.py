@@ -157,7 +157,7 @@ def draw_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.0, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     colours: dict[str, str] = {}
     star = "selected (model_best.pt)"
     for row, seed, csv_path in curves:
@@ -183,7 +183,7 @@ def draw_curves(
     ax.set_xlabel("training wall-clock minutes (CPU)")
     ax.set_ylabel("AJI on the evaluation images")
     ax.set_title(textwrap.fill(title, 80), fontsize="medium")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside: no point hidden
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
