@@ -157,6 +157,22 @@ def test_stage2_without_confident_pseudo_labels_trains_on_negatives(tiny_rcnn):
     assert losses["pseudo_mask"].item() == 0.0 and torch.isfinite(losses["total"]) and losses["total"] > 0
 
 
+def test_stage2_warns_once_when_the_teacher_finds_nothing_for_many_iterations(tiny_rcnn, monkeypatch, caplog):
+    from monai_uda.methods import darcnn
+
+    monkeypatch.setattr(darcnn, "EMPTY_PSEUDO_LABEL_STEPS", 2)
+    net = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **tiny_rcnn)
+    method = DARCNNStage2(net, score_threshold=1.0, blur_sigma=None, contrast=None, brightness=None).train()
+    with caplog.at_level("WARNING", logger="monai_uda.methods.darcnn"):
+        method.step(_engine(1), _batch())
+        assert not caplog.records  # one empty batch can be an image without nuclei
+        for iteration in (2, 3, 4):
+            method.step(_engine(iteration), _batch())
+    (record,) = caplog.records  # once, at the second empty iteration in a row
+    assert "no instance above z = 1 in 2 iterations in a row" in record.getMessage()
+    assert "pseudo_score_threshold" in record.getMessage() and method.empty_steps == 4
+
+
 def test_stage2_model_file_holds_the_detector_checkpoints_hold_the_teacher(tiny_rcnn):
     net = DomainSeparationMaskRCNN(projection_dim=16, mmd_grid=4, **tiny_rcnn)
     method = DARCNNStage2(net)
