@@ -334,11 +334,12 @@ def final_points(
     drawn = {(row, seed) for row, seed, _ in curves}
     points = []
     for (row, seed), r in done.items():
+        if (row, seed) in drawn:
+            continue
         start = ROWS[row].start if row in ROWS else None
         started = start is not None and '"start":' in str(r.get("signature", ""))  # not --from_scratch
         donor = done.get((start.row, seed)) if started else None
-        if (row, seed) not in drawn:
-            points.append((row, seed, *point(r), point(donor) if donor is not None else None))
+        points.append((row, seed, *point(r), point(donor) if donor is not None else None))
     return points
 
 

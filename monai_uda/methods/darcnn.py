@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 EMPTY_PSEUDO_LABEL_STEPS = 20
 """Consecutive stage-2 iterations without one pseudo-label after which :class:`DARCNNStage2` warns (once):
-the detector is then learning background only (seen on a 15-minute CPU run: AJI 0)."""
+the detector is then learning background only."""
 
 __all__ = ["alpha_ramp", "warmup_iterations", "DARCNNStage1", "DARCNNStage2"]
 
