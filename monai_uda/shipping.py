@@ -3,10 +3,11 @@
 A training run's ``model.pt`` (or ``model_best.pt``, the checkpoint its selection kept) holds every network
 of the method (discriminators, reconstruction decoders, ...); ``model.pt`` also the records inference needs
 (``network_config``, ``source_diameter``).
-:func:`ship_weights` keeps only the networks the bundle's ``inference.yaml`` loads and those records, optionally
-as float16 (halves the file; inference loads them into its float32 networks), writes
-``<bundle>/models/model.pt`` atomically and puts the file's md5 in ``<bundle>/large_files.yml``, the
-model zoo's download list (its ``url`` stays empty: nothing is downloaded, the file is in the bundle).
+:func:`ship_weights` keeps only the networks (of a Mask R-CNN bundle's ``detector``: the parts) the bundle's
+``inference.yaml`` loads and those records, optionally as float16 (halves the file; inference loads them
+into its float32 networks), writes ``<bundle>/models/model.pt`` atomically and puts the file's md5 in
+``<bundle>/large_files.yml``, the model zoo's download list (its ``url`` stays empty: nothing is downloaded,
+the file is in the bundle).
 
     python -m monai_uda.shipping cellseg_uda runs/cellseg_uda/model.pt [--half true] [--bundle_dir DIR]
 """
@@ -29,7 +30,7 @@ from monai_uda.inference.network import recorded
 from monai_uda.inference.postprocess import DIAMETER_KEY
 from monai_uda.networks.weights import NETWORK_CONFIG_KEY, load_checkpoint
 
-__all__ = ["INFERENCE_NETWORKS", "md5sum", "ship_weights"]
+__all__ = ["INFERENCE_NETWORKS", "INFERENCE_PARTS", "md5sum", "ship_weights"]
 
 #: per bundle, the networks of ``model.pt`` its ``inference.yaml`` loads
 INFERENCE_NETWORKS: dict[str, tuple[str, ...]] = {
@@ -37,6 +38,13 @@ INFERENCE_NETWORKS: dict[str, tuple[str, ...]] = {
     "ad_gan": ("generator",),
     "cyc_pdam": ("detector",),
     "darcnn": ("detector",),
+}
+#: per Mask R-CNN bundle, the parts of its ``detector`` that inference runs (the modules of
+#: :func:`~monai_uda.networks.mask_rcnn.inference_detector`); the rest trains only (CyC-PDAM's semantic branch
+#: and discriminators, DARCNN's source branch and L_sim projection) and is not shipped
+INFERENCE_PARTS: dict[str, tuple[str, ...]] = {
+    "cyc_pdam": ("detector.",),
+    "darcnn": ("shared_encoder.", "private_encoders.target.", "rpn.", "heads.target."),
 }
 _SHIPPED = "models/model.pt"
 
@@ -50,8 +58,14 @@ def md5sum(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _half(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+def _inference_part(bundle: str, state: Mapping[str, torch.Tensor], half: bool) -> dict[str, torch.Tensor]:
+    """The weights of ``state`` that ``bundle``'s inference loads, floating ones as float16 if ``half``."""
+    parts = INFERENCE_PARTS.get(bundle)
+    return {
+        k: v.half() if half and v.is_floating_point() else v
+        for k, v in state.items()
+        if parts is None or k.startswith(parts)
+    }
 
 
 def _record_hash(bundle_dir: Path, hash_val: str) -> None:
@@ -93,13 +107,12 @@ def ship_weights(bundle: str, ckpt_path: str | Path, half: Any = False, bundle_d
     if not isinstance(state, Mapping):
         raise UDAInputError("not a model file of a bundle training (expected network name -> weights)", ckpt_path)
     records = {k: recorded(ckpt_path, k) for k in (NETWORK_CONFIG_KEY, DIAMETER_KEY)}
-    missing = [k for k in INFERENCE_NETWORKS[bundle] if k not in state]
+    networks = INFERENCE_NETWORKS[bundle]
+    missing = [k for k in networks if k not in state]
     missing += [NETWORK_CONFIG_KEY] if records[NETWORK_CONFIG_KEY] is None else []
     if missing:
         raise UDAInputError(f"has no {', '.join(missing)}: ship a model of a {bundle} training", ckpt_path)
-    shipped: dict[str, Any] = {
-        name: _half(state[name]) if flag(half) else dict(state[name]) for name in INFERENCE_NETWORKS[bundle]
-    }
+    shipped: dict[str, Any] = {name: _inference_part(bundle, state[name], flag(half)) for name in networks}
     shipped.update({k: v for k, v in records.items() if v is not None})
     out = save_atomic(shipped, folder / _SHIPPED)
     _record_hash(folder, md5sum(out))

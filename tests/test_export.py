@@ -17,7 +17,9 @@ from monai_uda.errors import UDAInputError
 from monai_uda.export import detections_difference, export_bundle, load_exported, main
 from monai_uda.methods.ad_gan import DomainTranslator
 from monai_uda.networks.adain import AdaINGenerator
+from monai_uda.networks.domain_separation import DomainSeparationMaskRCNN
 from monai_uda.networks.mask_rcnn import inference_detector
+from monai_uda.networks.pdam import PDAMDetector
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 UNET = {"widths": [4, 8, 16]}
@@ -102,7 +104,8 @@ TINY_DETECTOR = {
     "backbone": "resnet18", "patch": [64, 64], "score_threshold": 0.0, "detections_per_tile": 4,
     "detector_kwargs": {"rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 20},
 }
-DETECTOR_BUNDLES = {"cyc_pdam": "network_def", "darcnn": "full_network"}  # what training saves as "detector"
+#: per bundle, what its training saves as "detector", built around inference.yaml's Mask R-CNN
+DETECTOR_BUNDLES = {"cyc_pdam": PDAMDetector, "darcnn": DomainSeparationMaskRCNN}
 TORCHSCRIPT_ONLY = "import sys, torch, torchvision\nassert 'monai_uda' not in sys.modules\n"
 
 
@@ -126,12 +129,12 @@ def he_crop(shared_data) -> torch.Tensor:
 def exported_detectors(tmp_path_factory, he_crop) -> dict:
     """Per bundle: the trained network, the checkpoint's eager detections of the H&E crop, ``model.ts``."""
     out = {}
-    for bundle, trained_id in DETECTOR_BUNDLES.items():
+    for bundle, training_network in DETECTOR_BUNDLES.items():
         folder = tmp_path_factory.mktemp(bundle)
         torch.manual_seed(0)
-        trained = _config(bundle).get_parsed_content(trained_id).eval()
+        trained = training_network(_config(bundle).get_parsed_content("mask_rcnn")).eval()
         torch.save({"detector": trained.state_dict()}, folder / "model.pt")
-        eager = trained if bundle == "cyc_pdam" else trained.branch_copy("target")  # what inference.yaml runs
+        eager = inference_detector(trained)  # what inference.yaml runs
         with torch.no_grad():
             expected = eager([he_crop])
         report = export_bundle(BUNDLES / bundle, folder / "model.ts", ckpt_path=str(folder / "model.pt"),

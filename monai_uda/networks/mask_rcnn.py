@@ -23,8 +23,10 @@ from torch import nn
 from torchvision.models import resnet
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import misc as misc_nn_ops
 
 from monai_uda.errors import UDAInputError
@@ -32,6 +34,7 @@ from monai_uda.errors import UDAInputError
 __all__ = [
     "BACKBONES",
     "NORMS",
+    "DETECTOR_WIDTHS",
     "build_mask_rcnn",
     "load_mask_rcnn_weights",
     "DetectorInference",
@@ -45,6 +48,18 @@ NORMS = ("group", "batch", "frozen_batch")
 _CLASS_DEPENDENT = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+#: named detector widths (``widths`` of :func:`build_mask_rcnn`, ``detector_widths`` of the bundle configs).
+#: ``torchvision``: the papers' Mask R-CNN - every ResNet stage, a 256-channel FPN, a 1024-wide box MLP and a
+#: 256-channel mask head. ``small``: for CPUs and for shipping weights - ResNet stages 1-3 only (strides 4-16;
+#: stage 4's stride 32 is wider than most nuclei and holds three quarters of a ResNet-18's weights), a
+#: 128-channel FPN, a 512-wide box MLP (4 x 128, the width PDAM's instance discriminator needs) and a
+#: 128-channel mask head.
+DETECTOR_WIDTHS: dict[str, dict[str, Any]] = {
+    "torchvision": {"returned_layers": [1, 2, 3, 4], "fpn_channels": 256, "representation_size": 1024,
+                    "mask_channels": 256},
+    "small": {"returned_layers": [1, 2, 3], "fpn_channels": 128, "representation_size": 512, "mask_channels": 128},
+}
+_DEFAULT_ANCHORS = (8, 16, 32, 64, 128)
 
 
 def _norm_layer(norm: str) -> Callable[[int], nn.Module]:
@@ -55,16 +70,29 @@ def _norm_layer(norm: str) -> Callable[[int], nn.Module]:
     return misc_nn_ops.FrozenBatchNorm2d
 
 
-def _check_settings(backbone: str, norm: str, num_classes: int, in_channels: int, anchor_sizes: Sequence[int]) -> None:
-    """Refuse an unknown backbone/norm, a bad channel or class count, or anchors not one per FPN level."""
+def _check_settings(
+    backbone: str, norm: str, num_classes: int, in_channels: int, anchor_sizes: Sequence[int], shape: Mapping[str, Any]
+) -> None:
+    """Refuse an unknown backbone/norm, a bad channel or class count, bad widths or anchors not one per FPN level."""
     if backbone not in BACKBONES:
         raise UDAInputError(f"unknown Mask R-CNN backbone {backbone!r}; choose one of {BACKBONES}")
     if norm not in NORMS:
         raise UDAInputError(f"unknown Mask R-CNN norm {norm!r}; choose one of {NORMS}")
     if in_channels < 1 or num_classes < 2:
         raise UDAInputError(f"need in_channels >= 1 and num_classes >= 2, got {in_channels} and {num_classes}")
-    if len(anchor_sizes) != 5:
-        raise UDAInputError(f"anchor_sizes needs one size per FPN level (5), got {tuple(anchor_sizes)}")
+    layers = list(shape["returned_layers"])
+    if not layers or layers != sorted(set(layers)) or layers[0] < 1 or layers[-1] > 4:
+        raise UDAInputError(f"returned_layers must be increasing ResNet stages from 1-4, got {layers}")
+    for key in ("fpn_channels", "mask_channels"):
+        if int(shape[key]) < 32 or int(shape[key]) % 32:
+            raise UDAInputError(f"{key} must be a multiple of 32 (GroupNorm's groups), got {shape[key]}")
+    if int(shape["representation_size"]) < 1:
+        raise UDAInputError(f"representation_size must be positive, got {shape['representation_size']}")
+    if len(anchor_sizes) != len(layers) + 1:
+        raise UDAInputError(
+            f"anchor_sizes needs one size per FPN level ({len(layers) + 1}: returned_layers {layers} and a "
+            f"pooled level), got {tuple(anchor_sizes)}"
+        )
 
 
 def _normalisation(
@@ -82,8 +110,22 @@ def _normalisation(
     return image_mean, image_std
 
 
+def _widths(widths: str | Mapping[str, Any]) -> dict[str, Any]:
+    """The four widths of a :data:`DETECTOR_WIDTHS` name or of a partial mapping (torchvision's for the rest)."""
+    if isinstance(widths, str):
+        if widths not in DETECTOR_WIDTHS:
+            raise UDAInputError(f"unknown detector widths {widths!r}; choose one of {', '.join(DETECTOR_WIDTHS)}")
+        return dict(DETECTOR_WIDTHS[widths])
+    unknown = set(widths) - set(DETECTOR_WIDTHS["torchvision"])
+    if unknown:
+        raise UDAInputError(
+            f"unknown detector width key(s) {sorted(unknown)}; known: {', '.join(DETECTOR_WIDTHS['torchvision'])}"
+        )
+    return {**DETECTOR_WIDTHS["torchvision"], **widths}
+
+
 def _resnet_fpn(
-    backbone: str, norm: str, in_channels: int, trainable_layers: int
+    backbone: str, norm: str, in_channels: int, trainable_layers: int, returned_layers: Sequence[int], fpn_channels: int
 ) -> tuple[nn.Module, Callable[[int], nn.Module] | None]:
     """The ResNet-FPN feature extractor (random weights) and the normalisation of the FPN and mask head."""
     norm_layer = _norm_layer(norm)
@@ -91,7 +133,37 @@ def _resnet_fpn(
     if in_channels != 3:
         body.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     fpn_norm = None if norm == "frozen_batch" else norm_layer
-    return _resnet_fpn_extractor(body, trainable_layers, norm_layer=fpn_norm), fpn_norm
+    layers = [int(i) for i in returned_layers]
+    features = _resnet_fpn_extractor(body, trainable_layers, layers, norm_layer=fpn_norm)  # freezes the stages
+    if fpn_channels != features.out_channels:  # torchvision fixes 256: the same extractor, narrower FPN
+        stage_channels = [body.inplanes // 8 * 2 ** (i - 1) for i in layers]
+        features = BackboneWithFPN(
+            body, {f"layer{k}": str(v) for v, k in enumerate(layers)}, stage_channels, fpn_channels,
+            norm_layer=fpn_norm,
+        )
+    return features, fpn_norm
+
+
+def _heads(
+    num_classes: int, levels: int, fpn_channels: int, representation_size: int, mask_channels: int,
+    fpn_norm: Callable[[int], nn.Module] | None,
+) -> dict[str, nn.Module]:
+    """RoI pooling, box and mask heads for the given widths: only those that differ from torchvision's
+    own (so the torchvision shape builds exactly as before, same random draws)."""
+    mask_head = MaskRCNNHeads(fpn_channels, [mask_channels] * 4, 1, norm_layer=fpn_norm)
+    heads: dict[str, nn.Module] = {"mask_head": mask_head}
+    if levels != 4:  # torchvision pools levels "0"-"3"
+        names = [str(i) for i in range(levels)]
+        heads["box_roi_pool"] = MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2)
+        heads["mask_roi_pool"] = MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2)
+    own = DETECTOR_WIDTHS["torchvision"]
+    if representation_size != own["representation_size"]:
+        heads["box_head"] = TwoMLPHead(fpn_channels * 7 * 7, representation_size)
+    if (representation_size, mask_channels) != (own["representation_size"], own["mask_channels"]):
+        # torchvision takes both predictors or neither (then it builds 1024- and 256-wide ones itself)
+        heads["box_predictor"] = FastRCNNPredictor(representation_size, num_classes)
+        heads["mask_predictor"] = MaskRCNNPredictor(mask_channels, mask_channels, num_classes)
+    return heads
 
 
 def build_mask_rcnn(
@@ -105,8 +177,9 @@ def build_mask_rcnn(
     image_mean: Sequence[float] | None = None,
     image_std: Sequence[float] | None = None,
     trainable_layers: int = 5,
-    anchor_sizes: Sequence[int] = (8, 16, 32, 64, 128),
+    anchor_sizes: Sequence[int] | None = None,
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    widths: str | Mapping[str, Any] = "torchvision",
     extra_kwargs: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> MaskRCNN:
@@ -127,8 +200,12 @@ def build_mask_rcnn(
         image_mean: per-channel normalisation mean (ImageNet's for 3 channels, 0.5 otherwise).
         image_std: per-channel normalisation std (ImageNet's for 3 channels, 0.25 otherwise).
         trainable_layers: ResNet stages left trainable, 0-5 (5 = all; from scratch all must train).
-        anchor_sizes: one anchor size per FPN level (P2-P6); nuclei are 8-64 px at 40x.
+        anchor_sizes: one anchor size per FPN level; default 8, 16, 32, ... px from the finest level
+            (8-128 for P2-P6; nuclei are 8-64 px at 40x).
         aspect_ratios: anchor aspect ratios shared by all levels.
+        widths: a name of :data:`DETECTOR_WIDTHS` (``"torchvision"``, ``"small"``) or a mapping with any of
+            ``returned_layers`` (ResNet stages 1-4 feeding the FPN; later stages are not built),
+            ``fpn_channels``, ``representation_size`` (box MLP) and ``mask_channels`` (the rest torchvision's).
         kwargs: forwarded to :class:`torchvision.models.detection.MaskRCNN`
             (e.g. ``rpn_post_nms_top_n_train``, ``box_detections_per_img``).
         extra_kwargs: more of those as one mapping (a config's ``detector_kwargs``).
@@ -136,18 +213,29 @@ def build_mask_rcnn(
     Raises:
         UDAInputError: unknown backbone/norm, bad channel count or unusable weights file.
     """
-    _check_settings(backbone, norm, num_classes, in_channels, anchor_sizes)
     kwargs.update(extra_kwargs or {})
-    features, fpn_norm = _resnet_fpn(backbone, norm, in_channels, trainable_layers)
+    shape = _widths(widths)
+    levels = len(shape["returned_layers"]) + 1  # the stages' levels and a max-pooled one
+    anchor_sizes = _DEFAULT_ANCHORS[:levels] if anchor_sizes is None else anchor_sizes
+    _check_settings(backbone, norm, num_classes, in_channels, anchor_sizes, shape)
+    features, fpn_norm = _resnet_fpn(
+        backbone, norm, in_channels, trainable_layers, shape["returned_layers"], int(shape["fpn_channels"])
+    )
     image_mean, image_std = _normalisation(in_channels, image_mean, image_std)
     kwargs.setdefault(
         "rpn_anchor_generator",
-        AnchorGenerator(tuple((int(s),) for s in anchor_sizes), (tuple(float(r) for r in aspect_ratios),) * 5),
+        AnchorGenerator(tuple((int(s),) for s in anchor_sizes), (tuple(float(r) for r in aspect_ratios),) * levels),
     )
-    kwargs.setdefault("mask_head", MaskRCNNHeads(features.out_channels, [256] * 4, 1, norm_layer=fpn_norm))
+    heads = _heads(
+        num_classes, levels - 1, features.out_channels, int(shape["representation_size"]),
+        int(shape["mask_channels"]), fpn_norm,
+    )
+    for key, head in heads.items():
+        kwargs.setdefault(key, head)
+    predictors = "box_predictor" in kwargs or "mask_predictor" in kwargs  # torchvision: then no num_classes
     model = MaskRCNN(
-        features, num_classes=num_classes, min_size=min_size, max_size=max_size, image_mean=list(image_mean),
-        image_std=list(image_std), **kwargs,
+        features, num_classes=None if predictors else num_classes, min_size=min_size, max_size=max_size,
+        image_mean=list(image_mean), image_std=list(image_std), **kwargs,
     )
     if weights_path is not None:
         load_mask_rcnn_weights(model, weights_path)
@@ -233,6 +321,9 @@ class DetectorInference(nn.Module):
         detector: a torchvision :class:`~torchvision.models.detection.MaskRCNN`.
     """
 
+    #: loads a training network's weights, skipping the parts inference does not run
+    skips_training_only_keys = True
+
     def __init__(self, detector: MaskRCNN) -> None:
         super().__init__()
         self.detector = detector
@@ -261,6 +352,9 @@ class FusedDetectorInference(nn.Module):
         network: a ``DomainSeparationMaskRCNN`` (or any module with those sub-modules).
         domain: the branch to keep (DARCNN infers with ``"target"``).
     """
+
+    #: loads a training network's weights, skipping the parts inference does not run
+    skips_training_only_keys = True
 
     def __init__(self, network: nn.Module, domain: str = "target") -> None:
         super().__init__()

@@ -70,6 +70,10 @@ def load_network_weights(
         key: name of the network inside the file (e.g. ``"segmenter"``).
         map_location: passed to ``torch.load``.
 
+    Every weight of ``network`` must be in the file, with its shape; the file may hold more only when the
+    network says ``skips_training_only_keys`` (:class:`~monai_uda.networks.mask_rcnn.DetectorInference`:
+    a training ``model.pt`` also holds discriminators or the other domain's branch).
+
     Raises:
         UDAInputError: missing/unreadable file, unsafe content, or weights of another network.
     """
@@ -85,7 +89,8 @@ def load_network_weights(
         raise UDAInputError("checkpoint does not hold a state_dict", path)
     own = network.state_dict()
     missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+    # an inference-only module (a detector cut out of a training network) takes a training model.pt whole
+    unexpected = [] if getattr(network, "skips_training_only_keys", False) else [k for k in state if k not in own]
     wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or wrong:
         detail = (

@@ -19,6 +19,7 @@ from monai_uda.benchmark.presets import BENCHMARK_PRESETS
 from monai_uda.data.datalist import export_split, load_datalist, write_datalist
 from monai_uda.data.io import read_array, read_label, write_array
 from monai_uda.engines import AtomicCheckpointSaver
+from monai_uda.shipping import ship_weights
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "cyc_pdam" / "configs"
@@ -124,6 +125,25 @@ def test_inference_and_evaluate(trained, sample_2d, tmp_path):
     result = json.loads(metrics.read_text())["mean"]
     assert {"aji", "aji_plus", "pq", "object_f1", "dice"} <= set(result)
     assert all(0.0 <= result[k] <= 1.0 for k in ("aji", "aji_plus", "pq", "object_f1", "dice"))
+
+
+def test_shipped_detector_holds_the_mask_rcnn_only_and_segments_alike(trained, sample_2d, tmp_path):
+    """models/model.pt drops the semantic branch and discriminators; its detections are the training model's."""
+    trained_model = trained / "pdam" / "model.pt"
+    shipped_path = ship_weights("cyc_pdam", trained_model, bundle_dir=tmp_path / "bundle")
+    full, shipped = (torch.load(f, weights_only=True)["detector"] for f in (trained_model, shipped_path))
+    assert set(shipped) == {k for k in full if k.startswith("detector.")} and len(shipped) < len(full)
+    assert any(k.startswith("instance_discriminator.") for k in full)
+    images, _ = export_split(sample_2d / "datalist.json", "test", tmp_path / "test")
+    found = []
+    for ckpt in (trained_model, shipped_path):
+        pred = tmp_path / ckpt.parent.name
+        run("inference", config_file=_cfg("inference.yaml"), meta_file=META, input_dir=str(images),
+            output_dir=str(pred), ckpt_path=str(ckpt), **TINY_INFERENCE)
+        found.append([read_array(f)[0] for f in sorted(pred.glob("*_instances.tif"))])
+    assert found[0] and len(found[1]) == len(found[0]) and any(instances.max() > 0 for instances in found[0])
+    for training, from_shipped in zip(*found):
+        np.testing.assert_array_equal(from_shipped, training)
 
 
 def test_resume_skips_the_finished_cyclegan_and_continues_pdam(trained, unlabelled, tmp_path):

@@ -18,20 +18,23 @@ from monai.bundle import ConfigParser, run, verify_metadata
 
 from monai_uda.data.datalist import export_split
 from monai_uda.data.io import read_array
+from monai_uda.shipping import ship_weights
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "darcnn" / "configs"
 SCHEMA = REPO.parent / "shared" / "monai_schema" / "meta_schema_20240725.json"
 
-#: network settings shared by training and inference (they must match to load the weights)
+#: network settings shared by training and inference (model.pt records them too)
 NETWORK = {
     "patch": [64, 64],
-    "projection_dim": 16,
-    "mmd_grid": 4,
     "detector_kwargs": {"rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 20},
 }
 TINY_TRAIN = {
     **NETWORK,
+    "projection_dim": 16,  # L_sim's projection trains only: inference neither builds nor loads it
+    "mmd_grid": 4,
+    # the narrow detector; inference rebuilds it from model.pt's record (it is not among the inference overrides)
+    "detector_widths": "small",
     "trainable_layers": 0,
     "detections_per_image": 10,
     "detector_kwargs": {
@@ -71,6 +74,9 @@ def test_training_runs_both_stages_on_one_network(trained):
     assert set(final) == set(stage1) == {"detector", "network_config"}  # the stage-2 teacher stays out of model.pt
     assert final["network_config"] == stage1["network_config"]
     assert final["network_config"]["projection_dim"] == TINY_TRAIN["projection_dim"]
+    assert final["network_config"]["detector_widths"] == "small"
+    assert final["detector"]["shared_encoder.fpn.layer_blocks.0.0.weight"].shape[0] == 128  # a 128-channel FPN
+    assert not any(".body.layer4." in key for key in final["detector"])  # stage 4 not built
     final, stage1 = final["detector"], stage1["detector"]
     assert set(final) == set(stage1)
     # stage 2 continued from the stage-1 network: the frozen source branch is bit-identical ...
@@ -115,6 +121,30 @@ def test_inference_and_evaluate_2d(trained, sample_2d, tmp_path):
         "aji", "aji_plus", "pq", "sq", "dq", "object_f1", "dice", "precision", "recall", "iou",
     }
     assert all(0.0 <= v <= 1.0 for v in result["mean"].values())
+
+
+def test_shipped_target_branch_segments_as_the_training_model(trained, sample_2d, tmp_path):
+    """models/model.pt keeps the target branch only; inference from it writes the training model's instances."""
+    bundle = tmp_path / "darcnn"
+    (bundle / "models").mkdir(parents=True)
+    shipped = torch.load(ship_weights("darcnn", trained / "model.pt", bundle_dir=bundle), weights_only=True)
+    full = torch.load(trained / "model.pt", weights_only=True)
+    assert shipped["network_config"] == full["network_config"]
+    dropped = {k for k in full["detector"] if k.startswith(SOURCE_BRANCH)}
+    assert dropped and set(shipped["detector"]) == set(full["detector"]) - dropped
+    images, _ = export_split(sample_2d / "datalist.json", "test", tmp_path / "test")
+    outputs = {}
+    for name, ckpt in (("training", trained / "model.pt"), ("shipped", bundle / "models" / "model.pt")):
+        run(
+            "inference", config_file=_cfg("inference.yaml"), meta_file=str(CONFIGS / "metadata.json"),
+            input_dir=str(images), output_dir=str(tmp_path / name), ckpt_path=str(ckpt),
+            **{**TINY_INFERENCE, "score_threshold": 0.0},  # the 2-iteration detector's weak detections count
+        )
+        outputs[name] = {p.name: read_array(p)[0] for p in sorted((tmp_path / name).glob("*_instances.tif"))}
+    assert outputs["training"] and outputs["training"].keys() == outputs["shipped"].keys()
+    assert any(instances.max() > 0 for instances in outputs["training"].values())
+    for name, instances in outputs["training"].items():
+        np.testing.assert_array_equal(outputs["shipped"][name], instances)
 
 
 def test_inference_3d_volume_slice_wise(trained, sample_3d, tmp_path):

@@ -181,6 +181,9 @@ def test_bundle_inference_wsi_override(tmp_path, bundle, small_pdam):
     ``inference.yaml`` on the same image, as tiled TIFFs and a nuclei table."""
     from monai.bundle import ConfigParser, run
 
+    from monai_uda.networks.domain_separation import DomainSeparationMaskRCNN
+    from monai_uda.networks.pdam import PDAMDetector
+
     configs = REPO / "bundles" / bundle / "configs"
     # the shared small settings
     rpn = {k: v for k, v in small_pdam.items() if k.startswith("rpn_") and k.endswith("_test")}
@@ -188,8 +191,6 @@ def test_bundle_inference_wsi_override(tmp_path, bundle, small_pdam):
         "backbone": "resnet50", "patch": [64, 64], "tile_overlap": 16, "score_threshold": 0.0, "detections_per_tile": 5,
     }
     tiny["detector_kwargs"] = rpn
-    if bundle == "darcnn":
-        tiny.update(projection_dim=16, mmd_grid=4)
     discs = [(30, 40, 8), (60, 100, 9), (100, 30, 7), (130, 90, 8)]
     image = _slide((160, 128), discs)
     image[..., 0] = np.maximum(image[..., 0], 150)
@@ -198,7 +199,8 @@ def test_bundle_inference_wsi_override(tmp_path, bundle, small_pdam):
     parser.read_config([str(configs / "inference.yaml"), str(configs / "inference_wsi.yaml")])
     parser.update(tiny)
     torch.manual_seed(0)
-    network = parser.get_parsed_content("network_def" if bundle == "cyc_pdam" else "full_network")
+    training_network = PDAMDetector if bundle == "cyc_pdam" else DomainSeparationMaskRCNN  # its "detector" entry
+    network = training_network(parser.get_parsed_content("mask_rcnn"))
     torch.save({"detector": network.state_dict()}, tmp_path / "model.pt")
 
     common = {"input_dir": str(inputs), "ckpt_path": str(tmp_path / "model.pt"), **tiny}

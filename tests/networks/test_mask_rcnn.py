@@ -95,3 +95,64 @@ def test_bad_input_raises_uda_errors(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UDAInputError, match="cannot read"):
         build_mask_rcnn(weights_path=tmp_path / "junk.pt")
+
+
+def _parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_small_widths_drop_stage_4_and_narrow_every_head():
+    torch.manual_seed(0)
+    full = build_mask_rcnn(backbone="resnet18", **SMALL)
+    model = build_mask_rcnn(backbone="resnet18", widths="small", **SMALL).train()
+    assert not hasattr(model.backbone.body, "layer4")  # not built, so no weights of it ship
+    assert model.backbone.out_channels == 128
+    inner = [m.in_channels for m in model.backbone.fpn.inner_blocks.modules() if isinstance(m, nn.Conv2d)]
+    assert inner == [64, 128, 256]
+    assert model.rpn.anchor_generator.sizes == ((8,), (16,), (32,), (64,))  # stages 1-3 and the pooled level
+    assert model.roi_heads.box_roi_pool.featmap_names == ["0", "1", "2"]
+    assert model.roi_heads.box_head.fc6.in_features == 128 * 7 * 7 and model.roi_heads.box_head.fc7.out_features == 512
+    assert model.roi_heads.box_predictor.cls_score.out_features == 2  # still class-agnostic
+    assert model.roi_heads.mask_predictor.conv5_mask.in_channels == 128
+    assert _parameters(full) == 30_909_787 and _parameters(model) == 7_569_883
+    losses = model([torch.rand(3, 64, 64)], [_target(2)])
+    sum(losses.values()).backward()
+    assert model.backbone.body.layer3[0].conv1.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 64, 64)])[0]
+    assert out["masks"].shape[1:] == (1, 64, 64)
+
+
+def test_widths_as_mapping_and_torchvision_unchanged():
+    torch.manual_seed(0)
+    default = build_mask_rcnn(backbone="resnet18", **SMALL)
+    torch.manual_seed(0)
+    named = build_mask_rcnn(backbone="resnet18", widths="torchvision", **SMALL)
+    assert default.state_dict().keys() == named.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), named.state_dict().values()))
+    narrow_fpn = build_mask_rcnn(backbone="resnet18", widths={"fpn_channels": 64}, **SMALL)
+    assert narrow_fpn.backbone.out_channels == 64 and hasattr(narrow_fpn.backbone.body, "layer4")
+    assert narrow_fpn.roi_heads.box_head.fc7.out_features == 1024  # the rest stays torchvision's
+
+
+@pytest.mark.parametrize(
+    "widths, message",
+    [
+        ("tiny", "unknown detector widths 'tiny'; choose one of torchvision, small"),
+        ({"fpn_width": 64}, "unknown detector width key(s) ['fpn_width']"),
+        ({"fpn_channels": 100}, "fpn_channels must be a multiple of 32"),
+        ({"returned_layers": [3, 2]}, "returned_layers must be increasing ResNet stages from 1-4"),
+        ({"returned_layers": [1, 2, 5]}, "returned_layers must be increasing ResNet stages from 1-4"),
+    ],
+)
+def test_bad_widths_are_input_errors(widths, message):
+    with pytest.raises(UDAInputError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        build_mask_rcnn(backbone="resnet18", widths=widths, **SMALL)
+
+
+def test_anchor_count_follows_the_levels():
+    with pytest.raises(UDAInputError, match=r"one size per FPN level \(4"):
+        build_mask_rcnn(backbone="resnet18", widths="small", anchor_sizes=(8, 16, 32, 64, 128), **SMALL)
+    model = build_mask_rcnn(backbone="resnet18", widths="small", anchor_sizes=(6, 12, 24, 48), **SMALL)
+    assert model.rpn.anchor_generator.sizes == ((6,), (12,), (24,), (48,))
