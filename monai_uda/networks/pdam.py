@@ -304,9 +304,12 @@ class PDAMDetector(nn.Module):
         super().__init__()
         self.detector = detector if detector is not None else build_mask_rcnn(**detector_kwargs)
         width = self.detector.backbone.out_channels
+        levels = tuple(self.detector.roi_heads.box_roi_pool.featmap_names)  # P2-P5, or P2-P4 of a narrow detector
         self.grl = GradientReversal()
-        self.image_discriminator = ImageLevelDiscriminator(width, norm=discriminator_norm) if image_level else None
-        self.semantic_head = SemanticHead(width) if semantic else None
+        self.image_discriminator = (
+            ImageLevelDiscriminator(width, levels=levels, norm=discriminator_norm) if image_level else None
+        )
+        self.semantic_head = SemanticHead(width, levels=levels) if semantic else None
         self.entropy_discriminator = EntropyDiscriminator(2, norm=discriminator_norm) if semantic else None
         self.instance_proposals = int(instance_proposals)
         self.instance_discriminator = None

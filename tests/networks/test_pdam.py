@@ -78,6 +78,20 @@ def test_source_and_target_passes(small_pdam):
     assert set(detections[0]) == {"boxes", "labels", "scores", "masks"}
 
 
+def test_narrow_detector_feeds_its_three_levels_to_every_branch(small_pdam):
+    """widths "small": FPN levels P2-P4 at 128 channels; semantic branch, discriminators and losses follow."""
+    torch.manual_seed(0)
+    net = PDAMDetector(backbone="resnet18", widths="small", **small_pdam).train()
+    assert net.semantic_head.levels == net.image_discriminator.levels == ("0", "1", "2")
+    source = net.run_domain([torch.rand(3, 64, 64)], [instance_targets(_label())])
+    target = net.run_domain([torch.rand(3, 64, 64)])
+    assert source.semantic_logits.shape == (1, 2, 64, 64) and source.instance_features.shape == (8, 512)
+    assert net.image_logits(target).shape == (1, 1, 8, 8) and net.entropy_logits(target).shape == (1, 1, 4, 4)
+    loss = sum(source.losses.values()) + net.image_logits(target).mean() + net.entropy_logits(source).mean()
+    loss.backward()
+    assert net.semantic_head.branches[2][0].conv.weight.grad.abs().sum() > 0
+
+
 def test_gradient_reversal_in_front_of_the_discriminators(small_pdam):
     torch.manual_seed(0)
     net = PDAMDetector(semantic=False, instance_level=False, **small_pdam).train()
