@@ -259,6 +259,7 @@ def test_train_3d_cyclegan_feeds_the_slice_wise_detector(tmp_path):
     inference = ConfigParser()  # the documented 3D inference merge builds the trained detector
     inference.read_config(_cfg("inference.yaml", "train_3d.yaml"))
     inference.update({k: overrides[k] for k in ("patch", "backbone", "detector_kwargs", "target_invert")})
+    inference["ckpt_path"] = str(out / "pdam" / "model.pt")  # its records, as --ckpt_path gives them
     assert (inference.get_parsed_content("spatial_dims"), inference.get_parsed_content("channels")) == (3, 1)
     inference.get_parsed_content("network_def").load_state_dict(detector.state_dict())
 

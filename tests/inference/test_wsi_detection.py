@@ -197,7 +197,7 @@ def test_bundle_inference_wsi_override(tmp_path, bundle, small_pdam):
     inputs = _write(tmp_path / "in", image, tile=32)
     parser = ConfigParser()
     parser.read_config([str(configs / "inference.yaml"), str(configs / "inference_wsi.yaml")])
-    parser.update(tiny)
+    parser.update({**tiny, "ckpt_path": str(tmp_path / "model.pt")})  # not written yet: no shipped records
     torch.manual_seed(0)
     training_network = PDAMDetector if bundle == "cyc_pdam" else DomainSeparationMaskRCNN  # its "detector" entry
     network = training_network(parser.get_parsed_content("mask_rcnn"))
