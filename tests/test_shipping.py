@@ -105,13 +105,15 @@ def test_the_repository_ships_hashed_inference_weights_in_every_bundle(name):
 
 
 @pytest.mark.parametrize("name", ["cyc_pdam", "darcnn"])
-def test_default_inference_command_of_a_detector_bundle_uses_its_weights(name, tmp_path):
-    """The README's step 0 for a Mask R-CNN bundle, as written (built-in H&E sample, shipped weights)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
-         f"bundles/{name}/configs/inference.yaml", "--output_dir", str(tmp_path / "pred")],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
-    )
+def test_default_inference_command_of_a_detector_bundle_uses_its_weights(name, tmp_path, sample_2d):
+    """The README's step 0 for a Mask R-CNN bundle, as written: shipped weights on images of their kind
+    (cyc_pdam: the built-in H&E-like test image, its default input; darcnn: the sample's fluorescence image)."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
+               f"bundles/{name}/configs/inference.yaml", "--output_dir", str(tmp_path / "pred")]
+    if name == "darcnn":
+        images, _ = export_split(sample_2d / "datalist.json", "source", tmp_path / "fluorescence")
+        command += ["--input_dir", str(images)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     instances = [read_array(p)[0] for p in (tmp_path / "pred").glob("*_instances.tif")]
     assert instances and all(image.max() > 0 for image in instances)  # trained: every sample has nuclei found
