@@ -75,6 +75,13 @@ def test_ship_refuses_a_model_without_the_network_record(bundle, tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(f"error: {ckpt}: has no")
+    missing = tmp_path / "no_such_run" / "model.pt"  # the documented command before any training
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai_uda.shipping", "cyc_pdam", str(missing), "--half", "true"],
+        capture_output=True, text=True, timeout=120,
+    )
+    expected = [f"error: {missing}: checkpoint file does not exist"]
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == expected
 
 
 def test_inference_uses_the_shipped_weights_and_their_network_settings(bundle, tmp_path, sample_2d):

@@ -44,6 +44,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
     A file that does not start like a ``torch.save`` file (an image, a text file) is "not a
     checkpoint"; ``torch.load`` alone would call it unsafe pickle or fail with a bare ``KeyError``.
     """
+    if not Path(path).is_file():
+        raise UDAInputError("checkpoint file does not exist", path)
     with open(path, "rb") as f:
         head = f.read(len(_TORCH_FILE_HEADS[1]))
     if not head.startswith(_TORCH_FILE_HEADS):
@@ -78,8 +80,6 @@ def load_network_weights(
         UDAInputError: missing/unreadable file, unsafe content, or weights of another network.
     """
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise UDAInputError("checkpoint file does not exist", path)
     state = load_checkpoint(path, map_location)
     if key is not None and isinstance(state, dict) and key in state:
         state = state[key]
